@@ -1,0 +1,56 @@
+// Sums the results of every suite into the closing line `N passed, N failed`.
+// A suite that did not produce a result counts as one failure, with a reason.
+import { readFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+
+const dir = process.argv[2];
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+
+function suiteFailed(name, why) {
+  console.error(`test: suite ${name} failed to report: ${why}`);
+  failed += 1;
+}
+
+// vitest: JSON reporter (jest-compatible shape).
+const vitestJson = join(dir, "vitest.json");
+if (existsSync(vitestJson)) {
+  const r = JSON.parse(readFileSync(vitestJson, "utf8"));
+  passed += r.numPassedTests;
+  failed += r.numFailedTests;
+  skipped += r.numPendingTests + (r.numTodoTests ?? 0);
+  // A test file that failed to load has no tests but still failed.
+  const brokenFiles = r.testResults.filter((f) => f.status === "failed" && f.assertionResults.length === 0);
+  for (const f of brokenFiles) suiteFailed(`vitest ${f.name}`, f.message?.split("\n")[0] ?? "failed to load");
+  console.log(`test: vitest ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
+} else {
+  suiteFailed("vitest", "no vitest.json");
+}
+
+// busted: TAP ("ok N - ..." / "not ok N - ..."; skipped tests carry "# SKIP").
+const bustedTap = join(dir, "busted.tap");
+if (existsSync(bustedTap)) {
+  const lines = readFileSync(bustedTap, "utf8").split("\n");
+  let ok = 0, notOk = 0, skip = 0;
+  for (const line of lines) {
+    if (/^ok \d+/.test(line)) (/# SKIP/i.test(line) ? skip++ : ok++);
+    else if (/^not ok \d+/.test(line)) notOk++;
+  }
+  const plan = lines.find((l) => /^1\.\.\d+/.test(l));
+  if (!plan) suiteFailed("busted", "no TAP plan (busted crashed?)");
+  if (ok + notOk + skip === 0) suiteFailed("busted", "ran no test");
+  passed += ok; failed += notOk; skipped += skip;
+  console.log(`test: busted ${ok} passed, ${notOk} failed, ${skip} skipped`);
+} else {
+  suiteFailed("busted", "no busted.tap");
+}
+
+for (const suite of ["vitest", "busted"]) {
+  const exitFile = join(dir, `${suite}.exit`);
+  const code = existsSync(exitFile) ? Number(readFileSync(exitFile, "utf8").split(":")[1]) : NaN;
+  if (code !== 0 && failed === 0) suiteFailed(suite, `exited ${code} with no failed test`);
+}
+
+console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
+process.exit(failed > 0 ? 1 : 0);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one test command (npm test): installs what is missing, builds, runs every
+# suite (vitest: unit + integration; busted: Lua specs on the built bundle under
+# lua5.3), and ends with one line `N passed, N failed` summing them all.
+# Exits non-zero if anything failed or a suite could not run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results=.cache/test-results
+rm -rf "$results"; mkdir -p "$results"
+
+fail_setup() { echo "test: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+bash scripts/install-deps.sh || fail_setup "installing dependencies failed (see above)"
+CONSUL_BIN=$(bash scripts/install-consul.sh) || fail_setup "no Consul binary: the build failed (see above); set CONSUL_BIN to use an existing one"
+export CONSUL_BIN
+echo "test: using $("$CONSUL_BIN" version | head -1) at $CONSUL_BIN"
+echo "test: using $(haproxy -v | head -1)"
+npm run --silent build || fail_setup "the build failed (see above)"
+
+# Suites run one after another; each writes a machine-readable result.
+npx vitest run --reporter=default --reporter=json --outputFile.json="$results/vitest.json" "$@"
+echo "vitest exit: $?" > "$results/vitest.exit"
+
+lua5.3 /usr/bin/busted --lua=lua5.3 -o TAP test/lua > "$results/busted.tap" 2>&1
+echo "busted exit: $?" > "$results/busted.exit"
+grep -vE '^ok ' "$results/busted.tap" || true
+
+node scripts/summarize-tests.mjs "$results"
