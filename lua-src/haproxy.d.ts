@@ -1,0 +1,124 @@
+// Declarations for the part of HAProxy 2.6's Lua API that the authorizer uses.
+//
+// Traps this file encodes (see ../../shared/NOTES.md):
+// - `core` is a namespace called with a dot (`core.tcp()`): @noSelf.
+// - TXN, fetches, sockets and applets are objects called with a colon
+//   (`txn.f:ssl_c_der()`, `sock:connect()`): plain method interfaces.
+// - `txn.f:x()` returns nil when the fetch fails; `txn.sf:x()` returns "".
+// - Fetches that return booleans return integers 0/1, and 0 is true in Lua:
+//   compare with `=== 1`, never test truthiness.
+// - Sample fetches and converters may not yield; actions, tasks and CLI
+//   handlers may (sockets, sleeps).
+
+/** A wall-clock reading from `core.now()`. */
+export interface HaproxyTime {
+  sec: number;
+  usec: number;
+}
+
+/** Callback of `core.register_action`: runs in a coroutine, may yield. */
+export type ActionFunction = (this: void, txn: Txn, ...args: string[]) => void | number;
+
+/** Callback of `core.register_cli`: gets the applet, then every word of the command line. */
+export type CliFunction = (this: void, applet: CliApplet, ...words: string[]) => void;
+
+/** @noSelf */
+export interface Core {
+  /** Syslog levels, as `core.log` takes them. */
+  readonly emerg: number;
+  readonly alert: number;
+  readonly crit: number;
+  readonly err: number;
+  readonly warning: number;
+  readonly notice: number;
+  readonly info: number;
+  readonly debug: number;
+
+  /**
+   * `actions` lists where the action may be used ("tcp-req", "tcp-res",
+   * "http-req", "http-res"). `nbArgs` words after the action name are
+   * MANDATORY in HAProxy 2.6 (tried: `lua.x` registered with 1 argument and
+   * used bare fails with "expect 1 arguments"; one registered with 0 rejects
+   * any word that is not `if`/`unless`).
+   */
+  register_action(name: string, actions: string[], fn: ActionFunction, nbArgs?: number): void;
+  /** Adds a command to the stats socket; `path` are the leading words. */
+  register_cli(path: string[], usage: string, fn: CliFunction): void;
+  /** Runs `fn` once in its own coroutine after start-up; it may loop and sleep. */
+  register_task(fn: (this: void) => void): void;
+
+  /** A new cosocket. Never keep one in a global: it belongs to its thread. */
+  tcp(): Socket;
+  now(): HaproxyTime;
+  /** Yield for `ms` milliseconds (not allowed in fetches/converters). */
+  msleep(ms: number): void;
+  sleep(seconds: number): void;
+  /** Give the hand back to the scheduler; resumes on the next loop. */
+  yield(): void;
+
+  log(level: number, message: string): void;
+  Debug(message: string): void;
+  Info(message: string): void;
+  Warning(message: string): void;
+  Alert(message: string): void;
+}
+
+/** Action return codes (global `act`). There is no "allow": CONTINUE is the default. */
+export interface ActionCodes {
+  readonly CONTINUE: number;
+  readonly STOP: number;
+  readonly YIELD: number;
+  readonly ERROR: number;
+  readonly DONE: number;
+  readonly DENY: number;
+  readonly ABORT: number;
+  readonly INVALID: number;
+}
+
+/** `txn.f`: sample fetches returning native types, or nil on failure. */
+export interface Fetches {
+  /** 1 if the connection uses SSL and a client certificate was presented, else 0. */
+  ssl_c_used(): number | undefined;
+  /** 0 when the client certificate chain verified, else the OpenSSL error code. */
+  ssl_c_verify(): number | undefined;
+  /** The client (leaf) certificate in DER, as a binary string. */
+  ssl_c_der(): string | undefined;
+  /** 1 if the front connection is SSL. */
+  ssl_fc(): number | undefined;
+  src(): string | undefined;
+}
+
+export interface Txn {
+  readonly f: Fetches;
+  /** Stores a variable; `name` is scoped, e.g. "txn.connect_allowed". */
+  set_var(name: string, value: string | number | boolean): void;
+  get_var(name: string): string | number | boolean | undefined;
+  log(level: number, message: string): void;
+  Debug(message: string): void;
+  Info(message: string): void;
+  Warning(message: string): void;
+  Alert(message: string): void;
+}
+
+/**
+ * HAProxy's cosocket (class Socket). Semantics read in src/hlua.c (2.6):
+ * - `connect` returns 1, or nil and a message.
+ * - `receive("*l")` returns one line without its CR/LF; `receive(n)` waits
+ *   for n bytes. On close (or timeout, which closes), what was buffered is
+ *   returned as a short result; with nothing buffered: nil, "connection closed.".
+ * - `settimeout(seconds)` takes fractional seconds and applies to the
+ *   operations that follow.
+ */
+export interface Socket {
+  connect(address: string, port?: number): LuaMultiReturn<[number | undefined, string | undefined]>;
+  /** Returns the number of bytes queued, or nil/-1 on a closed socket. */
+  send(data: string): number | undefined;
+  receive(pattern: "*l" | "*a" | number): LuaMultiReturn<[string | undefined, string | undefined]>;
+  settimeout(seconds: number): void;
+  close(): void;
+}
+
+/** The applet given to a CLI handler (an AppletTCP bound to the stats socket). */
+export interface CliApplet {
+  send(text: string): void;
+}
