@@ -1,0 +1,155 @@
+// Rendering haproxy.cfg from Consul replies recorded from the real agent.
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { assignSlots, buildDesiredState, instancesFromEntries, rootsPem } from "../../controller/desired-state.js";
+import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
+import { findSidecarRegistration, parseSidecarSpec } from "../../controller/sidecar-spec.js";
+import type { AgentServiceRegistration, CaRoots } from "../../controller/consul-client.js";
+import { checkHaproxyConfig } from "../harness/haproxy.js";
+import { dbInstances, fixture, paths, snapshotFor } from "./controller-fixtures.js";
+
+describe("findSidecarRegistration", () => {
+  const services = fixture<Record<string, AgentServiceRegistration>>("agent-services");
+  it("finds the connect-proxy whose DestinationServiceID is the service", () => {
+    const found = findSidecarRegistration(services, { sidecarFor: "web-1" });
+    expect(found.ok && found.registration.ID).toBe("web-1-sidecar-proxy");
+  });
+  it("names what it found when nothing matches", () => {
+    const found = findSidecarRegistration(services, { sidecarFor: "nope" });
+    expect(found.ok).toBe(false);
+    expect(!found.ok && found.message).toContain("web-1-sidecar-proxy (for web-1)");
+  });
+  it("refuses a --proxy-id that is not a connect-proxy", () => {
+    const found = findSidecarRegistration(services, { proxyId: "web-1" });
+    expect(!found.ok && found.message).toContain("not a connect-proxy");
+  });
+  it("reports several sidecars for one service", () => {
+    const twice = { ...services, extra: { ...services["web-1-sidecar-proxy"]!, ID: "extra" } };
+    const found = findSidecarRegistration(twice, { sidecarFor: "web-1" });
+    expect(!found.ok && found.message).toContain("several");
+  });
+});
+
+describe("parseSidecarSpec", () => {
+  it("reads defaults as Consul's proxies do", () => {
+    const spec = parseSidecarSpec(fixture("agent-service-web-sidecar-proxy"));
+    expect(spec.publicListener).toMatchObject({
+      bindAddress: "0.0.0.0",
+      bindPort: 21000,
+      protocol: "tcp",
+      destinationServiceName: "web",
+      localServiceAddress: "127.0.0.1",
+      localServicePort: 8080,
+      localConnectTimeoutMs: 5000,
+    });
+    expect(spec.upstreams).toEqual([
+      { name: "upstream_db", destinationType: "service", destinationName: "db", datacenter: undefined, bindAddress: "127.0.0.1", bindPort: 9191, protocol: "tcp", connectTimeoutMs: 5000 },
+    ]);
+  });
+  it("honours bind overrides, protocol, timeouts, datacenters and prepared queries", () => {
+    const spec = parseSidecarSpec(fixture("agent-service-api-sidecar-proxy"));
+    expect(spec.publicListener).toMatchObject({ bindAddress: "127.0.0.1", bindPort: 21500, protocol: "http", localServiceAddress: "127.0.0.2", localConnectTimeoutMs: 2500, localRequestTimeoutMs: 30000 });
+    expect(spec.upstreams.map((u) => [u.name, u.protocol, u.bindAddress, u.bindPort, u.connectTimeoutMs])).toEqual([
+      ["upstream_web", "http", "127.0.0.1", 9292, 1500],
+      ["upstream_db_dc1", "tcp", "127.0.0.3", 9393, 5000],
+      ["upstream_query_db-query", "tcp", "127.0.0.1", 9494, 5000],
+    ]);
+  });
+  it("rejects an unknown protocol with a clear message", () => {
+    const reg = fixture<AgentServiceRegistration>("agent-service-web-sidecar-proxy");
+    expect(() => parseSidecarSpec({ ...reg, Proxy: { ...reg.Proxy!, Config: { protocol: "smtp" } } })).toThrow(/unsupported protocol "smtp"/);
+  });
+});
+
+describe("instances and slots", () => {
+  it("dials Service.Address, else Node.Address", () => {
+    expect(instancesFromEntries(dbInstances())).toEqual([
+      { id: "fixture-node/db-1-sidecar-proxy", address: "127.0.0.1", port: 21001 },
+      { id: "fixture-node/db-2-sidecar-proxy", address: "127.0.0.1", port: 21002 },
+    ]);
+  });
+  it("keeps instances in their slots and fills holes", () => {
+    const a = { id: "a", address: "10.0.0.1", port: 1 };
+    const b = { id: "b", address: "10.0.0.2", port: 1 };
+    const c = { id: "c", address: "10.0.0.3", port: 1 };
+    const first = assignSlots(undefined, [a, b]);
+    expect(first).toHaveLength(8);
+    const second = assignSlots(first, [b, c]);
+    expect(second.slice(0, 2)).toEqual([{ name: "s1", instance: c }, { name: "s2", instance: b }]);
+  });
+  it("grows by blocks of 8 and never shrinks", () => {
+    const many = Array.from({ length: 9 }, (_, n) => ({ id: `i${n}`, address: "10.0.0.1", port: n + 1 }));
+    const grown = assignSlots(assignSlots(undefined, []), many);
+    expect(grown).toHaveLength(16);
+    expect(assignSlots(grown, [])).toHaveLength(16);
+  });
+  it("trusts every current root", () => {
+    const roots = fixture<CaRoots>("ca-roots");
+    const two = { ...roots, Roots: [...roots.Roots!, { ...roots.Roots![0]!, ID: "old", Active: false }] };
+    expect(rootsPem(two).match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
+  });
+});
+
+describe("renderHaproxyConfig", () => {
+  const web = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-web-sidecar-proxy", { upstream_db: dbInstances() }), paths));
+
+  it("renders an authorized mTLS public listener forwarding to the local app", () => {
+    expect(web).toContain("bind 0.0.0.0:21000 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required");
+    expect(web).toContain("tcp-request inspect-delay 5s");
+    expect(web).toContain("tcp-request content lua.connect_authorize web");
+    expect(web).toContain("tcp-request content reject unless { var(txn.connect_allowed) -m bool }");
+    expect(web).toMatch(/log-format .*%\[var\(txn\.connect_spiffe\)\].*txn\.connect_allowed.*txn\.connect_reason/);
+    expect(web).toContain("server app 127.0.0.1:8080");
+    expect(web).toContain("lua-load /opt/connect-haproxy/dist/connect-haproxy.lua");
+    expect(web).toContain("stats socket /run/ch/stats.sock mode 600 level admin");
+  });
+
+  it("renders each upstream with pre-allocated mTLS slots holding the healthy instances", () => {
+    expect(web).toContain("bind 127.0.0.1:9191");
+    expect(web).toContain("server s1 127.0.0.1:21001 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required\n");
+    expect(web).toContain("server s2 127.0.0.1:21002 ssl crt");
+    expect(web).toMatch(/server s8 127\.0\.0\.1:1 ssl crt .* disabled/);
+    expect(web).toContain("balance roundrobin");
+  });
+
+  it("never writes a token or a private key into the configuration", () => {
+    expect(web).not.toMatch(/PRIVATE KEY|token/i);
+  });
+
+  it("renders HTTP mode with http-request authorization and Consul's timeouts", () => {
+    const api = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-api-sidecar-proxy"), paths));
+    expect(api).toContain("bind 127.0.0.1:21500 ssl crt");
+    expect(api).toContain("http-request lua.connect_authorize api");
+    expect(api).toContain("http-request deny unless { var(txn.connect_allowed) -m bool }");
+    expect(api).not.toContain("tcp-request content lua.connect_authorize");
+    expect(api).toContain("timeout connect 2500ms");
+    expect(api).toContain("timeout server 30000ms");
+    expect(api).toContain("server app 127.0.0.2:7000");
+    expect(api).toMatch(/backend upstream_web\n    mode http\n    balance roundrobin\n    timeout connect 1500ms/);
+    expect(api).toContain("bind 127.0.0.3:9393");
+    expect(api).toContain("frontend upstream_query_db-query");
+  });
+
+  it("is accepted by haproxy -c (with a stand-in for the Lua actions)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ch-render-"));
+    const local = {
+      ...paths,
+      configFile: join(dir, "haproxy.cfg"),
+      leafCertificateFile: join(dir, "leaf.pem"),
+      caRootsFile: join(dir, "roots.pem"),
+      statsSocket: join(dir, "stats.sock"),
+      masterSocket: join(dir, "master.sock"),
+      luaBundle: join(dir, "stub.lua"),
+    };
+    writeFileSync(local.luaBundle, 'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\n');
+    for (const proxy of ["agent-service-web-sidecar-proxy", "agent-service-api-sidecar-proxy"]) {
+      const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), local);
+      writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
+      writeFileSync(local.caRootsFile, state.caRootsPem);
+      writeFileSync(local.configFile, renderHaproxyConfig(state));
+      await checkHaproxyConfig(local.configFile);
+    }
+  });
+});
