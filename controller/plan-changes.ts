@@ -1,0 +1,91 @@
+// Pure: what is running + what should run → the cheapest safe operations.
+import type { DesiredState, UpstreamState } from "./desired-state.js";
+
+export type Operation =
+  | { kind: "reload"; reason: string }
+  | { kind: "set-server"; backend: string; server: string; address?: string; port?: number; ready: boolean; change: string }
+  | { kind: "update-certificate"; file: string; pem: string; change: string }
+  | { kind: "update-ca-file"; file: string; pem: string; change: string }
+  | { kind: "flush-authorization-cache"; change: string };
+
+/** Everything that a runtime command cannot change (a difference means a reload). */
+function structureOf(state: DesiredState) {
+  return {
+    paths: state.paths,
+    publicListener: state.publicListener,
+    upstreams: state.upstreams.map(({ slots, ...rest }) => ({ ...rest, slotCount: slots.length })),
+  };
+}
+
+/** Pure: human-readable reasons for a reload; empty when none is needed. */
+export function structuralChanges(running: DesiredState, desired: DesiredState): string[] {
+  const reasons: string[] = [];
+  const before = structureOf(running);
+  const after = structureOf(desired);
+  if (JSON.stringify(before.paths) !== JSON.stringify(after.paths)) reasons.push("file locations changed");
+  for (const key of Object.keys(after.publicListener) as (keyof typeof after.publicListener)[]) {
+    if (before.publicListener[key] !== after.publicListener[key]) {
+      reasons.push(`public listener ${key} ${String(before.publicListener[key])} -> ${String(after.publicListener[key])}`);
+    }
+  }
+  const oldUpstreams = new Map(before.upstreams.map((u) => [u.name, u]));
+  const newUpstreams = new Map(after.upstreams.map((u) => [u.name, u]));
+  for (const [name, upstream] of newUpstreams) {
+    const old = oldUpstreams.get(name);
+    if (!old) reasons.push(`upstream ${name} added on ${upstream.bindAddress}:${upstream.bindPort}`);
+    else if (old.slotCount !== upstream.slotCount) reasons.push(`upstream ${name} needs ${upstream.slotCount} server slots (has ${old.slotCount})`);
+    else if (JSON.stringify(old) !== JSON.stringify(upstream)) reasons.push(`upstream ${name} settings changed`);
+  }
+  for (const name of oldUpstreams.keys()) if (!newUpstreams.has(name)) reasons.push(`upstream ${name} removed`);
+  if (before.upstreams.map((u) => u.name).join() !== after.upstreams.map((u) => u.name).join() && reasons.length === 0) {
+    reasons.push("upstream order changed");
+  }
+  return reasons;
+}
+
+function slotChanges(running: UpstreamState, desired: UpstreamState): Operation[] {
+  const operations: Operation[] = [];
+  desired.slots.forEach((slot, n) => {
+    const was = running.slots[n]?.instance;
+    const now = slot.instance;
+    if (JSON.stringify(was) === JSON.stringify(now)) return;
+    if (now) {
+      operations.push({
+        kind: "set-server",
+        backend: desired.name,
+        server: slot.name,
+        address: now.address,
+        port: now.port,
+        ready: true,
+        change: was ? `instance ${now.id} replaces ${was.id} in ${desired.name}/${slot.name}` : `instance ${now.id} (${now.address}:${now.port}) added to ${desired.name}/${slot.name}`,
+      });
+    } else if (was) {
+      operations.push({ kind: "set-server", backend: desired.name, server: slot.name, ready: false, change: `instance ${was.id} removed from ${desired.name}/${slot.name}` });
+    }
+  });
+  return operations;
+}
+
+/**
+ * Pure: the operations that take HAProxy from `running` to `desired`.
+ * A structural difference gives a single reload (the files already hold every
+ * other change); otherwise runtime commands only: certificates first, so
+ * servers enabled in the same batch already use the new ones.
+ */
+export function planChanges(running: DesiredState, desired: DesiredState): Operation[] {
+  const reasons = structuralChanges(running, desired);
+  if (reasons.length > 0) return [{ kind: "reload", reason: reasons.join("; ") }];
+  const operations: Operation[] = [];
+  if (running.leafCertificatePem !== desired.leafCertificatePem) {
+    operations.push({ kind: "update-certificate", file: desired.paths.leafCertificateFile, pem: desired.leafCertificatePem, change: `leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial})` });
+  }
+  if (running.caRootsPem !== desired.caRootsPem) {
+    operations.push({ kind: "update-ca-file", file: desired.paths.caRootsFile, pem: desired.caRootsPem, change: "CA roots changed" });
+  }
+  const runningUpstreams = new Map(running.upstreams.map((u) => [u.name, u]));
+  for (const upstream of desired.upstreams) operations.push(...slotChanges(runningUpstreams.get(upstream.name)!, upstream));
+  if (running.intentionsFingerprint !== desired.intentionsFingerprint) {
+    operations.push({ kind: "flush-authorization-cache", change: `intentions for ${desired.publicListener.destinationServiceName} changed` });
+  }
+  return operations;
+}

@@ -1,0 +1,78 @@
+// The planner: runtime commands when they suffice, a reload (with a reason) otherwise.
+import { describe, expect, it } from "vitest";
+import { buildDesiredState, type ConsulSnapshot } from "../../controller/desired-state.js";
+import { planChanges } from "../../controller/plan-changes.js";
+import type { ServiceInstanceEntry } from "../../controller/consul-client.js";
+import { dbInstances, paths, snapshotFor } from "./controller-fixtures.js";
+
+const webSnapshot = (instances: ServiceInstanceEntry[]): ConsulSnapshot => snapshotFor("agent-service-web-sidecar-proxy", { upstream_db: instances });
+const [db1, db2] = dbInstances();
+const instance = (n: number): ServiceInstanceEntry => ({ ...db1!, Service: { ...db1!.Service, ID: `db-x${n}`, Port: 30000 + n } });
+
+describe("planChanges", () => {
+  const running = buildDesiredState(webSnapshot([db1!]), paths);
+
+  it("plans nothing when nothing changed", () => {
+    expect(planChanges(running, buildDesiredState(webSnapshot([db1!]), paths, running))).toEqual([]);
+  });
+
+  it("adds a new instance with set server on a free slot, no reload", () => {
+    const ops = planChanges(running, buildDesiredState(webSnapshot([db1!, db2!]), paths, running));
+    expect(ops).toEqual([
+      { kind: "set-server", backend: "upstream_db", server: "s2", address: "127.0.0.1", port: 21002, ready: true, change: expect.stringContaining("added to upstream_db/s2") },
+    ]);
+  });
+
+  it("puts a removed instance's slot in maintenance, no reload", () => {
+    const both = buildDesiredState(webSnapshot([db1!, db2!]), paths);
+    const ops = planChanges(both, buildDesiredState(webSnapshot([db2!]), paths, both));
+    expect(ops).toEqual([{ kind: "set-server", backend: "upstream_db", server: "s1", ready: false, change: expect.stringContaining("removed from upstream_db/s1") }]);
+  });
+
+  it("reloads, with a reason, when the instances outgrow the slots", () => {
+    const ops = planChanges(running, buildDesiredState(webSnapshot(Array.from({ length: 9 }, (_, n) => instance(n))), paths, running));
+    expect(ops).toEqual([{ kind: "reload", reason: "upstream upstream_db needs 16 server slots (has 8)" }]);
+  });
+
+  it("swaps a renewed leaf at run time", () => {
+    const snapshot = webSnapshot([db1!]);
+    const renewed = { ...snapshot, leaf: { ...snapshot.leaf, SerialNumber: "aa:bb", CertPEM: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----" } };
+    const ops = planChanges(running, buildDesiredState(renewed, paths, running));
+    expect(ops).toHaveLength(1);
+    expect(ops[0]).toMatchObject({ kind: "update-certificate", file: paths.leafCertificateFile, change: expect.stringContaining("-> aa:bb") });
+    expect(ops[0]!.kind === "update-certificate" && ops[0]!.pem).toContain("PRIVATE KEY");
+  });
+
+  it("swaps changed roots at run time, with every root", () => {
+    const snapshot = webSnapshot([db1!]);
+    const extra = { ...snapshot.roots.Roots![0]!, ID: "new", RootCert: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----" };
+    const ops = planChanges(running, buildDesiredState({ ...snapshot, roots: { ...snapshot.roots, Roots: [...snapshot.roots.Roots!, extra] } }, paths, running));
+    expect(ops).toHaveLength(1);
+    expect(ops[0]!.kind).toBe("update-ca-file");
+    expect(ops[0]!.kind === "update-ca-file" && ops[0]!.pem.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
+  });
+
+  it("flushes the authorizer's cache when intentions change", () => {
+    const snapshot = webSnapshot([db1!]);
+    const ops = planChanges(running, buildDesiredState({ ...snapshot, intentions: { web: [] } }, paths, running));
+    expect(ops).toEqual([{ kind: "flush-authorization-cache", change: "intentions for web changed" }]);
+  });
+
+  it("reloads when an upstream is added or removed, or a bind or protocol changes", () => {
+    const snapshot = webSnapshot([db1!]);
+    const added = { ...snapshot, sidecar: { ...snapshot.sidecar, upstreams: [...snapshot.sidecar.upstreams, { ...snapshot.sidecar.upstreams[0]!, name: "upstream_cache", destinationName: "cache", bindPort: 9999 }] } };
+    expect(planChanges(running, buildDesiredState(added, paths, running))).toEqual([{ kind: "reload", reason: "upstream upstream_cache added on 127.0.0.1:9999" }]);
+    const removed = { ...snapshot, sidecar: { ...snapshot.sidecar, upstreams: [] } };
+    expect(planChanges(running, buildDesiredState(removed, paths, running))).toEqual([{ kind: "reload", reason: "upstream upstream_db removed" }]);
+    const rebound = { ...snapshot, sidecar: { ...snapshot.sidecar, publicListener: { ...snapshot.sidecar.publicListener, bindPort: 22000, protocol: "http" as const } } };
+    expect(planChanges(running, buildDesiredState(rebound, paths, running))).toEqual([{ kind: "reload", reason: "public listener bindPort 21000 -> 22000; public listener protocol tcp -> http" }]);
+  });
+
+  it("never plans a reload without a reason", () => {
+    const snapshot = webSnapshot([db1!]);
+    const changed = { ...snapshot, sidecar: { ...snapshot.sidecar, upstreams: [{ ...snapshot.sidecar.upstreams[0]!, connectTimeoutMs: 100 }] } };
+    for (const op of planChanges(running, buildDesiredState(changed, paths, running))) {
+      if (op.kind === "reload") expect(op.reason).toMatch(/\w/);
+    }
+  });
+});
