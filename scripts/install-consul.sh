@@ -7,7 +7,7 @@
 #                          Go through the wrapper module in scripts/consul/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-version=$(sed -n 's|^\s*github.com/hashicorp/consul v\([0-9.]*\)$|\1|p' "$root/scripts/consul/go.mod")
+version=$(awk '$1 == "github.com/hashicorp/consul" { sub(/^v/, "", $2); print $2 }' "$root/scripts/consul/go.mod")
 [ -n "$version" ] || { echo "install-consul: no Consul version in scripts/consul/go.mod" >&2; exit 1; }
 
 if [ -n "${CONSUL_BIN:-}" ]; then
