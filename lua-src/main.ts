@@ -1,4 +1,93 @@
+// Entry point of dist/connect-haproxy.lua.
+//
+// Loaded by HAProxy (`lua-load`, a global `core` exists): reads the
+// configuration from the environment and registers the actions, the CLI
+// commands and the trust-domain task. Loaded anywhere else (busted, the
+// benchmark): only returns the modules; `install(stubCore, getenv)` wires
+// them to a stub exactly as HAProxy would.
+//
+// Actions (HAProxy 2.6 has no optional action arguments, so two names):
+//   lua.connect_authorize <target>     target service name ("-" = CONNECT_DEFAULT_TARGET)
+//   lua.connect_authorize_default      target from CONNECT_DEFAULT_TARGET
+
+import type { Core } from "./haproxy";
 import * as der from "./der";
 import * as spiffe from "./spiffe";
+import * as json from "./json";
+import * as http from "./http";
+import * as lru from "./lru";
+import * as agent from "./agent";
+import * as authorizer from "./authorizer";
+import * as trust from "./trust";
+import * as config from "./config";
+import * as action from "./action";
+import * as cli from "./cli";
+
 export const version = "0.1.0";
-export { der, spiffe };
+export { der, spiffe, json, http, lru, agent, authorizer, trust, config, action, cli };
+
+export interface Installed {
+  context: action.ActionContext;
+  /** The trust-domain refresh loop (what the registered task runs). */
+  refreshTask: (this: void) => void;
+}
+
+/** Builds everything from `getenv` and registers it with `core`. */
+export function install(core: Core, getenv: (this: void, name: string) => string | undefined): Installed {
+  const settings = config.loadConfig(getenv);
+  const now = (): number => {
+    const time = core.now();
+    return time.sec * 1000 + time.usec / 1000;
+  };
+  // core.msleep takes an integer.
+  const sleep = (ms: number): void => core.msleep(Math.max(1, Math.floor(ms)));
+  const log = (level: string, message: string): void => {
+    if (level === "warning") core.Warning(message);
+    else core.Info(message);
+  };
+
+  const client = agent.createAgentClient(() => core.tcp(), now, {
+    address: settings.agentAddress,
+    port: settings.agentPort,
+    hostHeader: settings.agentHostHeader,
+    token: settings.token,
+    connectTimeoutMs: settings.connectTimeoutMs,
+    readTimeoutMs: settings.readTimeoutMs,
+  });
+  // A waiting connection gives up a little after the call it waits for must have ended.
+  const waitLimitMs = settings.connectTimeoutMs + settings.readTimeoutMs + 500;
+  const verdicts = new authorizer.Authorizer(
+    {
+      allowTtlMs: settings.allowTtlMs,
+      denyTtlMs: settings.denyTtlMs,
+      cacheSize: settings.cacheSize,
+      agentDownGraceMs: settings.agentDownGraceMs,
+      waitLimitMs,
+    },
+    { now, sleep, authorize: client.authorize },
+  );
+  const trustDomains = new trust.TrustDomainSource(
+    settings.trustDomain,
+    { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random() },
+    waitLimitMs,
+  );
+  const context: action.ActionContext = { config: settings, authorizer: verdicts, trustDomains };
+
+  core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => action.authorizeTransaction(context, txn, target), 1);
+  core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => action.authorizeTransaction(context, txn, undefined), 0);
+  cli.registerCommands(core, context);
+  const refreshTask = (): void => {
+    if (settings.agentAddressError === undefined) trustDomains.runForever();
+  };
+  if (settings.trustDomain === undefined) core.register_task(refreshTask);
+
+  for (const warning of settings.warnings) core.Warning("connect-haproxy: " + warning);
+  core.Info(
+    "connect-haproxy " + version + ": agent " + settings.agentHostHeader + ", token " + (settings.token !== undefined ? "set" : "not set") +
+      ", trust domain " + (settings.trustDomain ?? "from the agent"),
+  );
+  return { context, refreshTask };
+}
+
+const host = (_G as unknown as { core?: Core }).core;
+if (host !== undefined) install(host, os.getenv);

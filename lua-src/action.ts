@@ -1,0 +1,141 @@
+// The `connect_authorize` action: identity from the client certificate, then
+// a verdict, published in txn variables for haproxy.cfg to enforce:
+//
+//   tcp-request content reject unless { var(txn.connect_allowed) -m bool }
+//
+// Fail closed: an error raised inside an action does not stop HAProxy from
+// running the next rule, so the whole evaluation runs under pcall and every
+// path, errors included, ends with txn.connect_allowed set to 1 or 0.
+//
+// Logging (one line per decision): allow at debug (info with
+// CONNECT_LOG_ALLOWED=1); deny at info; a deny caused by our side (agent
+// unreachable, configuration, internal error) at warning.
+
+import type { Txn } from "./haproxy";
+import type { Authorizer } from "./authorizer";
+import type { Config } from "./config";
+import type { TrustDomainSource } from "./trust";
+import { formatSerial, onlyUri, parseCertificate } from "./der";
+import { parseServiceIdentity, type ServiceIdentity } from "./spiffe";
+
+const gsub = string.gsub;
+const sub = string.sub;
+const format = string.format;
+
+export interface ActionContext {
+  config: Config;
+  authorizer: Authorizer;
+  trustDomains: TrustDomainSource;
+}
+
+/** Origins that mean "our side failed", logged at warning. */
+const TROUBLE = new LuaTable<string, boolean>();
+TROUBLE.set("agent-error", true);
+TROUBLE.set("wait-timeout", true);
+TROUBLE.set("internal", true);
+TROUBLE.set("config", true);
+TROUBLE.set("trust-domain", true);
+
+/**
+ * Steps 1-7 of a decision. Returns allowed, reason, origin and the verified
+ * identity (nil until the certificate, SPIFFE ID and trust domain checked out).
+ */
+function evaluate(context: ActionContext, txn: Txn, targetArgument: string | undefined): LuaMultiReturn<[boolean, string, string, ServiceIdentity | undefined]> {
+  const config = context.config;
+
+  // 1. Which service is being protected.
+  let target = targetArgument;
+  if (target === undefined || target === "-" || target === "") target = config.defaultTarget;
+  if (target === undefined) return $multi(false, "no target service: pass one to connect_authorize or set CONNECT_DEFAULT_TARGET", "config", undefined);
+  if (config.agentAddressError !== undefined) return $multi(false, "configuration error: " + config.agentAddressError, "config", undefined);
+
+  // 2. A client certificate that HAProxy verified against the CA roots (0 is true in Lua: compare).
+  const fetches = txn.f;
+  if (fetches.ssl_c_used() !== 1) return $multi(false, "no client certificate", "identity", undefined);
+  const verifyResult = fetches.ssl_c_verify();
+  if (verifyResult !== 0) return $multi(false, format("client certificate not verified (OpenSSL error %s)", tostring(verifyResult)), "identity", undefined);
+  const der = fetches.ssl_c_der();
+  if (typeof der !== "string" || der === "") return $multi(false, "client certificate unavailable", "identity", undefined);
+
+  // 3. Its one URI SAN.
+  const [certificate, certificateError] = parseCertificate(der);
+  if (certificate === undefined) return $multi(false, "unusable client certificate: " + (certificateError as string), "identity", undefined);
+  const [uri, uriError] = onlyUri(certificate);
+  if (uri === undefined) return $multi(false, uriError as string, "identity", undefined);
+
+  // 4. A Consul service SPIFFE ID.
+  const [identity, identityError] = parseServiceIdentity(uri);
+  if (identity === undefined) return $multi(false, identityError as string, "identity", undefined);
+
+  // 5. From this cluster.
+  const [trustDomain, trustError] = context.trustDomains.ensure();
+  if (trustDomain === undefined) return $multi(false, trustError as string, "trust-domain", undefined);
+  if (identity.trustDomain !== trustDomain) {
+    return $multi(false, format("client trust domain %s is not this cluster's (%s)", identity.trustDomain, trustDomain), "identity", undefined);
+  }
+
+  // 6. Intentions, through the cache.
+  const serialStart = certificate.serialStart;
+  const serialEnd = certificate.serialEnd;
+  const [allowed, reason, origin] = context.authorizer.decide(target, uri, () => formatSerial(der, serialStart, serialEnd));
+
+  // 7. The identity is verified whatever the verdict: publish it.
+  return $multi(allowed, reason, origin, identity);
+}
+
+function publish(txn: Txn, allowed: boolean, reason: string, identity: ServiceIdentity | undefined): void {
+  txn.set_var("txn.connect_reason", reason);
+  if (identity !== undefined) {
+    txn.set_var("txn.connect_source", identity.service);
+    txn.set_var("txn.connect_spiffe", identity.uri);
+  }
+  // Last, so that a failure above leaves it unset, which the rule treats as deny.
+  txn.set_var("txn.connect_allowed", allowed ? 1 : 0);
+}
+
+function quote(text: string): string {
+  const [clean] = gsub(text.length > 300 ? sub(text, 1, 300) + "…" : text, '[%c"\\]', "?");
+  return '"' + clean + '"';
+}
+
+function logDecision(context: ActionContext, txn: Txn, target: string, allowed: boolean, reason: string, origin: string, identity: ServiceIdentity | undefined): void {
+  const line =
+    "connect_authorize: " + (allowed ? "allow" : "deny") +
+    " target=" + target +
+    " client=" + (identity !== undefined ? identity.uri : "-") +
+    " reason=" + quote(reason) +
+    " via=" + origin;
+  if (allowed) {
+    if (context.config.logAllowed) txn.Info(line);
+    else txn.Debug(line);
+  } else if (TROUBLE.get(origin) === true) txn.Warning(line);
+  else txn.Info(line);
+}
+
+/** The action body. Never raises; always sets txn.connect_allowed. */
+export function authorizeTransaction(context: ActionContext, txn: Txn, targetArgument: string | undefined): void {
+  const [ok, first, second, third, fourth] = protect(evaluate, context, txn, targetArgument);
+  let allowed = false;
+  let reason: string;
+  let origin = "internal";
+  let identity: ServiceIdentity | undefined = undefined;
+  if (ok) {
+    // Only a real `true` allows, whatever evaluate hands back.
+    allowed = first === true;
+    reason = typeof second === "string" ? second : "no reason given";
+    origin = typeof third === "string" ? third : "internal";
+    identity = fourth as ServiceIdentity | undefined;
+  } else {
+    reason = "internal error: " + tostring(first);
+  }
+  const [published, publishError] = pcall(publish, txn, allowed, reason, identity);
+  if (!published) {
+    // Could not even record the verdict: make sure an allow is not left behind.
+    pcall(() => txn.set_var("txn.connect_allowed", 0));
+    reason = "internal error while setting variables: " + tostring(publishError);
+    allowed = false;
+    origin = "internal";
+  }
+  const target = targetArgument === undefined || targetArgument === "-" || targetArgument === "" ? context.config.defaultTarget ?? "-" : targetArgument;
+  pcall(logDecision, context, txn, target, allowed, reason, origin, identity);
+}

@@ -1,0 +1,155 @@
+-- A small stand-in for HAProxy's Lua API: core (clock, sleeps, logs,
+-- registrations), TXN with fetches and variables, and a cosocket that talks
+-- to a scripted fake agent with the receive semantics of HAProxy 2.6's
+-- src/hlua.c ("*l" strips CR/LF; a short read or nil means the peer closed).
+local M = {}
+
+-- The fake agent. `handler(request)` returns status, body[, headers, mode]
+-- where mode is "length" (default), "chunked" or "close".
+function M.agent(handler)
+  local agent = { handler = handler, requests = {}, connections = 0, closed = 0, down = false, yield_on_call = false }
+  function agent.reply_bytes(request)
+    agent.requests[#agent.requests + 1] = request
+    if agent.yield_on_call and coroutine.isyieldable() then coroutine.yield("agent-io") end
+    local status, body, headers, mode = agent.handler(request)
+    if type(status) == "string" then return status end -- raw bytes
+    body = body or ""
+    local lines = { "HTTP/1.1 " .. status .. " Whatever" }
+    for name, value in pairs(headers or {}) do lines[#lines + 1] = name .. ": " .. value end
+    if mode == "chunked" then
+      lines[#lines + 1] = "Transfer-Encoding: chunked"
+      local chunks, i = {}, 1
+      while i <= #body do
+        local piece = body:sub(i, i + 6)
+        chunks[#chunks + 1] = string.format("%x\r\n%s\r\n", #piece, piece)
+        i = i + 7
+      end
+      return table.concat(lines, "\r\n") .. "\r\n\r\n" .. table.concat(chunks) .. "0\r\n\r\n"
+    elseif mode == "close" then
+      return table.concat(lines, "\r\n") .. "\r\n\r\n" .. body
+    end
+    lines[#lines + 1] = "Content-Length: " .. #body
+    return table.concat(lines, "\r\n") .. "\r\n\r\n" .. body
+  end
+  return agent
+end
+
+function M.socket(agent)
+  local socket = { reply = nil, pos = 1, timeouts = {} }
+  function socket:settimeout(seconds)
+    assert(type(seconds) == "number" and seconds > 0, "settimeout needs a positive number")
+    self.timeouts[#self.timeouts + 1] = seconds
+  end
+  function socket:connect(address, port)
+    assert(type(address) == "string" and math.type(port) == "integer", "connect(address, port)")
+    agent.last_address, agent.last_port = address, port
+    if agent.down then return nil, "Can't connect" end
+    agent.connections = agent.connections + 1
+    return 1
+  end
+  function socket:send(data)
+    self.reply = agent.reply_bytes(data)
+    return #data
+  end
+  function socket:receive(pattern)
+    local reply = self.reply or ""
+    if self.pos > #reply then return nil, "connection closed." end
+    if pattern == "*l" then
+      local newline = reply:find("\n", self.pos, true)
+      local line
+      if newline then
+        line = reply:sub(self.pos, newline - 1)
+        self.pos = newline + 1
+      else
+        line = reply:sub(self.pos)
+        self.pos = #reply + 1
+      end
+      return (line:gsub("\r$", ""))
+    end
+    assert(math.type(pattern) == "integer" and pattern > 0, "receive(n) needs a positive integer")
+    local piece = reply:sub(self.pos, self.pos + pattern - 1)
+    self.pos = self.pos + #piece
+    return piece
+  end
+  function socket:close()
+    agent.closed = agent.closed + 1
+  end
+  return socket
+end
+
+function M.core(agent)
+  local core = {
+    emerg = 0, alert = 1, crit = 2, err = 3, warning = 4, notice = 5, info = 6, debug = 7,
+    logs = {}, actions = {}, clis = {}, tasks = {}, clock_ms = 1000000, sleeps = 0,
+  }
+  function core.register_action(name, where, fn, nargs)
+    assert(core.actions[name] == nil, "action registered twice: " .. name)
+    core.actions[name] = { fn = fn, where = where, nargs = nargs }
+  end
+  function core.register_cli(path, usage, fn)
+    assert(type(usage) == "string")
+    core.clis[table.concat(path, " ")] = fn
+  end
+  function core.register_task(fn) core.tasks[#core.tasks + 1] = fn end
+  function core.now()
+    local ms = core.clock_ms
+    return { sec = ms // 1000, usec = math.floor((ms % 1000) * 1000) }
+  end
+  function core.msleep(ms)
+    assert(math.type(ms) == "integer", "core.msleep needs an integer, got " .. tostring(ms))
+    core.sleeps = core.sleeps + 1
+    core.clock_ms = core.clock_ms + ms
+    if coroutine.isyieldable() then coroutine.yield("sleep") end
+  end
+  function core.yield() if coroutine.isyieldable() then coroutine.yield("yield") end end
+  function core.tcp() return M.socket(agent) end
+  for _, level in ipairs({ "Debug", "Info", "Warning", "Alert" }) do
+    core[level] = function(message) core.logs[#core.logs + 1] = { level = level, message = message } end
+  end
+  function core.log(level, message) core.logs[#core.logs + 1] = { level = level, message = message } end
+  return core
+end
+
+-- A transaction whose client presented `der` (nil: no certificate).
+-- opts: used (default 1 when der is given), verify (default 0).
+function M.txn(der, opts)
+  opts = opts or {}
+  local txn = { vars = {}, logs = {} }
+  local used = opts.used
+  if used == nil then used = der and 1 or 0 end
+  txn.f = {
+    ssl_c_used = function(self) assert(self == txn.f, "fetches are called with a colon"); return used end,
+    ssl_c_verify = function(self) assert(self == txn.f); if opts.verify == nil then return 0 end return opts.verify end,
+    ssl_c_der = function(self) assert(self == txn.f); if opts.der_error then error(opts.der_error) end return der end,
+  }
+  function txn:set_var(name, value)
+    assert(self == txn, "set_var is called with a colon")
+    assert(value ~= nil, "set_var with nil")
+    self.vars[name] = value
+  end
+  for _, level in ipairs({ "Debug", "Info", "Warning", "Alert" }) do
+    txn[level] = function(self, message)
+      assert(self == txn, level .. " is called with a colon")
+      self.logs[#self.logs + 1] = { level = level, message = message }
+    end
+  end
+  return txn
+end
+
+-- The output of a CLI command.
+function M.cli(core, command)
+  local applet = { output = {} }
+  function applet:send(text) self.output[#self.output + 1] = text end
+  local handler = assert(core.clis[command], "no CLI command " .. command)
+  local words = {}
+  for word in command:gmatch("%S+") do words[#words + 1] = word end
+  handler(applet, table.unpack(words))
+  return table.concat(applet.output)
+end
+
+-- An environment for install().
+function M.env(values)
+  return function(name) return values[name] end
+end
+
+return M
