@@ -1,0 +1,477 @@
+// The Lua authorizer inside a real HAProxy 2.6, asking a real Consul dev
+// agent: clients present real mesh certificates to an mTLS listener guarding
+// `db`, and each test checks both what the client sees (bytes echoed, or the
+// connection closed) and what the authorizer decided (the txn variables,
+// written by a log-format line on HAProxy's stderr).
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { createServer, type Server } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connect as tlsConnect } from "node:tls";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
+import { luaBundlePath, repoRoot, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { freePort } from "../harness/ports.js";
+import { waitFor } from "../harness/processes.js";
+
+interface LeafCert {
+  SerialNumber: string;
+  CertPEM: string;
+  PrivateKeyPEM: string;
+  ServiceURI: string;
+}
+interface CaRoots {
+  TrustDomain: string;
+  Roots: { RootCert: string }[];
+}
+interface Identity {
+  cert?: string;
+  key?: string;
+}
+interface Decision {
+  allowed: string;
+  source: string;
+  spiffe: string;
+  reason: string;
+}
+
+// ---------------------------------------------------------------- helpers
+
+/** Test-only certificates made with openssl in a temporary directory. */
+class Openssl {
+  readonly dir = mkdtempSync(join(tmpdir(), "ch-authz-certs-"));
+  private count = 0;
+
+  run(args: string[]): void {
+    execFileSync("openssl", args, { stdio: ["ignore", "ignore", "pipe"] });
+  }
+  file(name: string): string {
+    return join(this.dir, name);
+  }
+  /** A P-256 CA: { key, cert } as PEM text. */
+  ca(cn: string): { key: string; cert: string } {
+    const n = ++this.count;
+    this.run(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", this.file(`ca${n}.key`)]);
+    this.run(["req", "-x509", "-new", "-key", this.file(`ca${n}.key`), "-subj", `/CN=${cn}`, "-days", "2", "-out", this.file(`ca${n}.crt`)]);
+    return { key: readFileSync(this.file(`ca${n}.key`), "utf8"), cert: readFileSync(this.file(`ca${n}.crt`), "utf8") };
+  }
+  /** A client leaf for `uri`, signed by `issuer`. */
+  leaf(issuer: { key: string; cert: string }, uri: string): Required<Identity> {
+    const n = ++this.count;
+    writeFileSync(this.file(`issuer${n}.key`), issuer.key, { mode: 0o600 });
+    writeFileSync(this.file(`issuer${n}.crt`), issuer.cert);
+    writeFileSync(this.file(`ext${n}.cnf`), `[v3]\nsubjectAltName=critical,URI:${uri}\nkeyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=clientAuth,serverAuth\n`);
+    this.run(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", this.file(`leaf${n}.key`)]);
+    this.run(["req", "-new", "-key", this.file(`leaf${n}.key`), "-subj", "/CN=test-client", "-out", this.file(`leaf${n}.csr`)]);
+    this.run([
+      "x509", "-req", "-in", this.file(`leaf${n}.csr`), "-CA", this.file(`issuer${n}.crt`), "-CAkey", this.file(`issuer${n}.key`),
+      "-set_serial", "0x5eed", "-days", "1", "-extfile", this.file(`ext${n}.cnf`), "-extensions", "v3", "-out", this.file(`leaf${n}.crt`),
+    ]);
+    return { cert: readFileSync(this.file(`leaf${n}.crt`), "utf8"), key: readFileSync(this.file(`leaf${n}.key`), "utf8") };
+  }
+  cleanup(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Opens an mTLS connection, sends a line, and collects what comes back until close or timeout. */
+function tlsRoundTrip(port: number, identity: Identity, ca: string, payload = "ping\n", timeoutMs = 8000): Promise<{ echoed: string; error?: string }> {
+  return new Promise((resolve) => {
+    let echoed = "";
+    let error: string | undefined;
+    let settled = false;
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca, cert: identity.cert, key: identity.key, checkServerIdentity: () => undefined });
+    const finish = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ echoed, error });
+    };
+    const timer = setTimeout(() => {
+      error ??= "timeout";
+      finish();
+    }, timeoutMs);
+    socket.on("secureConnect", () => socket.write(payload));
+    socket.on("data", (chunk) => {
+      echoed += chunk.toString();
+      if (echoed.length >= payload.length) finish();
+    });
+    socket.on("error", (err) => {
+      error ??= err.message;
+      finish();
+    });
+    socket.on("close", finish);
+  });
+}
+
+function httpsGet(port: number, identity: Identity, ca: string): Promise<{ status: number; reason?: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      { host: "127.0.0.1", port, path: "/", method: "GET", ca, cert: identity.cert, key: identity.key, agent: false, checkServerIdentity: () => undefined },
+      (res) => {
+        let body = "";
+        res.on("data", (chunk) => (body += chunk));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, reason: res.headers["x-connect-reason"] as string | undefined, body }));
+      },
+    );
+    req.on("error", reject);
+    req.setTimeout(8000, () => req.destroy(new Error("timeout")));
+    req.end();
+  });
+}
+
+const DECISION_LINE = /DECISION fe=(\S+) allowed=(\S+) source=(\S+) spiffe=(\S+) reason="((?:[^"\\]|\\.)*)"/g;
+
+/** Runs `connect` and returns the decision HAProxy logged for it on `frontend`. */
+async function decided<T>(haproxy: HaproxyInstance, frontend: string, connect: () => Promise<T>): Promise<{ outcome: T; decision: Decision }> {
+  const before = haproxy.process.output().length;
+  const outcome = await connect();
+  const decision = await waitFor(`a DECISION line for ${frontend}`, async () => {
+    for (const m of haproxy.process.output().slice(before).matchAll(DECISION_LINE)) {
+      if (m[1] === frontend) return { allowed: m[2], source: m[3], spiffe: m[4], reason: m[5] };
+    }
+    return undefined;
+  }, { timeoutMs: 10000 });
+  return { outcome, decision };
+}
+
+function stat(text: string, name: string): number {
+  const m = new RegExp(`^${name}: (\\d+)$`, "m").exec(text);
+  if (!m) throw new Error(`no ${name} in: ${text}`);
+  return Number(m[1]);
+}
+
+/** The agent's own answer, to compare with what the authorizer reported. */
+async function agentVerdict(consul: ConsulAgent, clientUri: string, token?: string): Promise<{ Authorized: boolean; Reason: string }> {
+  return consul.api("POST", "/v1/agent/connect/authorize", { Target: "db", ClientCertURI: clientUri, ClientCertSerial: "01" }, token);
+}
+
+function haproxyConfig(tcpPort: number, httpPort: number, echoPort: number, httpAppPort: number): string {
+  const logFormat = 'DECISION fe=%f allowed=%[var(txn.connect_allowed)] source=%[var(txn.connect_source)] spiffe=%[var(txn.connect_spiffe)] reason=%{+Q}[var(txn.connect_reason)]';
+  return `
+global
+    log stderr format raw local0 info
+    lua-load ${luaBundlePath}
+
+defaults
+    log global
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+
+frontend db_tcp
+    mode tcp
+    bind 127.0.0.1:${tcpPort} ssl crt {{DIR}}/db.pem ca-file {{DIR}}/roots.pem verify required
+    tcp-request inspect-delay 5s
+    tcp-request content lua.connect_authorize db
+    tcp-request content reject unless { var(txn.connect_allowed) -m bool }
+    log-format "${logFormat}"
+    default_backend db_app
+
+frontend db_http
+    mode http
+    bind 127.0.0.1:${httpPort} ssl crt {{DIR}}/db.pem ca-file {{DIR}}/roots.pem verify required
+    http-request lua.connect_authorize db
+    http-request deny unless { var(txn.connect_allowed) -m bool }
+    http-after-response set-header X-Connect-Reason %[var(txn.connect_reason)]
+    log-format "${logFormat}"
+    default_backend db_http_app
+
+backend db_app
+    mode tcp
+    server echo 127.0.0.1:${echoPort}
+
+backend db_http_app
+    mode http
+    server app 127.0.0.1:${httpAppPort}
+`;
+}
+
+/** What Consul issues, and an HAProxy in front of `db` that checks it. */
+interface Mesh {
+  consul: ConsulAgent;
+  roots: CaRoots;
+  rootsPem: string;
+  web: LeafCert;
+  db: LeafCert;
+  haproxy: HaproxyInstance;
+  tcpPort: number;
+  httpPort: number;
+}
+
+async function startMesh(consul: ConsulAgent, env: NodeJS.ProcessEnv, ports: { echo: number; httpApp: number }, token?: string): Promise<Mesh> {
+  for (const name of ["web", "db"]) {
+    await consul.api("PUT", "/v1/agent/service/register", { Name: name, Port: name === "db" ? ports.echo : 18080, Connect: { SidecarService: {} } }, token);
+  }
+  const roots = await consul.api<CaRoots>("GET", "/v1/agent/connect/ca/roots", undefined, token);
+  const web = await consul.api<LeafCert>("GET", "/v1/agent/connect/ca/leaf/web", undefined, token);
+  const db = await consul.api<LeafCert>("GET", "/v1/agent/connect/ca/leaf/db", undefined, token);
+  const rootsPem = roots.Roots.map((r) => r.RootCert.trim() + "\n").join("");
+  const tcpPort = await freePort();
+  const httpPort = await freePort();
+  const haproxy = await startHaproxy(haproxyConfig(tcpPort, httpPort, ports.echo, ports.httpApp), {
+    env: { CONSUL_HTTP_ADDR: consul.httpAddr, ...env },
+    files: { "db.pem": db.CertPEM.trim() + "\n" + db.PrivateKeyPEM.trim() + "\n", "roots.pem": rootsPem },
+  });
+  return { consul, roots, rootsPem, web, db, haproxy, tcpPort, httpPort };
+}
+
+// ---------------------------------------------------------------- shared fixtures
+
+let echoServer: Server;
+let httpApp: HttpServer;
+const appPorts = { echo: 0, httpApp: 0 };
+const openssl = new Openssl();
+
+beforeAll(async () => {
+  appPorts.echo = await freePort();
+  appPorts.httpApp = await freePort();
+  echoServer = createServer((socket) => socket.pipe(socket));
+  await new Promise<void>((resolve) => echoServer.listen(appPorts.echo, "127.0.0.1", resolve));
+  httpApp = createHttpServer((_req, res) => res.end("hello from db\n"));
+  await new Promise<void>((resolve) => httpApp.listen(appPorts.httpApp, "127.0.0.1", resolve));
+});
+
+afterAll(async () => {
+  await new Promise((resolve) => echoServer?.close(resolve));
+  await new Promise((resolve) => httpApp?.close(resolve));
+  openssl.cleanup();
+});
+
+// ---------------------------------------------------------------- default allow
+
+describe("connect_authorize against a Consul dev agent (ACLs off: default allow)", () => {
+  // Consul's CA runs on a root whose key the test holds, so it can also sign
+  // a leaf that chains to Consul's root but names a foreign trust domain.
+  const token = "integration-dummy-token-0f9e";
+  let consulRoot: { key: string; cert: string };
+  let mesh: Mesh;
+
+  beforeAll(async () => {
+    consulRoot = openssl.ca("Connect test root (test-only key)");
+    const consul = await startConsulDev({
+      config: { connect: { enabled: true, ca_provider: "consul", ca_config: { private_key: consulRoot.key, root_cert: consulRoot.cert } } },
+    });
+    try {
+      // Long TTLs, so only `connect cache flush` can make a change visible.
+      mesh = await startMesh(consul, { CONNECT_ALLOW_TTL: "60s", CONNECT_DENY_TTL: "60s", CONSUL_HTTP_TOKEN: token }, appPorts);
+    } catch (err) {
+      await consul.stop();
+      throw err;
+    }
+  });
+
+  afterAll(async () => {
+    await mesh?.haproxy.stop();
+    await mesh?.consul.stop();
+  });
+
+  const webIdentity = () => ({ cert: mesh.web.CertPEM, key: mesh.web.PrivateKeyPEM });
+
+  it("runs on the CA root the test configured, which issued web's leaf", () => {
+    expect(mesh.rootsPem).toContain(consulRoot.cert.trim().split("\n")[1]);
+    expect(mesh.web.ServiceURI).toBe(`spiffe://${mesh.roots.TrustDomain}/ns/default/dc/dc1/svc/web`);
+  });
+
+  it("reads the live leaf as the agent describes it (URI SAN and colon-hex serial)", () => {
+    const pem = join(openssl.dir, "live-web.pem");
+    writeFileSync(pem, mesh.web.CertPEM);
+    const script = `
+      local ch = dofile(${JSON.stringify(luaBundlePath)})
+      local pipe = io.popen("openssl x509 -outform DER -in " .. ${JSON.stringify(pem)})
+      local der = pipe:read("a"); pipe:close()
+      local parsed, err = ch.der.parseCertificate(der)
+      assert(parsed, err)
+      io.write(ch.der.onlyUri(parsed), " ", ch.der.formatSerial(der, parsed.serialStart, parsed.serialEnd))`;
+    const out = execFileSync("lua5.3", ["-e", script], { cwd: repoRoot, encoding: "utf8" });
+    expect(out).toBe(`${mesh.web.ServiceURI} ${mesh.web.SerialNumber}`);
+  });
+
+  it("allows web under the default policy, with the agent's reason and web's verified identity", async () => {
+    const expected = await agentVerdict(mesh.consul, mesh.web.ServiceURI);
+    expect(expected.Authorized).toBe(true);
+    const { outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem));
+    expect(outcome).toEqual({ echoed: "ping\n", error: undefined });
+    expect(decision).toEqual({ allowed: "1", source: "web", spiffe: mesh.web.ServiceURI, reason: expected.Reason });
+  });
+
+  it("denies with a deny intention once the cache is flushed, and allows again after the flip back", async () => {
+    await mesh.consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "deny" });
+    // The allow is cached for 60 s: still allowed.
+    let { outcome } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem));
+    expect(outcome.echoed).toBe("ping\n");
+
+    expect(await mesh.haproxy.command("connect cache flush")).toMatch(/^flushed 1 cached verdicts/);
+    let decision: Decision;
+    ({ outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
+    expect(outcome.echoed).toBe("");
+    expect(decision.allowed).toBe("0");
+    expect(decision.reason).toMatch(/^Matched L4 intention: default\/web => default\/db .*Action: DENY/);
+    expect(decision.source).toBe("web");
+    // The decision was logged at info with the client, the target and Consul's words.
+    expect(mesh.haproxy.process.output()).toMatch(/connect_authorize: deny target=db client=spiffe:\/\/\S+\/svc\/web reason="Matched L4 intention/);
+
+    await mesh.consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
+    ({ outcome } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
+    expect(outcome.echoed, "the deny is cached for 60 s").toBe("");
+    await mesh.haproxy.command("connect cache flush");
+    ({ outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
+    expect(outcome.echoed).toBe("ping\n");
+    expect(decision.reason).toMatch(/Action: ALLOW/);
+  });
+
+  it("enforces the same verdicts in HTTP mode (http-request lua.connect_authorize)", async () => {
+    let { outcome, decision } = await decided(mesh.haproxy, "db_http", () => httpsGet(mesh.httpPort, webIdentity(), mesh.rootsPem));
+    expect(outcome.status).toBe(200);
+    expect(outcome.body).toBe("hello from db\n");
+    expect(outcome.reason).toMatch(/Action: ALLOW/);
+    expect(decision.allowed).toBe("1");
+
+    await mesh.consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "deny" });
+    await mesh.haproxy.command("connect cache flush");
+    ({ outcome, decision } = await decided(mesh.haproxy, "db_http", () => httpsGet(mesh.httpPort, webIdentity(), mesh.rootsPem)));
+    expect(outcome.status).toBe(403);
+    expect(outcome.reason).toMatch(/Action: DENY/);
+    expect(decision.allowed).toBe("0");
+    await mesh.consul.api("DELETE", "/v1/connect/intentions/exact?source=web&destination=db");
+    await mesh.haproxy.command("connect cache flush");
+  });
+
+  it("counts hits, misses and agent calls", async () => {
+    await mesh.haproxy.command("connect cache flush");
+    const before = await mesh.haproxy.command("connect cache stats");
+    for (let i = 0; i < 3; i++) expect((await tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)).echoed).toBe("ping\n");
+    const after = await mesh.haproxy.command("connect cache stats");
+    expect(stat(after, "agent_calls") - stat(before, "agent_calls")).toBe(1);
+    expect(stat(after, "misses") - stat(before, "misses")).toBe(1);
+    expect(stat(after, "hits") - stat(before, "hits")).toBe(2);
+    expect(stat(after, "entries")).toBe(1);
+    expect(stat(after, "errors")).toBe(0);
+  });
+
+  it("shows its configuration without the token, and never logs the token", async () => {
+    const text = await mesh.haproxy.command("connect show config");
+    expect(text).toContain(`agent: ${mesh.consul.httpAddr}`);
+    expect(text).toContain("token: set (from CONSUL_HTTP_TOKEN)");
+    expect(text).toContain(`trust_domain: ${mesh.roots.TrustDomain} (learned from the agent)`);
+    expect(text).toContain("allow_ttl_ms: 60000");
+    expect(text).not.toContain(token);
+    expect(mesh.haproxy.process.output()).not.toContain(token);
+  });
+
+  it("refuses a client without a certificate at the TLS handshake (the agent is not asked)", async () => {
+    const before = stat(await mesh.haproxy.command("connect cache stats"), "agent_calls");
+    const outcome = await tlsRoundTrip(mesh.tcpPort, {}, mesh.rootsPem);
+    expect(outcome.echoed).toBe("");
+    expect(outcome.error).toBeDefined();
+    expect(stat(await mesh.haproxy.command("connect cache stats"), "agent_calls")).toBe(before);
+  });
+
+  it("refuses a certificate from another CA at the TLS handshake, even with web's SPIFFE ID", async () => {
+    const impostor = openssl.leaf(openssl.ca("Some other CA"), mesh.web.ServiceURI);
+    const outcome = await tlsRoundTrip(mesh.tcpPort, impostor, mesh.rootsPem);
+    expect(outcome.echoed).toBe("");
+    expect(outcome.error).toBeDefined();
+  });
+
+  it("denies a certificate that chains to Consul's root but names a foreign trust domain", async () => {
+    const foreignUri = "spiffe://aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee.consul/ns/default/dc/dc1/svc/web";
+    // The agent itself would allow it: it does not check the trust domain.
+    expect((await agentVerdict(mesh.consul, foreignUri)).Authorized).toBe(true);
+    const foreign = openssl.leaf(consulRoot, foreignUri);
+    const { outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, foreign, mesh.rootsPem));
+    expect(outcome.echoed).toBe("");
+    expect(decision.allowed).toBe("0");
+    expect(decision.reason).toBe(`client trust domain aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee.consul is not this cluster's (${mesh.roots.TrustDomain})`);
+    expect(decision.source).toBe("-");
+    expect(decision.spiffe).toBe("-");
+  });
+
+  it("denies a certificate from Consul's root whose SPIFFE ID is not a service (an agent ID)", async () => {
+    const agentId = openssl.leaf(consulRoot, `spiffe://${mesh.roots.TrustDomain}/agent/client/dc/dc1/id/node-1`);
+    const { outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, agentId, mesh.rootsPem));
+    expect(outcome.echoed).toBe("");
+    expect(decision.reason).toMatch(/names a Consul agent, not a service/);
+  });
+
+  it("denies with a reason when the agent is stopped, and HAProxy keeps running", async () => {
+    await mesh.consul.stop();
+    await mesh.haproxy.command("connect cache flush");
+    for (let i = 0; i < 2; i++) {
+      const { outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem));
+      expect(outcome.echoed).toBe("");
+      expect(decision.allowed).toBe("0");
+      expect(decision.reason).toMatch(/^cannot ask the Consul agent: cannot connect to the agent at 127\.0\.0\.1:\d+/);
+      expect(decision.source).toBe("web");
+    }
+    expect(mesh.haproxy.process.exited()).toBe(false);
+    expect(await mesh.haproxy.command("show info")).toMatch(/Pid: \d+/);
+    expect(stat(await mesh.haproxy.command("connect cache stats"), "errors")).toBeGreaterThanOrEqual(2);
+    expect(mesh.haproxy.process.output()).toMatch(/connect_authorize: deny .*via=agent-error/);
+  });
+});
+
+// ---------------------------------------------------------------- ACLs, default deny
+
+describe("connect_authorize against a Consul dev agent with ACLs (default deny)", () => {
+  const managementToken = "3f0c1b4e-6a47-4c39-9a65-0d9d5c0ac001";
+  let mesh: Mesh;
+  let noToken: HaproxyInstance;
+  let noTokenPort: number;
+
+  beforeAll(async () => {
+    const consul = await startConsulDev({
+      config: { acl: { enabled: true, default_policy: "deny", tokens: { initial_management: managementToken } } },
+    });
+    try {
+      mesh = await startMesh(consul, { CONSUL_HTTP_TOKEN: managementToken }, appPorts, managementToken);
+      // The same listener without a token: the agent refuses to answer (403).
+      noTokenPort = await freePort();
+      noToken = await startHaproxy(haproxyConfig(noTokenPort, await freePort(), appPorts.echo, appPorts.httpApp), {
+        env: { CONSUL_HTTP_ADDR: consul.httpAddr },
+        files: { "db.pem": mesh.db.CertPEM.trim() + "\n" + mesh.db.PrivateKeyPEM.trim() + "\n", "roots.pem": mesh.rootsPem },
+      });
+    } catch (err) {
+      await mesh?.haproxy.stop();
+      await consul.stop();
+      throw err;
+    }
+  });
+
+  afterAll(async () => {
+    await noToken?.stop();
+    await mesh?.haproxy.stop();
+    await mesh?.consul.stop();
+  });
+
+  const webIdentity = () => ({ cert: mesh.web.CertPEM, key: mesh.web.PrivateKeyPEM });
+
+  it("denies web by default, as the agent reports", async () => {
+    const expected = await agentVerdict(mesh.consul, mesh.web.ServiceURI, managementToken);
+    expect(expected.Authorized).toBe(false);
+    const { outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem));
+    expect(outcome.echoed).toBe("");
+    expect(decision).toEqual({ allowed: "0", source: "web", spiffe: mesh.web.ServiceURI, reason: expected.Reason });
+  });
+
+  it("allows web once an allow intention exists and the cache is flushed", async () => {
+    await mesh.consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" }, managementToken);
+    await mesh.haproxy.command("connect cache flush");
+    const { outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem));
+    expect(outcome.echoed).toBe("ping\n");
+    expect(decision.allowed).toBe("1");
+    expect(decision.reason).toMatch(/Action: ALLOW/);
+  });
+
+  it("denies, saying why, when it has no token the agent accepts", async () => {
+    const { outcome, decision } = await decided(noToken, "db_tcp", () => tlsRoundTrip(noTokenPort, webIdentity(), mesh.rootsPem));
+    expect(outcome.echoed).toBe("");
+    expect(decision.allowed).toBe("0");
+    expect(decision.reason).toMatch(/^cannot ask the Consul agent: agent replied HTTP 403: Permission denied/);
+    expect(await noToken.command("connect show config")).toContain("token: not set");
+  });
+});
