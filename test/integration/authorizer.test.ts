@@ -353,6 +353,17 @@ describe("connect_authorize against a Consul dev agent (ACLs off: default allow)
     expect(stat(after, "errors")).toBe(0);
   });
 
+  it("makes one agent call for a burst of concurrent connections from the same client (single flight)", async () => {
+    await mesh.haproxy.command("connect cache flush");
+    const before = await mesh.haproxy.command("connect cache stats");
+    const outcomes = await Promise.all(Array.from({ length: 25 }, () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
+    expect(outcomes.map((o) => o.echoed)).toEqual(Array(25).fill("ping\n"));
+    const after = await mesh.haproxy.command("connect cache stats");
+    expect(stat(after, "agent_calls") - stat(before, "agent_calls")).toBe(1);
+    // Each of the other 24 either waited for that call or came after it.
+    expect(stat(after, "shared") - stat(before, "shared") + stat(after, "hits") - stat(before, "hits")).toBe(24);
+  });
+
   it("shows its configuration without the token, and never logs the token", async () => {
     const text = await mesh.haproxy.command("connect show config");
     expect(text).toContain(`agent: ${mesh.consul.httpAddr}`);
