@@ -19,9 +19,9 @@ export function flushCommand(context: ActionContext): string {
 export function statsCommand(context: ActionContext): string {
   const stats = context.authorizer.stats();
   return format(
-    "entries: %d\ncapacity: %d\nhits: %d\nmisses: %d\nshared: %d\nagent_calls: %d\nerrors: %d\ngrace_allows: %d\nevictions: %d\ninflight: %d\nflushes: %d\ntrust_domain_lookups: %d\n",
+    "entries: %d\ncapacity: %d\nhits: %d\nmisses: %d\nshared: %d\nagent_calls: %d\nerrors: %d\ngrace_allows: %d\nevictions: %d\ninflight: %d\nflushes: %d\ntrust_domain_lookups: %d\ncertificates_cached: %d\n",
     stats.entries, stats.capacity, stats.hits, stats.misses, stats.shared, stats.agentCalls, stats.errors,
-    stats.graceAllows, stats.evictions, stats.inflight, stats.flushes, context.trustDomains.lookups,
+    stats.graceAllows, stats.evictions, stats.inflight, stats.flushes, context.trustDomains.lookups, context.identities.size(),
   );
 }
 

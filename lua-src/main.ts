@@ -71,7 +71,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random() },
     waitLimitMs,
   );
-  const context: action.ActionContext = { config: settings, authorizer: verdicts, trustDomains };
+  const context: action.ActionContext = { config: settings, authorizer: verdicts, trustDomains, identities: action.newIdentityCache() };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => action.authorizeTransaction(context, txn, target), 1);
   core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => action.authorizeTransaction(context, txn, undefined), 0);
@@ -89,5 +89,8 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   return { context, refreshTask };
 }
 
+/** What the load inside HAProxy installed (for bench/authorizer-haproxy.lua); nil elsewhere. */
+export let installed: Installed | undefined = undefined;
+
 const host = (_G as unknown as { core?: Core }).core;
-if (host !== undefined) install(host, os.getenv);
+if (host !== undefined) installed = install(host, os.getenv);

@@ -255,6 +255,21 @@ describe("CLI commands", function()
     assert.matches("capacity: 10000\n", stats)
   end)
 
+  it("reads each distinct certificate once (identity cache), bad ones included", function()
+    local world = haproxy({ CONNECT_TRUST_DOMAIN = TD })
+    for _ = 1, 3 do
+      assert.are.equal(1, world.run(web_der:sub(1), nil, "db").vars["txn.connect_allowed"])
+      local txn = world.run(two_uri_der:sub(1), nil, "db")
+      assert.are.equal(0, txn.vars["txn.connect_allowed"])
+      assert.matches("2 URI subjectAltNames", txn.vars["txn.connect_reason"])
+    end
+    assert.matches("certificates_cached: 2\n", stub.cli(world.core, "connect cache stats"))
+    -- The cached identity is still checked against the trust domain and the cache of verdicts.
+    world.installed.context.authorizer:flush()
+    assert.are.equal(1, world.run(web_der, nil, "db").vars["txn.connect_allowed"])
+    assert.are.equal(2, #world.authorize_bodies)
+  end)
+
   it("shows the configuration without the token", function()
     local world = haproxy({
       CONSUL_HTTP_ADDR = "http://127.0.0.1:18500/", CONSUL_HTTP_TOKEN = "super-secret-token", CONNECT_ALLOW_TTL = "30s",
