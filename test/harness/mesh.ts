@@ -29,8 +29,13 @@ export interface SidecarProcess {
 }
 
 /** `connect-haproxy --sidecar-for <id>` against the agent at `httpAddr`. */
-export function startConnectHaproxy(serviceId: string, httpAddr: string, launch: Launcher = onThisHost, extraArgs: string[] = []): SidecarProcess {
-  const configDir = mkdtempSync(join(tmpdir(), `ch-sidecar-${serviceId}-`));
+export function startConnectHaproxy(
+  serviceId: string,
+  httpAddr: string,
+  launch: Launcher = onThisHost,
+  extraArgs: string[] = [],
+  configDir = mkdtempSync(join(tmpdir(), `ch-sidecar-${serviceId}-`)),
+): SidecarProcess {
   const proc = launch(`connect-haproxy ${serviceId}`, process.execPath, [
     controllerCli,
     "--sidecar-for",

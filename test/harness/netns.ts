@@ -132,7 +132,10 @@ function makeHost(name: string, namespace: string, address: string): TestHost {
 
 export interface HostAgent {
   readonly host: TestHost;
+  /** The running agent process (a new one after `restart`). */
   readonly process: StartedProcess;
+  /** Stops the agent as `systemctl restart` would (SIGTERM) and starts it again on the same data dir. */
+  restart(): Promise<void>;
   /** Calls this agent's HTTP API from inside its host; throws on a non-2xx status. */
   api<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
   stop(): Promise<void>;
@@ -160,27 +163,36 @@ export async function startHostAgent(host: TestHost, consulBin: string, options:
   };
   await host.exec("sh", ["-c", `cat > ${dataDir}/agent.json`], { input: JSON.stringify(config) });
   const args = options.join ? ["agent", "-config-file", `${dataDir}/agent.json`] : ["agent", "-dev", "-config-file", `${dataDir}/agent.json`];
-  const proc = host.start("consul", consulBin, args);
+  let proc = host.start("consul", consulBin, args);
   const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
     const res = await host.http(method, `http://127.0.0.1:8500${path}`, body);
     if (res.status < 200 || res.status > 299) throw new Error(`[${host.name}] consul ${method} ${path}: ${res.status} ${res.body.trim()}`);
     return (res.body ? JSON.parse(res.body) : undefined) as T;
   };
+  const ready = () =>
+    waitFor(`${host.name} consul agent`, async () => ((await api<{ Roots: unknown[] | null }>("GET", "/v1/agent/connect/ca/roots")).Roots?.length ? true : undefined), {
+      process: proc,
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
   const agent: HostAgent = {
     host,
-    process: proc,
+    get process() {
+      return proc;
+    },
     api,
+    async restart() {
+      await proc.stop();
+      proc = host.start("consul", consulBin, args);
+      await ready();
+    },
     async stop() {
       await proc.stop();
       await host.exec("rm", ["-rf", dataDir]).catch(() => undefined);
     },
   };
   try {
-    await waitFor(`${host.name} consul agent`, async () => ((await api<{ Roots: unknown[] | null }>("GET", "/v1/agent/connect/ca/roots")).Roots?.length ? true : undefined), {
-      process: proc,
-      timeoutMs: 60_000,
-      intervalMs: 200,
-    });
+    await ready();
   } catch (err) {
     await agent.stop();
     throw err;
