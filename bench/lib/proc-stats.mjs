@@ -1,0 +1,145 @@
+// CPU time and memory of processes, read from /proc (Linux).
+import { readFileSync, readdirSync } from "node:fs";
+
+/** USER_HZ: 100 on every Linux this runs on (sysconf(_SC_CLK_TCK)). */
+const CLOCK_TICKS = 100;
+
+/** The fields of /proc/<pid>/stat after the command name (which may hold spaces). */
+function statFields(pid) {
+  const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return text.slice(text.lastIndexOf(")") + 2).split(" ");
+}
+
+/** utime + stime of one process in seconds; undefined once it is gone. */
+export function cpuSeconds(pid) {
+  try {
+    const fields = statFields(pid);
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+function statusKb(pid, key) {
+  try {
+    const match = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Peak resident set size (VmHWM) in kB. */
+export const peakRssKb = (pid) => statusKb(pid, "VmHWM");
+export const rssKb = (pid) => statusKb(pid, "VmRSS");
+
+/** Every live descendant of `pid` (children, grandchildren, ...). */
+export function descendantPids(pid) {
+  const childrenOf = new Map();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const parent = Number(statFields(entry)[1]);
+      if (!childrenOf.has(parent)) childrenOf.set(parent, []);
+      childrenOf.get(parent).push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const found = [];
+  const queue = [pid];
+  while (queue.length) {
+    for (const child of childrenOf.get(queue.shift()) ?? []) {
+      found.push(child);
+      queue.push(child);
+    }
+  }
+  return found;
+}
+
+export function commandName(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A group of processes measured together (one sidecar: the controller and its
+ * HAProxy master and workers). Roots are given; descendants are found at each
+ * sample, so workers started by a reload are counted from their start.
+ */
+export class ProcessGroup {
+  constructor(name, roots) {
+    this.name = name;
+    this.roots = roots;
+    this.peakKb = new Map();
+    this.commands = new Map();
+  }
+
+  pids() {
+    const pids = new Set();
+    for (const root of this.roots) {
+      if (cpuSeconds(root.pid) === undefined) continue;
+      pids.add(root.pid);
+      root.noteDescendants?.();
+      for (const pid of descendantPids(root.pid)) pids.add(pid);
+    }
+    return [...pids];
+  }
+
+  /** CPU seconds per live pid, and the peak RSS seen so far per pid. */
+  sample() {
+    const cpu = new Map();
+    for (const pid of this.pids()) {
+      const seconds = cpuSeconds(pid);
+      if (seconds === undefined) continue;
+      cpu.set(pid, seconds);
+      if (!this.commands.has(pid)) this.commands.set(pid, commandName(pid) ?? "?");
+      const peak = peakRssKb(pid);
+      if (peak !== undefined) this.peakKb.set(pid, Math.max(this.peakKb.get(pid) ?? 0, peak));
+    }
+    return cpu;
+  }
+
+  /** Sum of the peak RSS of every process of the group seen so far (an upper bound of the group's peak). */
+  peakRssKb() {
+    let sum = 0;
+    for (const kb of this.peakKb.values()) sum += kb;
+    return sum;
+  }
+
+  /** Processes by name with their peak RSS, for the JSON. */
+  describePeaks() {
+    return [...this.peakKb].map(([pid, kb]) => ({ pid, command: this.commands.get(pid) ?? "?", peakRssKb: kb }));
+  }
+
+  /** CPU seconds between two samples, by command name (node = the controller, haproxy, consul). */
+  cpuByCommand(before, after) {
+    const byCommand = {};
+    for (const [pid, seconds] of after) {
+      const command = this.commands.get(pid) ?? "?";
+      byCommand[command] = (byCommand[command] ?? 0) + seconds - (before.get(pid) ?? 0);
+    }
+    return byCommand;
+  }
+}
+
+/** CPU seconds spent between two samples (a pid that appeared counts from zero). */
+export function cpuBetween(before, after) {
+  let total = 0;
+  for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0);
+  return total;
+}
+
+/** Jiffies of the whole machine from /proc/stat: busy and total. */
+export function machineCpu() {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
+  const values = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal guest guest_nice; guest is inside user.
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = values;
+  const busy = user + nice + system + irq + softirq + steal;
+  return { busySeconds: busy / CLOCK_TICKS, totalSeconds: (busy + idle + iowait) / CLOCK_TICKS };
+}

@@ -1,0 +1,241 @@
+// Pure: raw measurements → summary (median over rounds), ratios, targets,
+// the markdown table and the chart's panels.
+import { formatNumber } from "./chart.mjs";
+import { SETUPS } from "./setups.mjs";
+
+export function median(values) {
+  const sorted = values.filter((v) => typeof v === "number" && Number.isFinite(v)).sort((a, b) => a - b);
+  if (!sorted.length) return undefined;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+const perUnit = (seconds, count, scale) => (seconds === undefined || !count ? undefined : (seconds / count) * scale);
+
+/** Each figure the report shows: how to read it from one round's measurement. */
+export const METRICS = [
+  { key: "newConnPerSec", label: "new connections/s (one request each, new TLS handshakes)", unit: "conn/s", better: "higher", get: (r) => r.newConn?.requestsPerSecond },
+  { key: "newConnP99Ms", label: "  p99 latency of those requests", unit: "ms", better: "lower", get: (r) => r.newConn && r.newConn.latencyUs.p99 / 1000 },
+  { key: "keepAliveRps", label: "requests/s over kept-alive connections", unit: "req/s", better: "higher", get: (r) => r.keepAlive?.requestsPerSecond },
+  { key: "keepAliveP50Ms", label: "  p50 latency", unit: "ms", better: "lower", get: (r) => r.keepAlive && r.keepAlive.latencyUs.p50 / 1000 },
+  { key: "keepAliveP99Ms", label: "  p99 latency", unit: "ms", better: "lower", get: (r) => r.keepAlive && r.keepAlive.latencyUs.p99 / 1000 },
+  { key: "unloadedP50Us", label: "one kept-alive connection, p50 latency", unit: "µs", better: "lower", get: (r) => r.unloaded?.latencyUs.p50 },
+  { key: "unloadedP99Us", label: "one kept-alive connection, p99 latency", unit: "µs", better: "lower", get: (r) => r.unloaded?.latencyUs.p99 },
+  { key: "bulkGbps", label: "bulk throughput, one stream (iperf3)", unit: "Gbit/s", better: "higher", get: (r) => r.bulk?.gbitPerSecond },
+  { key: "cpuUsPerNewConn", label: "proxies' CPU per new connection", unit: "µs", better: "lower", sidecarsOnly: true, get: (r) => r.newConn && perUnit(r.newConn.cpu.sidecarsSeconds, r.newConn.requests, 1e6) },
+  { key: "cpuUsPerRequest", label: "proxies' CPU per kept-alive request", unit: "µs", better: "lower", sidecarsOnly: true, get: (r) => r.keepAlive && perUnit(r.keepAlive.cpu.sidecarsSeconds, r.keepAlive.requests, 1e6) },
+  { key: "cpuSecondsPerGB", label: "proxies' CPU per GB of bulk data", unit: "CPU s/GB", better: "lower", sidecarsOnly: true, get: (r) => r.bulk && perUnit(r.bulk.cpu.sidecarsSeconds, r.bulk.bytes, 1e9) },
+  { key: "agentCpuUsPerNewConn", label: "Consul agent's CPU per new connection", unit: "µs", better: "lower", sidecarsOnly: true, get: (r) => r.newConn && perUnit(r.newConn.cpu.byGroup["consul agent"], r.newConn.requests, 1e6) },
+  { key: "proxiesCpuSeconds", label: "proxies' CPU, all phases", unit: "CPU s", better: "lower", sidecarsOnly: true, get: (r) => sumPhases(r, (p) => p.cpu.sidecarsSeconds) },
+  { key: "peakRssMbSidecar", label: "peak RSS of one sidecar (largest of the two)", unit: "MB", better: "lower", sidecarsOnly: true, get: (r) => (r.sidecars?.length ? Math.max(...r.sidecars.map((s) => s.peakRssKb)) / 1024 : undefined) },
+  { key: "peakRssMbPair", label: "peak RSS of both sidecars", unit: "MB", better: "lower", sidecarsOnly: true, get: (r) => (r.sidecars?.length ? r.sidecars.reduce((a, s) => a + s.peakRssKb, 0) / 1024 : undefined) },
+  { key: "errors", label: "client errors (connect, read, write, timeout, HTTP ≥ 400)", unit: "", better: "lower", get: (r) => sumPhases(r, (p) => p.errorCount ?? 0) },
+  { key: "unattributedCpuPct", label: "machine CPU not spent by this benchmark (noise)", unit: "%", better: "lower", get: (r) => noisePercent(r) },
+];
+
+const PHASES = ["newConn", "keepAlive", "unloaded", "bulk"];
+
+function sumPhases(round, pick) {
+  const present = PHASES.filter((p) => round[p]);
+  if (!present.length) return undefined;
+  return present.reduce((sum, p) => sum + pick(round[p]), 0);
+}
+
+function noisePercent(round) {
+  const unattributed = sumPhases(round, (p) => p.cpu.unattributedSeconds);
+  const total = sumPhases(round, (p) => p.cpu.machineSeconds);
+  return unattributed === undefined || !total ? undefined : (unattributed / total) * 100;
+}
+
+/** rounds: { [setupId]: roundResult[] } → { [setupId]: { [metricKey]: { median, min, max, values } } } */
+export function summarize(rounds) {
+  const summary = {};
+  for (const [setup, results] of Object.entries(rounds)) {
+    summary[setup] = {};
+    for (const metric of METRICS) {
+      if (metric.sidecarsOnly && setup === "direct") continue;
+      const values = results.map((r) => metric.get(r)).filter((v) => typeof v === "number" && Number.isFinite(v));
+      if (!values.length) continue;
+      summary[setup][metric.key] = { median: median(values), min: Math.min(...values), max: Math.max(...values), values };
+    }
+  }
+  return summary;
+}
+
+const ratio = (a, b) => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
+const med = (summary, setup, key) => summary[setup]?.[key]?.median;
+
+export function ratios(summary) {
+  const out = {};
+  for (const metric of METRICS) {
+    if (["errors", "unattributedCpuPct"].includes(metric.key)) continue;
+    out[metric.key] = {
+      connectOverBuiltin: ratio(med(summary, "connect", metric.key), med(summary, "builtin", metric.key)),
+      connectOverPlain: ratio(med(summary, "connect", metric.key), med(summary, "plain", metric.key)),
+    };
+  }
+  return out;
+}
+
+/** The issue's targets, each checked against this run. */
+export function checkTargets(summary, ratioTable) {
+  const r = (key, which) => ratioTable[key]?.[which];
+  const rss = med(summary, "connect", "peakRssMbSidecar");
+  const target = (name, measured, limit, atLeast, unit = "×") => ({
+    name,
+    measured,
+    target: `${atLeast ? "≥" : "≤"} ${limit}${unit === "×" ? "×" : ` ${unit}`}`,
+    met: measured === undefined ? undefined : atLeast ? measured >= limit : measured <= limit,
+    unit,
+  });
+  return [
+    target("new connections/s vs built-in proxy", r("newConnPerSec", "connectOverBuiltin"), 2, true),
+    target("new connections/s vs plain HAProxy pair", r("newConnPerSec", "connectOverPlain"), 0.9, true),
+    target("bulk throughput vs built-in proxy", r("bulkGbps", "connectOverBuiltin"), 1.5, true),
+    target("bulk throughput vs plain HAProxy pair", r("bulkGbps", "connectOverPlain"), 0.95, true),
+    target("p99 latency, kept-alive, vs built-in proxy", r("keepAliveP99Ms", "connectOverBuiltin"), 1, false),
+    target("peak RSS of one sidecar (controller + HAProxy)", rss, 130, false, "MB"),
+  ];
+}
+
+const COLUMNS = ["direct", "plain", "connect", "builtin"];
+
+function cell(summary, setup, key) {
+  const entry = summary[setup]?.[key];
+  if (!entry) return "–";
+  const spread = entry.values.length > 1 && entry.max !== entry.min ? ` <sub>${formatNumber(entry.min)}–${formatNumber(entry.max)}</sub>` : "";
+  return formatNumber(entry.median) + spread;
+}
+
+const formatRatio = (value) => (value === undefined ? "–" : `${value.toFixed(2)}×`);
+
+export function markdownReport({ machine, settings, summary, ratioTable, targets, extras, chartFile, rounds }) {
+  const lines = [];
+  const add = (...more) => lines.push(...more);
+  add(
+    `# connect-haproxy benchmark${settings.quick ? " (quick smoke run: figures are not meaningful)" : ""}`,
+    "",
+    `Generated by \`npm run bench${settings.quick ? " -- --quick" : ""}\` on ${settings.finishedAt} (commit ${settings.commit}). Path measured: client → web's upstream listener → mTLS → db's public listener → application, on 127.0.0.1.`,
+    "",
+  );
+  if (chartFile) add(`![benchmark chart](${chartFile})`, "");
+  add(
+    "## Machine",
+    "",
+    "| | |",
+    "|---|---|",
+    ...Object.entries(machine).map(([k, v]) => `| ${k} | ${String(v).replaceAll("|", "\\|")} |`),
+    "",
+    "## How",
+    "",
+    ...settings.method.map((m) => `- ${m}`),
+    "",
+    "## Results",
+    "",
+    `Median of ${settings.rounds} round${settings.rounds > 1 ? "s" : ""}${settings.rounds > 1 ? " (smallest–largest in small print)" : ""}. Ratios are connect-haproxy divided by the other set-up.`,
+    "",
+    `| | ${COLUMNS.map((c) => SETUPS[c].short).join(" | ")} | connect-haproxy / built-in | connect-haproxy / plain |`,
+    `|---|${COLUMNS.map(() => "--:").join("|")}|--:|--:|`,
+  );
+  for (const metric of METRICS) {
+    if (!COLUMNS.some((c) => summary[c]?.[metric.key])) continue;
+    const unit = metric.unit ? ` (${metric.unit})` : "";
+    const ratiosFor = ratioTable[metric.key];
+    add(
+      `| ${metric.label.replace(/^ {2}/, "↳ ")}${unit} | ${COLUMNS.map((c) => cell(summary, c, metric.key)).join(" | ")} | ${formatRatio(ratiosFor?.connectOverBuiltin)} | ${formatRatio(ratiosFor?.connectOverPlain)} |`,
+    );
+  }
+  add("", "## Targets", "", "| target | required | measured | |", "|---|---|--:|---|");
+  for (const t of targets) {
+    const measured = t.measured === undefined ? "–" : t.unit === "×" ? formatRatio(t.measured) : `${formatNumber(t.measured)} ${t.unit}`;
+    add(`| ${t.name} | ${t.target} | ${measured} | ${t.met === undefined ? "not measured" : t.met ? "met" : "**missed**"} |`);
+  }
+  add("", "## Cost of authorization alone", "");
+  const noCache = summary.connectNoCache;
+  if (noCache?.newConnPerSec) {
+    const warm = med(summary, "connect", "newConnPerSec");
+    add(
+      `With the verdict cache off (\`CONNECT_ALLOW_TTL=0\`), every new connection asks the agent (\`POST /v1/agent/connect/authorize\`; connections arriving while a call for the same client is in flight share it):`,
+      "",
+      "| | connect-haproxy, cache warm | connect-haproxy, cache off |",
+      "|---|--:|--:|",
+      `| new connections/s | ${cell(summary, "connect", "newConnPerSec")} | ${cell(summary, "connectNoCache", "newConnPerSec")} |`,
+      `| proxies' CPU per new connection (µs) | ${cell(summary, "connect", "cpuUsPerNewConn")} | ${cell(summary, "connectNoCache", "cpuUsPerNewConn")} |`,
+      `| Consul agent's CPU per new connection (µs) | ${cell(summary, "connect", "agentCpuUsPerNewConn")} | ${cell(summary, "connectNoCache", "agentCpuUsPerNewConn")} |`,
+      `| p99 latency of a new-connection request (ms) | ${cell(summary, "connect", "newConnP99Ms")} | ${cell(summary, "connectNoCache", "newConnP99Ms")} |`,
+      "",
+      warm ? `Cache off / cache warm: ${formatRatio(ratio(med(summary, "connectNoCache", "newConnPerSec"), warm))} the connection rate.` : "",
+    );
+    const perConnection = extras.authorizerPerConnection ?? {};
+    if (perConnection.connect?.length || perConnection.connectNoCache?.length) {
+      add("", "Per new connection, from `connect cache stats` on db's sidecar before and after the phase (one entry per round):", "");
+      if (perConnection.connect?.length) add(`- cache warm: ${perConnection.connect.join("; ")}`);
+      if (perConnection.connectNoCache?.length) add(`- cache off: ${perConnection.connectNoCache.join("; ")}`);
+    }
+  } else {
+    add("Not measured in this run.");
+  }
+  if (rounds) {
+    const breakdown = cpuBreakdown(rounds);
+    const commands = [...new Set(Object.values(breakdown).flatMap((b) => Object.keys(b)))].sort();
+    if (commands.length) {
+      add(
+        "",
+        "## Where the proxies' CPU goes, per new connection",
+        "",
+        "Both sidecars together, by process (µs of CPU per connection in the new-connection phase, median): `haproxy` is HAProxy (master and worker), `node` the controller, `consul` Consul's built-in proxy. The TLS columns are HAProxy's own rates on db's side, read midway through the phase.",
+        "",
+        `| | ${commands.join(" | ")} | TLS handshakes/s | of which with a new key exchange/s | sessions resumed (%) |`,
+        `|---|${commands.map(() => "--:").join("|")}|--:|--:|--:|`,
+      );
+      for (const setup of ["plain", "connect", "connectNoCache", "builtin"]) {
+        if (!breakdown[setup]) continue;
+        const tls = tlsMidway(rounds[setup]);
+        add(
+          `| ${SETUPS[setup].short} | ${commands.map((c) => formatNumber(breakdown[setup][c])).join(" | ")} | ${formatNumber(tls.sslRate)} | ${formatNumber(tls.sslFrontendKeyRate)} | ${formatNumber(tls.sslFrontendSessionReusePct)} |`,
+        );
+      }
+    }
+  }
+  if (extras.microbenchmark) {
+    add("", "### Authorizer micro-benchmark (Lua, under lua5.3)", "", extras.microbenchmark.markdown);
+  }
+  if (extras.notes?.length) add("", "## Notes", "", ...extras.notes.map((n) => `- ${n}`));
+  add("");
+  return lines.join("\n");
+}
+
+/** { setup: { command: median µs of CPU per new connection } } */
+export function cpuBreakdown(rounds) {
+  const out = {};
+  for (const [setup, results] of Object.entries(rounds)) {
+    const perRound = results.filter((r) => r.newConn?.requests && r.newConn.cpu.sidecarsByCommand && Object.keys(r.newConn.cpu.sidecarsByCommand).length);
+    if (!perRound.length) continue;
+    const commands = new Set(perRound.flatMap((r) => Object.keys(r.newConn.cpu.sidecarsByCommand)));
+    out[setup] = {};
+    for (const command of commands) {
+      out[setup][command] = median(perRound.map((r) => ((r.newConn.cpu.sidecarsByCommand[command] ?? 0) / r.newConn.requests) * 1e6));
+    }
+  }
+  return out;
+}
+
+function tlsMidway(results = []) {
+  const samples = results.map((r) => r.newConn?.midway).filter((m) => m && !m.error);
+  const pick = (key) => median(samples.map((m) => m[key]));
+  return { sslRate: pick("sslRate"), sslFrontendKeyRate: pick("sslFrontendKeyRate"), sslFrontendSessionReusePct: pick("sslFrontendSessionReusePct") };
+}
+
+export function chartPanels(summary) {
+  const bars = (key, setups = COLUMNS) =>
+    setups.filter((s) => summary[s]).map((s) => ({ setup: s, label: SETUPS[s].short, short: SETUPS[s].short.replace("HAProxy", "").trim() || SETUPS[s].short, value: med(summary, s, key) }));
+  const pairs = COLUMNS.filter((c) => c !== "direct");
+  return [
+    { title: "New connections per second", unit: "conn/s, one request each", better: "higher", bars: bars("newConnPerSec") },
+    { title: "Kept-alive requests per second", unit: "req/s", better: "higher", bars: bars("keepAliveRps") },
+    { title: "p99 latency, kept-alive", unit: "ms", better: "lower", bars: bars("keepAliveP99Ms") },
+    { title: "Bulk throughput, one stream", unit: "Gbit/s (iperf3)", better: "higher", bars: bars("bulkGbps") },
+    { title: "Proxies' CPU per new connection", unit: "µs, both sidecars", better: "lower", bars: bars("cpuUsPerNewConn", pairs) },
+    { title: "Peak RSS of one sidecar", unit: "MB", better: "lower", bars: bars("peakRssMbSidecar", pairs) },
+  ];
+}

@@ -1,0 +1,276 @@
+#!/usr/bin/env node
+// connect-haproxy against Consul's built-in proxy and a plain HAProxy mTLS
+// pair, in one run, on one machine. Started by `npm run bench` (scripts/bench.sh),
+// which installs what is missing and builds first.
+//
+//   node bench/run.mjs [--quick] [--rounds N] [--seconds S] [--setups a,b] [--out PREFIX] [--keep]
+//
+// Writes PREFIX.md, PREFIX.json and PREFIX.svg (default bench/results/latest,
+// or bench/results/quick with --quick). Exit codes: 0 done; 1 a measurement
+// failed (every process started is stopped); 2 bad usage.
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, renameSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { basename, dirname, join, relative } from "node:path";
+import { barChartSvg } from "./lib/chart.mjs";
+import { caRootsPem, meshCertificates, registerMesh, startConsulDev } from "./lib/consul.mjs";
+import { measureSetup } from "./lib/measure.mjs";
+import { freePorts } from "./lib/ports.mjs";
+import { installCleanupHandlers, runCommand, stopAll } from "./lib/processes.mjs";
+import { chartPanels, checkTargets, markdownReport, ratios, summarize } from "./lib/report.mjs";
+import { SETUPS, controllerAvailable } from "./lib/setups.mjs";
+
+const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const log = (message) => console.error(message);
+
+const USAGE = `usage: node bench/run.mjs [options]
+  --quick          smoke run (about a minute): short phases, one round; writes bench/results/quick.*
+  --rounds N       rounds over all set-ups; figures are medians (default 3, quick 1)
+  --seconds S      length of each measured phase (default 10, quick 2)
+  --setups LIST    comma-separated subset of: ${Object.keys(SETUPS).join(",")}
+  --out PREFIX     output files PREFIX.md/.json/.svg (default bench/results/latest)
+  --keep           keep the run directory (configs, logs) instead of deleting it
+environment: CONSUL_BIN (required), HAPROXY_BIN (default haproxy)`;
+
+function parseArgs(argv) {
+  const options = { quick: false, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${arg} needs a value`);
+      return argv[++i];
+    };
+    if (arg === "--quick") options.quick = true;
+    else if (arg === "--keep") options.keep = true;
+    else if (arg === "--rounds") options.rounds = Number(value());
+    else if (arg === "--seconds") options.seconds = Number(value());
+    else if (arg === "--setups") options.setups = value().split(",");
+    else if (arg === "--out") options.out = value();
+    else if (arg === "-h" || arg === "--help") options.help = true;
+    else throw new Error(`unknown option ${arg}`);
+  }
+  options.rounds ??= options.quick ? 1 : 3;
+  options.seconds ??= options.quick ? 2 : 10;
+  options.setups ??= Object.keys(SETUPS);
+  options.out ??= join(repoRoot, "bench", "results", options.quick ? "quick" : "latest");
+  for (const s of options.setups) if (!SETUPS[s]) throw new Error(`unknown set-up ${s}`);
+  if (!(options.rounds >= 1) || !(options.seconds >= 1)) throw new Error("--rounds and --seconds must be at least 1");
+  return options;
+}
+
+const firstLine = (cmd, args) => {
+  try {
+    return execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).split("\n")[0].trim();
+  } catch (err) {
+    return `${(err.stdout || "").toString().split("\n")[0].trim() || "unavailable"}`;
+  }
+};
+
+function describeMachine(consulBin, haproxyBin) {
+  const cpuModel = readFileSync("/proc/cpuinfo", "utf8").match(/^model name\s*:\s*(.*)$/m)?.[1] ?? cpus()[0]?.model ?? "unknown";
+  return {
+    nproc: firstLine("nproc", []),
+    "CPU model": cpuModel,
+    kernel: firstLine("uname", ["-sr"]),
+    memory: `${Math.round(Number(readFileSync("/proc/meminfo", "utf8").match(/MemTotal:\s+(\d+)/)[1]) / 1024)} MB`,
+    haproxy: firstLine(haproxyBin, ["-v"]),
+    OpenSSL: firstLine("openssl", ["version"]),
+    consul: firstLine(consulBin, ["version"]),
+    node: process.version,
+    wrk: firstLine("wrk", ["-v"]).replace(/\s+Copyright.*/, ""),
+    iperf3: firstLine("iperf3", ["--version"]),
+    "load average at start": readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" "),
+  };
+}
+
+/** Two cores: A = web's host (client, web's sidecar), B = db's host (db's sidecar, app, agent). */
+function cpuPlan() {
+  const count = cpus().length;
+  if (count < 2) return { a: undefined, b: undefined, note: "one CPU: no pinning" };
+  return { a: "0", b: "1", note: "pinned with taskset: CPU 0 = client (wrk, iperf3 -c) + web's sidecar; CPU 1 = db's sidecar + application (HAProxy app, iperf3 -s) + Consul agent" };
+}
+
+/**
+ * The authorizer's own micro-benchmark (issue 3), when bench/ has one:
+ * bench/authorizer.sh (Lua under lua5.3, then real round trips inside HAProxy),
+ * else bench/authorizer.lua alone. Its output is quoted as it is.
+ */
+async function runAuthorizerMicrobenchmark() {
+  const candidates = [
+    ["authorizer.sh", "bash"],
+    ["authorizer.mjs", process.execPath],
+    ["authorizer.lua", "lua5.3"],
+  ].filter(([name]) => existsSync(join(repoRoot, "bench", name)));
+  if (!candidates.length) return undefined;
+  const [name, interpreter] = candidates[0];
+  const file = `bench/${name}`;
+  log(`bench: running the authorizer micro-benchmark ${file}`);
+  const result = await runCommand(interpreter, [file], { timeoutMs: 240000, cwd: repoRoot });
+  const text = `${result.stdout}${result.stderr ? `\n${result.stderr}` : ""}`.trim();
+  const shown = interpreter === process.execPath ? "node" : interpreter;
+  return {
+    file,
+    exitCode: result.code,
+    output: text,
+    markdown: `\`${shown} ${file}\` (exit ${result.code}${result.code === "SIGKILL" ? ", stopped after 240 s" : ""}):\n\n\`\`\`\n${text.slice(0, 4000)}\n\`\`\``,
+  };
+}
+
+function writeAtomically(file, text) {
+  mkdirSync(dirname(file), { recursive: true });
+  const tmp = `${file}.tmp`;
+  writeFileSync(tmp, text);
+  renameSync(tmp, file);
+}
+
+async function main() {
+  let options;
+  try {
+    options = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    console.error(`bench: ${err.message}\n${USAGE}`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const consulBin = process.env.CONSUL_BIN;
+  if (!consulBin || !existsSync(consulBin)) {
+    console.error("bench: CONSUL_BIN is not set to a consul binary: run `npm run bench` (it finds or builds Consul) or set CONSUL_BIN");
+    return 2;
+  }
+  const haproxyBin = process.env.HAPROXY_BIN ?? "haproxy";
+  const luaBundle = join(repoRoot, "dist", "connect-haproxy.lua");
+  if (!existsSync(luaBundle)) {
+    console.error(`bench: ${luaBundle} is missing: run npm run build`);
+    return 2;
+  }
+  installCleanupHandlers(log);
+  const startedAt = new Date();
+  const machine = describeMachine(consulBin, haproxyBin);
+  const cpu = cpuPlan();
+  const runDir = mkdtempSync(join(tmpdir(), "ch-bench-"));
+  const controller = controllerAvailable(repoRoot);
+  log(`bench: run directory ${runDir}`);
+  log(`bench: connect-haproxy set-up: ${controller.available ? "sidecars run by the controller" : `hand-written HAProxy config + the authorizer (${controller.why})`}`);
+
+  const s = options.seconds;
+  const plan = {
+    warmupSeconds: options.quick ? 1 : 2,
+    newConn: { seconds: s, connections: 32 },
+    keepAlive: { seconds: s, connections: 16 },
+    unloaded: { seconds: Math.max(1, Math.round(s / 2)) },
+    bulk: { seconds: s },
+  };
+  const noCachePlan = { warmupSeconds: 1, newConn: plan.newConn };
+
+  let consul;
+  const rounds = Object.fromEntries(options.setups.map((id) => [id, []]));
+  const failures = [];
+  try {
+    consul = await startConsulDev({ consulBin, dir: runDir, cpu: cpu.b });
+    const [app, dbPublic, webPublic, webApp, upstream] = await freePorts(5);
+    const ports = { app, dbPublic, webPublic, webApp, upstream };
+    await registerMesh(consul, ports);
+    const files = { webPem: join(runDir, "web.pem"), dbPem: join(runDir, "db.pem"), roots: join(runDir, "roots.pem") };
+    writeFileSync(files.webPem, (await meshCertificates(consul, "web")).pem, { mode: 0o600 });
+    writeFileSync(files.dbPem, (await meshCertificates(consul, "db")).pem, { mode: 0o600 });
+    writeFileSync(files.roots, (await caRootsPem(consul)).pem);
+    const ctx = { runDir, consul, consulBin, haproxyBin, luaBundle, ports, files, cpu, controller, runCounter: 0 };
+
+    for (let round = 0; round < options.rounds; round++) {
+      // Rotate the order each round so that no set-up always runs first or last.
+      const order = options.setups.map((_, i) => options.setups[(i + round) % options.setups.length]);
+      log(`bench: round ${round + 1}/${options.rounds}: ${order.join(", ")}`);
+      for (const id of order) {
+        const setupStarted = Date.now();
+        try {
+          rounds[id].push(await measureSetup(id, ctx, id === "connectNoCache" ? noCachePlan : plan, log));
+          log(`  ${id}: done in ${((Date.now() - setupStarted) / 1000).toFixed(1)} s`);
+        } catch (err) {
+          failures.push(`${id} (round ${round + 1}): ${err.message}`);
+          log(`bench: ${id} failed: ${err.message}`);
+        }
+      }
+    }
+  } finally {
+    await consul?.stop();
+    await stopAll();
+  }
+
+  const summary = summarize(Object.fromEntries(Object.entries(rounds).filter(([, r]) => r.length)));
+  const ratioTable = ratios(summary);
+  const targets = checkTargets(summary, ratioTable);
+  const extras = { notes: [] };
+  const perConnection = (id) =>
+    (rounds[id] ?? [])
+      .filter((r) => r.newConn?.authorizer && r.newConn.requests)
+      .map((r) => `${(r.newConn.authorizer.agent_calls / r.newConn.requests).toFixed(2)} agent calls, ${(r.newConn.authorizer.hits / r.newConn.requests).toFixed(2)} cache hits, ${(r.newConn.authorizer.shared / r.newConn.requests).toFixed(2)} shared calls`);
+  extras.authorizerPerConnection = { connect: perConnection("connect"), connectNoCache: perConnection("connectNoCache") };
+  if (options.quick) {
+    extras.notes.push("the authorizer micro-benchmark (bench/authorizer.sh) is not run in quick mode");
+  } else {
+    try {
+      extras.microbenchmark = await runAuthorizerMicrobenchmark();
+    } catch (err) {
+      extras.notes.push(`the authorizer micro-benchmark failed: ${err.message}`);
+    }
+  }
+  if (!controller.available) {
+    extras.notes.push(
+      `connect-haproxy set-up: the controller was not available (${controller.why}), so its two HAProxy sidecars were configured by hand like the plain pair plus the Lua authorizer (lua-load dist/connect-haproxy.lua, lua.connect_authorize on the public listener, enforced by a reject rule). The controller's own process is therefore not in its CPU and RSS figures.`,
+    );
+  }
+  for (const f of failures) extras.notes.push(`FAILED: ${f}`);
+
+  const commit = firstLine("git", ["-C", repoRoot, "rev-parse", "--short", "HEAD"]);
+  machine["load average at end"] = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+  const settings = {
+    quick: options.quick,
+    rounds: options.rounds,
+    commit,
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    plan,
+    noCachePlan,
+    cpu,
+    connectHaproxyMode: controller.available ? "controller" : "hand-configured HAProxy + authorizer",
+    method: [
+      `new connections: \`wrk -t1 -c${plan.newConn.connections} -d${s}s -H "Connection: close"\`, so every request opens a new connection through both sidecars (a new TLS handshake between them; HAProxy resumes TLS sessions, Consul's proxy does as its Go TLS stack does) after a ${plan.warmupSeconds} s warm-up that also fills the verdict cache`,
+      `kept-alive: \`wrk -t1 -c${plan.keepAlive.connections} -d${s}s --latency\`; one connection: \`wrk -t1 -c1 -d${plan.unloaded.seconds}s\` (latency with no queueing)`,
+      `bulk: \`iperf3 -c -t ${s} -O 1 -P 1\` (one stream; the control and data connections both cross the sidecars in TCP mode)`,
+      "application: HAProxy answering `200 ok` to every request (`http-request return`), replaced by `iperf3 -s` on the same port for the bulk phase",
+      `CPU: utime+stime from /proc/<pid>/stat before and after each phase, for every process of each sidecar (controller, HAProxy master and workers, or the Go proxy), the application and the Consul agent; the client's from bash \`times\`. Peak RSS: VmHWM of every process of a sidecar, summed. ${cpu.note}`,
+      "plain HAProxy pair: the configuration the controller renders, without lua-load and the three authorization rules; the same leaf certificates, roots and verify required both ways",
+      `rounds: ${options.rounds}; the set-up order rotates each round; figures are medians`,
+    ],
+  };
+  const chartFile = `${basename(options.out)}.svg`;
+  const payload = { machine, settings, summary, ratios: ratioTable, targets, extras, rounds };
+  writeAtomically(`${options.out}.json`, JSON.stringify(payload, null, 2) + "\n");
+  writeAtomically(`${options.out}.md`, markdownReport({ machine, settings, summary, ratioTable, targets, extras, chartFile, rounds }));
+  writeAtomically(
+    `${options.out}.svg`,
+    barChartSvg({
+      title: `connect-haproxy vs Consul's built-in proxy vs plain HAProxy${options.quick ? " (quick run)" : ""}`,
+      subtitle: `${machine.nproc} × ${machine["CPU model"]}, ${machine.haproxy.split(" - ")[0]}, ${machine.consul}; medians of ${options.rounds} round(s), ${settings.finishedAt.slice(0, 10)}`,
+      panels: chartPanels(summary),
+    }),
+  );
+  log(`bench: wrote ${relative(process.cwd(), options.out)}.md, .json, .svg`);
+  process.stdout.write(readFileSync(`${options.out}.md`, "utf8"));
+
+  if (options.keep || failures.length) log(`bench: logs and configs kept in ${runDir}`);
+  else rmSync(runDir, { recursive: true, force: true });
+  return failures.length ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  async (err) => {
+    console.error(`bench: ${err.stack ?? err}`);
+    await stopAll();
+    process.exit(1);
+  },
+);
