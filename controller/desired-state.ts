@@ -103,6 +103,13 @@ export function leafPem(leaf: LeafCertificate): string {
   return leaf.CertPEM.trim() + "\n" + leaf.PrivateKeyPEM.trim() + "\n";
 }
 
+/** Pure: what identifies a set of intentions (null and [] are the same: none). */
+export function intentionsFingerprint(intentions: ConsulSnapshot["intentions"]): string {
+  if (!intentions) return "none";
+  const rules = Object.values(intentions).flatMap((list) => list ?? []);
+  return JSON.stringify(rules.map((i) => [i.ID ?? "", i.SourceName, i.Action ?? "", i.Permissions ?? [], i.Precedence ?? 0, i.ModifyIndex ?? 0]));
+}
+
 /** Pure: snapshot (+ what is running, for stable slots) → desired state. */
 export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths, running?: DesiredState): DesiredState {
   const previousSlots = new Map(running?.upstreams.map((u) => [u.name, u.slots]));
@@ -117,6 +124,6 @@ export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths,
     leafSerial: snapshot.leaf.SerialNumber,
     caRootsPem: rootsPem(snapshot.roots),
     trustDomain: snapshot.roots.TrustDomain,
-    intentionsFingerprint: JSON.stringify(snapshot.intentions ?? null),
+    intentionsFingerprint: intentionsFingerprint(snapshot.intentions),
   };
 }

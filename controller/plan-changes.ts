@@ -66,14 +66,30 @@ function slotChanges(running: UpstreamState, desired: UpstreamState): Operation[
   return operations;
 }
 
+/** What the running HAProxy can safely change at run time. */
+export interface RuntimeCapabilities {
+  /**
+   * `set ssl cert` + `commit ssl cert` on a certificate used by a `bind … verify
+   * required`. False for HAProxy 2.6: the listener rebuilt by the commit stops
+   * requesting client certificates (proved by test/integration/controller-haproxy-2.6.test.ts),
+   * so a renewed leaf is loaded by a validated seamless reload instead.
+   */
+  swapListenerCertificate: boolean;
+}
+
+export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false };
+
 /**
  * Pure: the operations that take HAProxy from `running` to `desired`.
  * A structural difference gives a single reload (the files already hold every
  * other change); otherwise runtime commands only: certificates first, so
  * servers enabled in the same batch already use the new ones.
  */
-export function planChanges(running: DesiredState, desired: DesiredState): Operation[] {
+export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = haproxy26): Operation[] {
   const reasons = structuralChanges(running, desired);
+  if (!capabilities.swapListenerCertificate && running.leafCertificatePem !== desired.leafCertificatePem) {
+    reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time`);
+  }
   if (reasons.length > 0) return [{ kind: "reload", reason: reasons.join("; ") }];
   const operations: Operation[] = [];
   if (running.leafCertificatePem !== desired.leafCertificatePem) {

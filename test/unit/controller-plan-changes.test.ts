@@ -34,10 +34,18 @@ describe("planChanges", () => {
     expect(ops).toEqual([{ kind: "reload", reason: "upstream upstream_db needs 16 server slots (has 8)" }]);
   });
 
-  it("swaps a renewed leaf at run time", () => {
+  it("loads a renewed leaf with a reload on HAProxy 2.6 (its runtime swap drops verify required)", () => {
     const snapshot = webSnapshot([db1!]);
     const renewed = { ...snapshot, leaf: { ...snapshot.leaf, SerialNumber: "aa:bb", CertPEM: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----" } };
-    const ops = planChanges(running, buildDesiredState(renewed, paths, running));
+    expect(planChanges(running, buildDesiredState(renewed, paths, running))).toEqual([
+      { kind: "reload", reason: expect.stringMatching(/^leaf certificate renewed \(serial 0a -> aa:bb\); HAProxy 2\.6 cannot swap/) },
+    ]);
+  });
+
+  it("swaps a renewed leaf at run time where HAProxy can", () => {
+    const snapshot = webSnapshot([db1!]);
+    const renewed = { ...snapshot, leaf: { ...snapshot.leaf, SerialNumber: "aa:bb", CertPEM: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----" } };
+    const ops = planChanges(running, buildDesiredState(renewed, paths, running), { swapListenerCertificate: true });
     expect(ops).toHaveLength(1);
     expect(ops[0]).toMatchObject({ kind: "update-certificate", file: paths.leafCertificateFile, change: expect.stringContaining("-> aa:bb") });
     expect(ops[0]!.kind === "update-certificate" && ops[0]!.pem).toContain("PRIVATE KEY");

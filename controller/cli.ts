@@ -1,0 +1,22 @@
+#!/usr/bin/env node
+// Bin shim: signals → AbortSignal, run() → exit code. A second signal, or a
+// stop that outlasts the watchdog, ends the process at once.
+import { run } from "./run.js";
+
+const stop = new AbortController();
+const watchdogMs = 45_000;
+const onSignal = (name: NodeJS.Signals) => {
+  if (stop.signal.aborted) {
+    process.stderr.write(`connect-haproxy: second ${name}, exiting now\n`);
+    process.exit(1);
+  }
+  stop.abort();
+  setTimeout(() => {
+    process.stderr.write("connect-haproxy: shutdown took too long, exiting\n");
+    process.exit(1);
+  }, watchdogMs).unref();
+};
+process.on("SIGTERM", onSignal);
+process.on("SIGINT", onSignal);
+
+process.exitCode = await run(process.argv.slice(2), process.stdout, process.stderr, { signal: stop.signal });

@@ -1,0 +1,125 @@
+// HAProxy's master process (master-worker mode): start, validated reload
+// through the master CLI, soft stop, and restart when it dies.
+import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { promisify } from "node:util";
+import type { Logger } from "./logger.js";
+import type { Clock } from "./clock.js";
+import { parseShowProc, sendRuntimeCommand, type MasterProcessList } from "./runtime-api.js";
+
+const execFileAsync = promisify(execFile);
+
+export interface HaproxyProcessOptions {
+  binary: string;
+  configFile: string;
+  masterSocket: string;
+  statsSocket: string;
+  /** HAProxy's environment: the Lua authorizer reads CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN from it. */
+  environment: NodeJS.ProcessEnv;
+  logger: Logger;
+  clock: Clock;
+  /** HAProxy's own output (its traffic log goes to stdout). */
+  onOutput(line: string): void;
+  /** How long a soft stop may take before the master is killed. */
+  stopTimeoutMs: number;
+}
+
+export class HaproxyConfigError extends Error {}
+
+export class HaproxyProcess {
+  private child?: ChildProcess;
+  private stopping = false;
+  private restarts = 0;
+  private exited?: Promise<unknown>;
+
+  constructor(private readonly options: HaproxyProcessOptions) {}
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** `haproxy -c`: throws HaproxyConfigError with HAProxy's own words. */
+  async check(): Promise<void> {
+    try {
+      await execFileAsync(this.options.binary, ["-c", "-q", "-f", this.options.configFile], { env: this.options.environment });
+    } catch (err) {
+      const e = err as { stderr?: string; stdout?: string; message: string };
+      const detail = `${e.stdout ?? ""}${e.stderr ?? ""}`.trim() || e.message;
+      throw new HaproxyConfigError(`haproxy -c rejected ${this.options.configFile}: ${detail}`);
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.check();
+    this.spawnMaster();
+    await this.waitUntilServing(undefined);
+  }
+
+  private spawnMaster(): void {
+    const { binary, configFile, masterSocket, environment } = this.options;
+    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, "-f", configFile], { env: environment, stdio: ["ignore", "pipe", "pipe"] });
+    this.child = child;
+    const forward = (chunk: Buffer) => {
+      for (const line of chunk.toString().split("\n")) if (line.trim()) this.options.onOutput(line);
+    };
+    child.stdout?.on("data", forward);
+    child.stderr?.on("data", forward);
+    this.exited = once(child, "exit");
+    child.on("exit", (code, signal) => {
+      if (this.stopping || this.child !== child) return;
+      this.restarts += 1;
+      const delayMs = Math.min(30_000, 500 * 2 ** Math.min(this.restarts - 1, 6));
+      this.options.logger.error("HAProxy exited unexpectedly; restarting it", { code: code ?? undefined, signal: signal ?? undefined, restartInMs: delayMs, restarts: this.restarts });
+      void this.options.clock.sleep(delayMs).then(() => {
+        if (this.stopping) return;
+        this.spawnMaster();
+        this.waitUntilServing(undefined).then(
+          () => this.options.logger.info("HAProxy restarted", { pid: this.child?.pid }),
+          (err: Error) => this.options.logger.error("HAProxy did not come back", { error: err.message }),
+        );
+      });
+    });
+  }
+
+  /** Waits until a worker other than `previousWorker` answers on the stats socket. */
+  private async waitUntilServing(previousWorker: number | undefined, timeoutMs = 15_000): Promise<number> {
+    const deadline = this.options.clock.now() + timeoutMs;
+    let lastError = "no answer";
+    while (this.options.clock.now() < deadline) {
+      if (this.child?.exitCode !== null && this.child?.exitCode !== undefined) throw new Error(`HAProxy exited with code ${this.child.exitCode}`);
+      try {
+        const match = /^Pid: (\d+)$/m.exec(await sendRuntimeCommand(this.options.statsSocket, "show info", 1000));
+        if (match && Number(match[1]) !== previousWorker) return Number(match[1]);
+        lastError = "still the old worker";
+      } catch (err) {
+        lastError = (err as Error).message;
+      }
+      await this.options.clock.sleep(25);
+    }
+    throw new Error(`HAProxy is not serving after ${timeoutMs} ms (${lastError})`);
+  }
+
+  async processList(): Promise<MasterProcessList> {
+    return parseShowProc(await sendRuntimeCommand(this.options.masterSocket, "show proc"));
+  }
+
+  /** Validated seamless reload: `haproxy -c` first, then `reload` on the master CLI. */
+  async reload(): Promise<void> {
+    await this.check();
+    const before = await this.processList();
+    // The master answers nothing (2.6) and re-executes itself; the new worker takes over the listeners.
+    await sendRuntimeCommand(this.options.masterSocket, "reload").catch(() => "");
+    await this.waitUntilServing(before.workers[0]);
+  }
+
+  /** Soft stop (SIGUSR1): listeners close, established connections finish within the bound. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill("SIGUSR1");
+    const killer = setTimeout(() => child.kill("SIGKILL"), this.options.stopTimeoutMs);
+    await this.exited;
+    clearTimeout(killer);
+  }
+}

@@ -1,0 +1,212 @@
+// The command line: `run(argv, out, err)` resolves with the exit code, so tests
+// call it directly; cli.ts is the bin shim around it.
+import { Command, CommanderError, Option } from "commander";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { systemClock } from "./clock.js";
+import { ConsulClient, ConsulError, type ServiceInstanceEntry } from "./consul-client.js";
+import { findSidecar, LookupError, SidecarController, type SidecarSelector } from "./controller.js";
+import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
+import { renderHaproxyConfig } from "./haproxy-config.js";
+import { createLogger, isLogLevel, type Logger } from "./logger.js";
+import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
+
+export const exitCodes = { ok: 0, runtimeFailure: 1, usage: 2 } as const;
+
+export interface Writable {
+  write(text: string): unknown;
+}
+
+export interface RunOptions {
+  /** Aborting it stops the controller (the bin shim wires SIGTERM/SIGINT to it). */
+  signal?: AbortSignal;
+  env?: NodeJS.ProcessEnv;
+}
+
+class UsageError extends Error {}
+
+/** dist/connect-haproxy.lua, found from dist/controller/ (built) or controller/ (sources). */
+export function luaBundlePath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [resolve(here, "..", "connect-haproxy.lua"), resolve(here, "..", "dist", "connect-haproxy.lua")];
+  return candidates.find((path) => existsSync(path)) ?? candidates[0]!;
+}
+
+export function pathsIn(configDir: string): HaproxyPaths {
+  return {
+    configFile: join(configDir, "haproxy.cfg"),
+    leafCertificateFile: join(configDir, "certs", "leaf.pem"),
+    caRootsFile: join(configDir, "certs", "roots.pem"),
+    statsSocket: join(configDir, "stats.sock"),
+    masterSocket: join(configDir, "master.sock"),
+    luaBundle: luaBundlePath(),
+  };
+}
+
+interface CommonOptions {
+  sidecarFor?: string;
+  proxyId?: string;
+  httpAddr: string;
+  token?: string;
+  tokenFile?: string;
+  caFile?: string;
+  configDir?: string;
+  logLevel: string;
+}
+
+interface RunCommandOptions extends CommonOptions {
+  haproxyBin: string;
+}
+
+const exitCodeHelp = `
+Exit codes:
+  0  stopped cleanly (SIGTERM or SIGINT), or the subcommand succeeded
+  1  runtime failure: HAProxy could not start, Consul refused a request (ACL), ...
+  2  usage error, or the sidecar could not be identified on the local agent
+
+Examples:
+  connect-haproxy --sidecar-for web-1
+  CONSUL_HTTP_TOKEN_FILE=/etc/consul/web.token connect-haproxy --sidecar-for web-1 --config-dir /run/web-sidecar
+  connect-haproxy render --sidecar-for web-1 > haproxy.cfg`;
+
+function addConsulOptions(command: Command): Command {
+  return command
+    .option("--sidecar-for <service-id>", "run the sidecar of this service instance (the connect-proxy whose Proxy.DestinationServiceID it is)")
+    .option("--proxy-id <sidecar-id>", "run the connect-proxy registered with this service ID")
+    .addOption(new Option("--http-addr <address>", "Consul agent's HTTP API (host:port, http:// or https://)").env("CONSUL_HTTP_ADDR").default("127.0.0.1:8500"))
+    .addOption(new Option("--token <token>", "ACL token for Consul (also handed to HAProxy's authorizer through its environment)").env("CONSUL_HTTP_TOKEN"))
+    .addOption(new Option("--token-file <path>", "file holding the ACL token").env("CONSUL_HTTP_TOKEN_FILE"))
+    .addOption(new Option("--ca-file <path>", "CA certificate to verify Consul's https:// API").env("CONSUL_CACERT"))
+    .addOption(new Option("--config-dir <dir>", "where haproxy.cfg, certificates and sockets live (default: <tmpdir>/connect-haproxy/<sidecar-id>)"))
+    .addOption(new Option("--log-level <level>", "debug, info, warn or error").env("CONNECT_HAPROXY_LOG_LEVEL").default("info"));
+}
+
+export async function run(argv: string[], out: Writable, err: Writable, runOptions: RunOptions = {}): Promise<number> {
+  const signal = runOptions.signal ?? new AbortController().signal;
+  let exitCode: number = exitCodes.ok;
+  const program = new Command("connect-haproxy")
+    .description(
+      "Runs HAProxy as the Consul Connect sidecar of a service instance and keeps it current as Consul changes: new upstream instances, renewed certificates, rotated CA roots and changed intentions are applied without reloads where HAProxy allows.",
+    )
+    .enablePositionalOptions()
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => out.write(s), writeErr: (s) => err.write(s) })
+    .showHelpAfterError("(run connect-haproxy --help for usage)")
+    .addHelpText("after", exitCodeHelp);
+  addConsulOptions(program)
+    .addOption(new Option("--haproxy-bin <path>", "HAProxy 2.6+ binary").env("HAPROXY_BIN").default("haproxy"))
+    .action(async (options: RunCommandOptions) => {
+      exitCode = await runSidecar(options, out, err, signal);
+    });
+  addConsulOptions(program.command("render"))
+    .description("print the haproxy.cfg the sidecar would run (for review, or for an existing HAProxy setup), then exit")
+    .action(async (options: CommonOptions) => {
+      exitCode = await renderOnce(options, out, err, signal);
+    });
+  program
+    .command("lua-path")
+    .description("print the absolute path of the installed connect-haproxy.lua (for lua-load in your own haproxy.cfg)")
+    .action(() => {
+      out.write(`${luaBundlePath()}\n`);
+    });
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return exitCode;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode === 0 ? exitCodes.ok : exitCodes.usage;
+    err.write(`connect-haproxy: ${(error as Error).message}\n`);
+    return exitCodes.runtimeFailure;
+  }
+}
+
+function selectorFrom(options: CommonOptions): SidecarSelector {
+  if (!options.sidecarFor === !options.proxyId) throw new UsageError("give exactly one of --sidecar-for <service-id> or --proxy-id <sidecar-id>");
+  return { sidecarFor: options.sidecarFor, proxyId: options.proxyId };
+}
+
+function readToken(options: CommonOptions): string | undefined {
+  if (options.token) return options.token;
+  if (!options.tokenFile) return undefined;
+  try {
+    return readFileSync(options.tokenFile, "utf8").trim() || undefined;
+  } catch (error) {
+    throw new UsageError(`cannot read the token file ${options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+}
+
+function loggerFor(options: CommonOptions, err: Writable): Logger {
+  if (!isLogLevel(options.logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error, not "${options.logLevel}"`);
+  return createLogger(options.logLevel, (line) => err.write(line));
+}
+
+/** Maps an error to its one-line message and exit code. */
+function failure(error: unknown, err: Writable): number {
+  const message = error instanceof Error ? error.message : String(error);
+  err.write(`connect-haproxy: ${message}\n`);
+  if (error instanceof UsageError || error instanceof LookupError || error instanceof SidecarSpecError) return exitCodes.usage;
+  return exitCodes.runtimeFailure;
+}
+
+async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal): Promise<number> {
+  let consul: ConsulClient | undefined;
+  try {
+    const selector = selectorFrom(options);
+    const token = readToken(options);
+    const logger = loggerFor(options, err);
+    consul = new ConsulClient({ httpAddr: options.httpAddr, token, caCertFile: options.caFile });
+    const registration = await findSidecar(consul, selector, logger, systemClock, signal);
+    const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
+    mkdirSync(configDir, { recursive: true, mode: 0o700 });
+    const haproxyEnvironment: NodeJS.ProcessEnv = { ...process.env, CONSUL_HTTP_ADDR: options.httpAddr };
+    delete haproxyEnvironment.CONSUL_HTTP_TOKEN;
+    delete haproxyEnvironment.CONSUL_HTTP_TOKEN_FILE;
+    if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
+    if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
+    const controller = new SidecarController({
+      consul,
+      registration,
+      paths: pathsIn(configDir),
+      haproxyBinary: options.haproxyBin,
+      haproxyEnvironment,
+      logger,
+      clock: systemClock,
+      onHaproxyOutput: (line) => out.write(`${line}\n`),
+    });
+    await controller.run(signal);
+    return exitCodes.ok;
+  } catch (error) {
+    if (signal.aborted && error instanceof ConsulError && error.kind === "aborted") return exitCodes.ok;
+    return failure(error, err);
+  } finally {
+    consul?.close();
+  }
+}
+
+async function renderOnce(options: CommonOptions, out: Writable, err: Writable, signal: AbortSignal): Promise<number> {
+  let consul: ConsulClient | undefined;
+  try {
+    const selector = selectorFrom(options);
+    consul = new ConsulClient({ httpAddr: options.httpAddr, token: readToken(options), caCertFile: options.caFile });
+    const logger = loggerFor(options, err);
+    const registration = await findSidecar(consul, selector, logger, systemClock, signal);
+    const sidecar = parseSidecarSpec(registration);
+    const [roots, leaf] = await Promise.all([consul.caRoots({}, signal), consul.leafCertificate(sidecar.publicListener.destinationServiceName, {}, signal)]);
+    const upstreamInstances: Record<string, ServiceInstanceEntry[]> = {};
+    for (const upstream of sidecar.upstreams) {
+      upstreamInstances[upstream.name] =
+        upstream.destinationType === "prepared_query"
+          ? ((await consul.preparedQuery(upstream.destinationName, upstream.datacenter, signal)).value.Nodes ?? [])
+          : ((await consul.healthyConnectInstances(upstream.destinationName, upstream.datacenter, {}, signal)).value ?? []);
+    }
+    const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
+    const state = buildDesiredState({ sidecar, roots: roots.value, leaf: leaf.value, upstreamInstances }, pathsIn(configDir));
+    out.write(renderHaproxyConfig(state));
+    return exitCodes.ok;
+  } catch (error) {
+    return failure(error, err);
+  } finally {
+    consul?.close();
+  }
+}

@@ -1,0 +1,140 @@
+// HAProxy's runtime API (stats socket, level admin, or the master CLI): one
+// command per connection, answers read whole, errors recognised in one place.
+import { createConnection } from "node:net";
+
+export class RuntimeApiError extends Error {
+  constructor(readonly command: string, readonly answer: string) {
+    super(`HAProxy refused "${command.split("\n")[0]}": ${answer.trim().split("\n").slice(-1)[0] ?? "no answer"}`);
+    this.name = "RuntimeApiError";
+  }
+}
+
+/** Sends one command and resolves with the whole answer (the socket closes after it). */
+export function sendRuntimeCommand(socketPath: string, command: string, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(socketPath);
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no answer from ${socketPath} to "${command.split("\n")[0]}" within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.on("connect", () => socket.end(command.endsWith("\n") ? command : `${command}\n`));
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks).toString());
+    });
+  });
+}
+
+/** Pure: does this answer report a failure? (HAProxy answers 200 with prose.) */
+export function answerIsError(answer: string): boolean {
+  return /^(unknown command|no such|can't|cannot|unable|error|invalid|require|'[^']*' only|.*not found|.*failed|.*expects)/im.test(answer.trim());
+}
+
+/** Pure: a PEM payload for `<<`: no empty line inside (it would end the payload). */
+export function payload(pem: string): string {
+  return pem.split("\n").filter((line) => line.trim() !== "").join("\n");
+}
+
+// `set ssl …` answers "Transaction created/updated …"; anything else (even nothing) failed.
+function expectTransaction(answer: string, command: string): void {
+  if (!/transaction (created|updated)/i.test(answer)) throw new RuntimeApiError(command, answer || "no answer");
+}
+
+export class RuntimeApi {
+  constructor(private readonly socketPath: string, private readonly timeoutMs = 5000) {}
+
+  async command(command: string): Promise<string> {
+    const answer = await sendRuntimeCommand(this.socketPath, command, this.timeoutMs);
+    if (answerIsError(answer)) throw new RuntimeApiError(command, answer);
+    return answer;
+  }
+
+  async setServer(backend: string, server: string, target: { address: string; port: number } | undefined, ready: boolean): Promise<void> {
+    if (target) await this.command(`set server ${backend}/${server} addr ${target.address} port ${target.port}`);
+    await this.command(`set server ${backend}/${server} state ${ready ? "ready" : "maint"}`);
+  }
+
+  /**
+   * `set ssl cert` + `commit ssl cert`; aborts the transaction if the commit fails.
+   * Throws when the certificate has no user left: HAProxy 2.6 forgets a
+   * certificate's users after `commit ssl ca-file` (the rebuilt instances are
+   * not linked back to the certificate), so a commit then changes nothing.
+   * Not used on HAProxy 2.6 listeners: see RuntimeCapabilities in plan-changes.ts.
+   */
+  async replaceCertificate(file: string, pem: string): Promise<void> {
+    expectTransaction(await this.command(`set ssl cert ${file} <<\n${payload(pem)}\n\n`), `set ssl cert ${file}`);
+    await this.commitOrAbort("cert", file);
+    const details = await this.command(`show ssl cert ${file}`);
+    if (!/^Status: Used$/m.test(details)) {
+      throw new RuntimeApiError(`commit ssl cert ${file}`, "the certificate is no longer linked to its listeners and servers (HAProxy 2.6 after commit ssl ca-file)");
+    }
+  }
+
+  async replaceCaFile(file: string, pem: string): Promise<void> {
+    expectTransaction(await this.command(`set ssl ca-file ${file} <<\n${payload(pem)}\n\n`), `set ssl ca-file ${file}`);
+    await this.commitOrAbort("ca-file", file);
+  }
+
+  async flushAuthorizationCache(): Promise<string> {
+    return this.command("connect cache flush");
+  }
+
+  async processId(): Promise<number> {
+    const match = /^Pid: (\d+)$/m.exec(await this.command("show info"));
+    if (!match) throw new Error("show info gave no Pid");
+    return Number(match[1]);
+  }
+
+  /** The address, port and administrative state of each server of a backend. */
+  async serversOf(backend: string): Promise<{ name: string; address: string; port: number; maintenance: boolean }[]> {
+    const answer = await this.command(`show servers state ${backend}`);
+    // Columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port (col 18)
+    return answer
+      .split("\n")
+      .filter((line) => line && !line.startsWith("#") && !/^\d+$/.test(line.trim()))
+      .map((line) => line.split(" "))
+      .filter((cols) => cols.length > 18)
+      .map((cols) => ({ name: cols[3]!, address: cols[4]!, port: Number(cols[18]), maintenance: (Number(cols[6]) & 0x01) !== 0 || (Number(cols[6]) & 0x20) !== 0 }));
+  }
+
+  private async commitOrAbort(kind: "cert" | "ca-file", file: string): Promise<void> {
+    try {
+      const answer = await this.command(`commit ssl ${kind} ${file}`);
+      if (!/Success!/.test(answer)) throw new RuntimeApiError(`commit ssl ${kind} ${file}`, answer);
+    } catch (err) {
+      await sendRuntimeCommand(this.socketPath, `abort ssl ${kind} ${file}`, this.timeoutMs).catch(() => undefined);
+      throw err;
+    }
+  }
+}
+
+export interface MasterProcessList {
+  masterPid: number;
+  reloads: number;
+  workers: number[];
+  oldWorkers: number[];
+}
+
+/** Pure: parses the master CLI's `show proc`. */
+export function parseShowProc(answer: string): MasterProcessList {
+  const result: MasterProcessList = { masterPid: 0, reloads: 0, workers: [], oldWorkers: [] };
+  let section: "current" | "old" = "current";
+  for (const line of answer.split("\n")) {
+    if (/^# old workers/.test(line)) section = "old";
+    const cols = line.trim().split(/\s+/);
+    if (cols.length < 3 || !/^\d+$/.test(cols[0]!)) continue;
+    if (cols[1] === "master") {
+      result.masterPid = Number(cols[0]);
+      result.reloads = Number(cols[2]);
+    } else if (cols[1] === "worker") {
+      (section === "old" ? result.oldWorkers : result.workers).push(Number(cols[0]));
+    }
+  }
+  return result;
+}
