@@ -31,7 +31,8 @@ export class TrustDomainSource {
   private index = 0;
   private failures = 0;
   private lastAttemptAt = -1e18;
-  private lazyFlight: { done: boolean } | undefined = undefined;
+  /** A fetch in progress while the trust domain is unknown (the task's or a connection's). */
+  private flight: { done: boolean } | undefined = undefined;
   lastError: string | undefined = undefined;
   lookups = 0;
 
@@ -52,23 +53,20 @@ export class TrustDomainSource {
   }
 
   /**
-   * The trust domain, fetching it now if nobody has yet (one fetch at a time;
-   * other connections wait for it, and a failure is remembered for a second
-   * so a dead agent is not hammered).
+   * The trust domain, fetching it now if nobody has yet. One fetch at a time:
+   * connections wait for the one in progress (the task's first query at
+   * start-up, or another connection's), and a failure is remembered for a
+   * second so a dead agent is not hammered.
    */
   ensure(): LuaMultiReturn<[string | undefined, string | undefined]> {
     const known = this.current();
     if (known !== undefined) return $multi(known, undefined);
-    const flight = this.lazyFlight;
+    const flight = this.flight;
     if (flight !== undefined) {
       const deadline = this.deps.now() + this.waitLimitMs;
       while (!flight.done && this.deps.now() <= deadline) this.deps.sleep(1);
     } else if (this.deps.now() - this.lastAttemptAt >= LAZY_RETRY_MS) {
-      const mine = { done: false };
-      this.lazyFlight = mine;
       this.fetch(0, 0);
-      mine.done = true;
-      this.lazyFlight = undefined;
     }
     const learned = this.current();
     if (learned !== undefined) return $multi(learned, undefined);
@@ -80,7 +78,12 @@ export class TrustDomainSource {
     this.lastAttemptAt = this.deps.now();
     this.lookups++;
     const fetchRoots = this.deps.fetchRoots;
+    // Once known, the trust domain stays known: only then can a query block for long.
+    const flight = { done: false };
+    if (this.current() === undefined) this.flight = flight;
     const [ok, result, failure] = protect(() => fetchRoots(index, waitSeconds));
+    flight.done = true;
+    if (this.flight === flight) this.flight = undefined;
     if (!ok || result === undefined) {
       this.lastError = ok ? tostring(failure) : "internal error: " + tostring(result);
       this.failures++;

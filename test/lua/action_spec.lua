@@ -304,6 +304,23 @@ describe("the trust-domain task", function()
     assert.are.equal("suspended", coroutine.status(task), "it runs forever")
   end)
 
+  it("makes connections wait for its first query instead of denying them at start-up", function()
+    local world = haproxy()
+    world.agent.yield_on_call = true
+    local task = coroutine.create(world.core.tasks[1])
+    assert(coroutine.resume(task)) -- parked inside its first roots query
+    local txn
+    local connection = coroutine.create(function() txn = world.run(web_der, nil, "db") end)
+    assert(coroutine.resume(connection)) -- waits for the task's answer
+    assert.is_nil(txn)
+    assert(coroutine.resume(task)) -- the roots reply arrives
+    while coroutine.status(connection) ~= "dead" do assert(coroutine.resume(connection)) end
+    assert.are.equal(1, txn.vars["txn.connect_allowed"])
+    local roots = 0
+    for _, request in ipairs(world.agent.requests) do if request:find("/ca/roots", 1, true) then roots = roots + 1 end end
+    assert.are.equal(1, roots, "the connection did not query the roots itself")
+  end)
+
   it("backs off while the agent is down, and recovers", function()
     local world = haproxy()
     world.agent.down = true
