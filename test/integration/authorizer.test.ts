@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { luaBundlePath, repoRoot, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { checkHaproxyConfig, luaBundlePath, repoRoot, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
 import { freePort } from "../harness/ports.js";
 import { waitFor } from "../harness/processes.js";
 
@@ -484,5 +484,38 @@ describe("connect_authorize against a Consul dev agent with ACLs (default deny)"
     expect(decision.allowed).toBe("0");
     expect(decision.reason).toMatch(/^cannot ask the Consul agent: agent replied HTTP 403: Permission denied/);
     expect(await noToken.command("connect show config")).toContain("token: not set");
+  });
+});
+
+// ---------------------------------------------------------------- the standalone guide
+
+describe("docs/standalone.md", () => {
+  it("gives a haproxy.cfg that HAProxy accepts with the built bundle", async () => {
+    const guide = readFileSync(join(repoRoot, "docs", "standalone.md"), "utf8");
+    const blocks = [...guide.matchAll(/```haproxy\n([\s\S]*?)```/g)].map((m) => m[1]);
+    expect(blocks).toHaveLength(1);
+    const ca = openssl.ca("Guide check CA");
+    const leaf = openssl.leaf(ca, "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/db");
+    const dir = mkdtempSync(join(tmpdir(), "ch-guide-"));
+    try {
+      writeFileSync(join(dir, "svc.pem"), leaf.cert + leaf.key);
+      writeFileSync(join(dir, "roots.pem"), ca.cert);
+      const [tcpPort, httpPort] = [await freePort(), await freePort()];
+      const config = blocks[0]
+        .replaceAll("/etc/haproxy/connect-haproxy.lua", luaBundlePath)
+        .replace(/\/etc\/haproxy\/certs\/(db|api)\.pem/g, join(dir, "svc.pem"))
+        .replaceAll("/etc/haproxy/certs/consul-roots.pem", join(dir, "roots.pem"))
+        .replaceAll("/run/haproxy/admin.sock", join(dir, "admin.sock"))
+        .replace("bind :21000", `bind 127.0.0.1:${tcpPort}`)
+        .replace("bind :21001", `bind 127.0.0.1:${httpPort}`)
+        .replace("setenv CONSUL_HTTP_ADDR 127.0.0.1:8500", "setenv CONSUL_HTTP_ADDR 127.0.0.1:18599");
+      writeFileSync(join(dir, "haproxy.cfg"), config);
+      const output = await checkHaproxyConfig(join(dir, "haproxy.cfg"));
+      expect(output).toContain("Configuration file is valid");
+      // setenv came before lua-load, so the authorizer saw it.
+      expect(output).toContain("connect-haproxy 0.1.0: agent 127.0.0.1:18599, token not set");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
