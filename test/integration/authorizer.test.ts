@@ -203,13 +203,23 @@ interface Mesh {
   httpPort: number;
 }
 
+/** The harness's API calls have no deadline of their own: give each step one, so a stuck step names itself. */
+function within<T>(what: string, promise: Promise<T>, ms = 20000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
 async function startMesh(consul: ConsulAgent, env: NodeJS.ProcessEnv, ports: { echo: number; httpApp: number }, token?: string): Promise<Mesh> {
   for (const name of ["web", "db"]) {
-    await consul.api("PUT", "/v1/agent/service/register", { Name: name, Port: name === "db" ? ports.echo : 18080, Connect: { SidecarService: {} } }, token);
+    const registration = { Name: name, Port: name === "db" ? ports.echo : 18080, Connect: { SidecarService: {} } };
+    await within(`registering ${name}`, consul.api("PUT", "/v1/agent/service/register", registration, token));
   }
-  const roots = await consul.api<CaRoots>("GET", "/v1/agent/connect/ca/roots", undefined, token);
-  const web = await consul.api<LeafCert>("GET", "/v1/agent/connect/ca/leaf/web", undefined, token);
-  const db = await consul.api<LeafCert>("GET", "/v1/agent/connect/ca/leaf/db", undefined, token);
+  const roots = await within("CA roots", consul.api<CaRoots>("GET", "/v1/agent/connect/ca/roots", undefined, token));
+  const web = await within("web's leaf", consul.api<LeafCert>("GET", "/v1/agent/connect/ca/leaf/web", undefined, token));
+  const db = await within("db's leaf", consul.api<LeafCert>("GET", "/v1/agent/connect/ca/leaf/db", undefined, token));
   const rootsPem = roots.Roots.map((r) => r.RootCert.trim() + "\n").join("");
   const tcpPort = await freePort();
   const httpPort = await freePort();
