@@ -128,7 +128,10 @@ export function permissionNeededFor(endpoint: string): string {
   if (endpoint.startsWith("/v1/agent/service/") || endpoint === "/v1/agent/services") return "service:read on the sidecar service";
   if (endpoint.startsWith("/v1/health/connect/")) return `service:read on "${endpoint.split("/").pop()}" and node:read`;
   if (endpoint.startsWith("/v1/query/")) return "query:read on the prepared query";
-  if (endpoint.startsWith("/v1/connect/intentions")) return "intentions:read (service:read) on the destination service";
+  if (endpoint.startsWith("/v1/connect/intentions")) {
+    const name = /[?&]name=([^&]+)/.exec(endpoint)?.[1];
+    return `intention:read on ${name ? `"${decodeURIComponent(name)}"` : "the destination service"} (service "…" { intentions = "read" })`;
+  }
   return "a token with read access";
 }
 
@@ -228,11 +231,12 @@ export class ConsulClient {
 
   intentionsForDestination(serviceName: string, cursor: BlockingCursor, signal?: AbortSignal) {
     const query = { ...blockingQuery(cursor), by: "destination", name: serviceName };
-    return this.get<Record<string, Intention[] | null>>("/v1/connect/intentions/match", query, signal);
+    return this.get<Record<string, Intention[] | null>>("/v1/connect/intentions/match", query, signal, `/v1/connect/intentions/match?by=destination&name=${encodeURIComponent(serviceName)}`);
   }
 
-  private async get<T>(endpoint: string, query: Record<string, string>, signal?: AbortSignal): Promise<ConsulPage<T>> {
-    return this.withErrors(endpoint, signal, async (ctx) => {
+  /** `label` names the endpoint in errors when the path alone does not say enough. */
+  private async get<T>(endpoint: string, query: Record<string, string>, signal?: AbortSignal, label = endpoint): Promise<ConsulPage<T>> {
+    return this.withErrors(label, signal, async (ctx) => {
       const request: PapiRequestOptions = {
         name: "connect-haproxy",
         path: endpoint.replace(/^\/v1/, ""),
@@ -244,7 +248,7 @@ export class ConsulClient {
       };
       const response = await (this.consul as unknown as PapiClient)._get(request, keepResponse);
       const text = typeof response.body === "string" ? response.body : Buffer.isBuffer(response.body) ? response.body.toString() : undefined;
-      if (response.statusCode < 200 || response.statusCode >= 300) throw classifyStatus(endpoint, response.statusCode, text ?? JSON.stringify(response.body ?? ""));
+      if (response.statusCode < 200 || response.statusCode >= 300) throw classifyStatus(label, response.statusCode, text ?? JSON.stringify(response.body ?? ""));
       const value = (text !== undefined ? (text ? JSON.parse(text) : null) : (response.body ?? null)) as T;
       const indexHeader = header(response, "x-consul-index");
       const hashHeader = header(response, "x-consul-contenthash");

@@ -262,6 +262,17 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
     }
   }, 150_000);
 
+  it("restarts HAProxy when it dies, and traffic flows again", async () => {
+    const web = sidecar("web-1");
+    const { masterPid } = await showProc(web);
+    process.kill(masterPid, "SIGKILL");
+    await waitFor("HAProxy restarted", async () => (web.process.output().includes("HAProxy restarted") ? true : undefined), { timeoutMs: 20_000, process: web.process });
+    expect(web.process.output()).toContain("HAProxy exited unexpectedly; restarting it");
+    const answer = await waitFor("an echo after the restart", () => exchange(ports.upstream, "back").catch(() => undefined), { timeoutMs: 20_000 });
+    expect(answer).toBe("db1:");
+    expect((await showProc(web)).masterPid).not.toBe(masterPid);
+  }, 60_000);
+
   it("stops HAProxy and exits 0 on SIGTERM, leaving no process behind", async () => {
     const web = sidecar("web-1");
     const procs = await showProc(web);
