@@ -17,7 +17,7 @@ echo "== Lua cost under lua5.3 (stub core)"
 lua5.3 bench/authorizer.lua
 
 [ -x "$CONSUL_BIN" ] || { echo "bench: no consul binary at $CONSUL_BIN (set CONSUL_BIN)" >&2; exit 1; }
-work=$(mktemp -d /tmp/ch-bench-XXXXXX)
+work=$(mktemp -d /tmp/ch-authz-bench-XXXXXX)
 consul_pid=""
 haproxy_pid=""
 cleanup() {
