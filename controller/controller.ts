@@ -48,7 +48,7 @@ export interface ControllerOptions {
   logger: Logger;
   clock: Clock;
   onHaproxyOutput(line: string): void;
-  /** Bursts of Consul changes within this window are planned together. */
+  /** Bursts of Consul changes within this window are planned together (default 100 ms). */
   coalesceMs?: number;
   /** How long the first start waits for upstream instances before starting without them. */
   upstreamWaitMs?: number;
@@ -75,6 +75,7 @@ export class SidecarController {
   private readonly haproxy: HaproxyProcess;
   private readonly runtime: RuntimeApi;
   private timer?: NodeJS.Timeout;
+  private timerDue?: number;
   private chain: Promise<void> = Promise.resolve();
   private startedAt: number;
   private fatal?: (err: Error) => void;
@@ -141,7 +142,7 @@ export class SidecarController {
       this.watch<LeafCertificate>(`leaf:${service}`, `leaf certificate of ${service}`, "index", (c, s) => consul.leafCertificate(service, c, s), (leaf) => this.update(() => (this.leaf = leaf))),
     );
     wanted.set(`intentions:${service}`, () =>
-      this.watch(`intentions:${service}`, `intentions for ${service}`, "index", (c, s) => consul.intentionsForDestination(service, c, s), (intentions) => this.update(() => (this.intentions = intentions))),
+      this.watch(`intentions:${service}`, `intentions for ${service}`, "index", (c, s) => consul.intentionsForDestination(service, c, s), (intentions) => this.update(() => (this.intentions = intentions), 0)),
     );
     for (const upstream of this.spec.upstreams) {
       const key = upstreamWatchKey(upstream);
@@ -206,22 +207,29 @@ export class SidecarController {
     }
   }
 
-  private update(change: () => unknown): void {
+  /** Intentions use no coalescing window: a deny must apply at once, and a flush is cheap. */
+  private update(change: () => unknown, delayMs?: number): void {
     change();
-    this.schedule();
+    this.schedule(delayMs);
   }
 
   // ---- Planning and applying ----
 
-  private schedule(): void {
-    if (this.timer || this.stopped) return;
+  /** Plans after `delayMs` (the coalescing window), or sooner if already due sooner. */
+  private schedule(delayMs = this.options.coalesceMs ?? 100): void {
+    if (this.stopped) return;
+    const due = Date.now() + delayMs;
+    if (this.timer && this.timerDue !== undefined && this.timerDue <= due) return;
+    clearTimeout(this.timer);
+    this.timerDue = due;
     this.timer = setTimeout(() => {
       this.timer = undefined;
+      this.timerDue = undefined;
       this.chain = this.chain.then(() => this.reconcile()).catch((err: Error) => {
         if (!this.running) this.fatal?.(err);
         else this.options.logger.error(`could not apply Consul's changes: ${err.message}`);
       });
-    }, this.options.coalesceMs ?? 150);
+    }, delayMs);
   }
 
   private ready(): boolean {
@@ -271,9 +279,9 @@ export class SidecarController {
 
   private async reloadOrRestore(reason: string, desired: DesiredState): Promise<void> {
     try {
-      await this.haproxy.reload();
+      const timings = await this.haproxy.reload();
       this.running = desired;
-      this.options.logger.info("applied change", { change: reason, path: "validated reload (haproxy -c, master CLI reload)" });
+      this.options.logger.info("applied change", { change: reason, path: "validated reload (haproxy -c, master CLI reload)", ...timings });
     } catch (err) {
       writeHaproxyFiles(this.running!);
       this.options.logger.error(`reload refused, HAProxy keeps its current configuration: ${(err as Error).message}`, { change: reason });
@@ -349,7 +357,8 @@ export class SidecarController {
         else if (failures === 0) this.options.logger.warn(line, { retryInMs });
         setTimeout(() => this.schedule(), retryInMs).unref();
       }
-      this.schedule();
+      // The instance was already coalesced once: apply the verdict at once.
+      this.schedule(0);
     });
     return false;
   }

@@ -103,13 +103,17 @@ export class HaproxyProcess {
     return parseShowProc(await sendRuntimeCommand(this.options.masterSocket, "show proc"));
   }
 
-  /** Validated seamless reload: `haproxy -c` first, then `reload` on the master CLI. */
-  async reload(): Promise<void> {
+  /** Validated seamless reload: `haproxy -c` first, then `reload` on the master CLI. Resolves with timings. */
+  async reload(): Promise<{ checkMs: number; reloadMs: number }> {
+    const { clock } = this.options;
+    const started = clock.now();
     await this.check();
+    const checked = clock.now();
     const before = await this.processList();
     // The master answers nothing (2.6) and re-executes itself; the new worker takes over the listeners.
     await sendRuntimeCommand(this.options.masterSocket, "reload").catch(() => "");
     await this.waitUntilServing(before.workers[0]);
+    return { checkMs: Math.round(checked - started), reloadMs: Math.round(clock.now() - checked) };
   }
 
   /** Soft stop (SIGUSR1): listeners close, established connections finish within the bound. */

@@ -284,4 +284,21 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
     for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
     expect(web.process.output()).toMatch(/stopping HAProxy softly[\s\S]*stopped/);
   }, 60_000);
+
+  it("keeps HAProxy serving its last configuration while Consul is down, saying so once per watch", async () => {
+    const db = sidecar("db-1");
+    const before = await showProc(db);
+    const config = readFileSync(join(db.dir, "haproxy.cfg"), "utf8");
+    await consul.process.stop("SIGKILL");
+    await new Promise((r) => setTimeout(r, 4000));
+    const output = db.process.output();
+    expect(output.split("\n").filter((line) => line.includes("watch of leaf certificate of db failed: cannot reach Consul"))).toHaveLength(1);
+    expect(output).toContain("HAProxy keeps its current configuration");
+    const after = await showProc(db);
+    expect(after.masterPid).toBe(before.masterPid);
+    expect(after.workers).toEqual(before.workers);
+    expect(readFileSync(join(db.dir, "haproxy.cfg"), "utf8")).toBe(config);
+    db.process.child.kill("SIGTERM");
+    expect(await new Promise<number | null>((resolve) => db.process.child.once("exit", resolve))).toBe(0);
+  }, 60_000);
 });
