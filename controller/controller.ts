@@ -98,10 +98,6 @@ export class SidecarController {
     });
   }
 
-  get haproxyPid(): number | undefined {
-    return this.haproxy.pid;
-  }
-
   /** Runs until `signal` aborts (then stops HAProxy softly), or fails to start HAProxy. */
   async run(signal: AbortSignal): Promise<void> {
     const failed = new Promise<never>((_, reject) => (this.fatal = reject));

@@ -85,24 +85,6 @@ export class RuntimeApi {
     return this.command("connect cache flush");
   }
 
-  async processId(): Promise<number> {
-    const match = /^Pid: (\d+)$/m.exec(await this.command("show info"));
-    if (!match) throw new Error("show info gave no Pid");
-    return Number(match[1]);
-  }
-
-  /** The address, port and administrative state of each server of a backend. */
-  async serversOf(backend: string): Promise<{ name: string; address: string; port: number; maintenance: boolean }[]> {
-    const answer = await this.command(`show servers state ${backend}`);
-    // Columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port (col 18)
-    return answer
-      .split("\n")
-      .filter((line) => line && !line.startsWith("#") && !/^\d+$/.test(line.trim()))
-      .map((line) => line.split(" "))
-      .filter((cols) => cols.length > 18)
-      .map((cols) => ({ name: cols[3]!, address: cols[4]!, port: Number(cols[18]), maintenance: (Number(cols[6]) & 0x01) !== 0 || (Number(cols[6]) & 0x20) !== 0 }));
-  }
-
   private async commitOrAbort(kind: "cert" | "ca-file", file: string): Promise<void> {
     try {
       const answer = await this.command(`commit ssl ${kind} ${file}`);

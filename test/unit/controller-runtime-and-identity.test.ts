@@ -1,0 +1,53 @@
+// Pure helpers of the runtime API client and of the upstream identity check.
+import { describe, expect, it } from "vitest";
+import { answerIsError, parseShowProc, payload } from "../../controller/runtime-api.js";
+import { matchesIdentity, uriSans } from "../../controller/upstream-identity.js";
+
+describe("runtime API helpers", () => {
+  it("parses the master CLI's show proc (HAProxy 2.6 format)", () => {
+    const answer = [
+      "#<PID>          <type>          <reloads>       <uptime>        <version>      ",
+      "14673           master          2 [failed: 0]   0d00h00m02s     2.6.12-1+deb12u4",
+      "# workers",
+      "14688           worker          0               0d00h00m01s     2.6.12-1+deb12u4",
+      "# old workers",
+      "14680           worker          1               0d00h00m09s     2.6.12-1+deb12u4",
+      "# programs",
+      "",
+    ].join("\n");
+    expect(parseShowProc(answer)).toEqual({ masterPid: 14673, reloads: 2, workers: [14688], oldWorkers: [14680] });
+  });
+
+  it("recognises HAProxy's refusals, and not its successes", () => {
+    expect(answerIsError("No such server.\n")).toBe(true);
+    expect(answerIsError("Can't commit /x/leaf.pem!\n")).toBe(true);
+    expect(answerIsError("Unknown command: 'connect cache flush'\n")).toBe(true);
+    expect(answerIsError("")).toBe(false);
+    expect(answerIsError("IP changed from '127.0.0.1' to '10.0.0.2', port changed from '1' to '21001' by 'stats socket command'\n")).toBe(false);
+    expect(answerIsError("Committing /x/roots.pem\nSuccess!\n")).toBe(false);
+  });
+
+  it("drops empty lines from a PEM payload (an empty line ends it)", () => {
+    expect(payload("-----BEGIN A-----\nx\n-----END A-----\n\n-----BEGIN B-----\ny\n-----END B-----\n")).toBe("-----BEGIN A-----\nx\n-----END A-----\n-----BEGIN B-----\ny\n-----END B-----");
+  });
+});
+
+describe("upstream identity", () => {
+  const trustDomain = "f022ef26-5d22-a90c-cbff-21ace3ccf189.consul";
+  it("reads URI SANs from Node's subjectaltname", () => {
+    expect(uriSans(`URI:spiffe://${trustDomain}/ns/default/dc/dc1/svc/db`)).toEqual([`spiffe://${trustDomain}/ns/default/dc/dc1/svc/db`]);
+    expect(uriSans("DNS:db.example, URI:spiffe://a/ns/default/dc/dc1/svc/db, URI:spiffe://b/x")).toHaveLength(2);
+    expect(uriSans(undefined)).toEqual([]);
+  });
+
+  it("accepts the destination service in our trust domain only", () => {
+    const id = (svc: string, td = trustDomain, dc = "dc1") => `spiffe://${td}/ns/default/dc/${dc}/svc/${svc}`;
+    expect(matchesIdentity(id("db"), { trustDomain, service: "db" })).toBe(true);
+    expect(matchesIdentity(id("web"), { trustDomain, service: "db" })).toBe(false);
+    expect(matchesIdentity(id("db", "other.consul"), { trustDomain, service: "db" })).toBe(false);
+    expect(matchesIdentity(id("db", trustDomain, "dc2"), { trustDomain, service: "db", datacenter: "dc1" })).toBe(false);
+    expect(matchesIdentity(`spiffe://${trustDomain}/ap/team/ns/default/dc/dc1/svc/db`, { trustDomain, service: "db" })).toBe(true);
+    expect(matchesIdentity(`spiffe://${trustDomain}/agent/client/dc/dc1/id/x`, { trustDomain, service: "db" })).toBe(false);
+    expect(matchesIdentity(id("db-extra"), { trustDomain, service: "db" })).toBe(false);
+  });
+});
