@@ -185,6 +185,7 @@ try {
   }
 
   // 3. Leaf rotations: from Consul serving a renewed leaf to db's listener serving it.
+  //    A new key size makes the built-in CA rotate its root and re-issue every leaf.
   const webLeaf = () => readFileSync(join(dirs["web-1"], "certs", "leaf.pem"), "utf8");
   const leafApplied = [];
   const endToEnd = [];
@@ -192,7 +193,7 @@ try {
     const before = await servedSerial(db1Public, webLeaf());
     const leafIndex = Number((await fetch(`http://${httpAddr}/v1/agent/connect/ca/leaf/db`)).headers.get("x-consul-index"));
     const t0 = now();
-    await api("PUT", "/v1/connect/ca/configuration", { Provider: "consul", Config: { LeafCertTTL: "72h", PrivateKeyType: i % 2 === 0 ? "rsa" : "ec", PrivateKeyBits: i % 2 === 0 ? 2048 : 256 } });
+    await api("PUT", "/v1/connect/ca/configuration", { Provider: "consul", Config: { LeafCertTTL: "72h", PrivateKeyType: "ec", PrivateKeyBits: i % 2 === 0 ? 384 : 256 } });
     // A blocking query returns as soon as the agent holds the renewed leaf.
     let issuedAt;
     let serial;

@@ -7,6 +7,8 @@ import { writeHaproxyFiles } from "./config-files.js";
 import { ConsulError, type AgentServiceRegistration, type BlockingCursor, type CaRoots, type ConsulClient, type ConsulPage, type Intention, type LeafCertificate, type ServiceInstanceEntry } from "./consul-client.js";
 import { backoffDelayMs } from "./blocking-query.js";
 import { buildDesiredState, type DesiredState, type HaproxyPaths } from "./desired-state.js";
+import { certificatePairProblem } from "./certificate-pair.js";
+import { renderHaproxyConfig } from "./haproxy-config.js";
 import { HaproxyProcess } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import { planChanges, type Operation } from "./plan-changes.js";
@@ -259,7 +261,7 @@ export class SidecarController {
     writeHaproxyFiles(desired);
     const reload = operations.find((op) => op.kind === "reload");
     if (reload && reload.kind === "reload") {
-      await this.reloadOrRestore(reload.reason, desired);
+      await this.reloadOrRestore(reload.reason, desired, renderHaproxyConfig(this.running) === renderHaproxyConfig(desired) ? desired.leafCertificatePem : undefined);
       return;
     }
     for (const operation of operations) {
@@ -273,14 +275,23 @@ export class SidecarController {
     this.running = desired;
   }
 
-  private async reloadOrRestore(reason: string, desired: DesiredState): Promise<void> {
+  /**
+   * `certificatesOnly`: the configuration text is unchanged, only the leaf is
+   * new; checking the key pair here is enough, and spares `haproxy -c` (which
+   * costs as much as the reload itself).
+   */
+  private async reloadOrRestore(reason: string, desired: DesiredState, certificatesOnly?: string): Promise<void> {
     try {
-      const timings = await this.haproxy.reload();
+      const problem = certificatesOnly === undefined ? undefined : certificatePairProblem(certificatesOnly);
+      if (problem) throw new Error(`the new leaf certificate is unusable: ${problem}`);
+      const timings = await this.haproxy.reload({ check: certificatesOnly === undefined });
       this.running = desired;
       this.options.logger.info("applied change", { change: reason, path: "validated reload (haproxy -c, master CLI reload)", ...timings });
     } catch (err) {
       writeHaproxyFiles(this.running!);
-      this.options.logger.error(`reload refused, HAProxy keeps its current configuration: ${(err as Error).message}`, { change: reason });
+      this.options.logger.error(`reload refused, HAProxy keeps its current configuration: ${(err as Error).message}`, { change: reason, retryInMs: reloadRetryMs });
+      // Consul may not change again soon: try again later (a passing problem, e.g. HAProxy restarting).
+      setTimeout(() => this.schedule(), reloadRetryMs).unref();
     }
   }
 
@@ -359,6 +370,8 @@ export class SidecarController {
     return false;
   }
 }
+
+const reloadRetryMs = 30_000;
 
 function caPem(roots: CaRoots): string {
   return (roots.Roots ?? []).map((r) => r.RootCert).join("\n");

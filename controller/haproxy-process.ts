@@ -103,11 +103,14 @@ export class HaproxyProcess {
     return parseShowProc(await sendRuntimeCommand(this.options.masterSocket, "show proc"));
   }
 
-  /** Validated seamless reload: `haproxy -c` first, then `reload` on the master CLI. Resolves with timings. */
-  async reload(): Promise<{ checkMs: number; reloadMs: number }> {
+  /**
+   * Validated seamless reload: `haproxy -c` first (unless the caller validated
+   * what changed itself), then `reload` on the master CLI. Resolves with timings.
+   */
+  async reload(options: { check: boolean } = { check: true }): Promise<{ checkMs: number; reloadMs: number }> {
     const { clock } = this.options;
     const started = clock.now();
-    await this.check();
+    if (options.check) await this.check();
     const checked = clock.now();
     const before = await this.processList();
     // The master answers nothing (2.6) and re-executes itself; the new worker takes over the listeners.

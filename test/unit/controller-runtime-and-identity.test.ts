@@ -51,3 +51,17 @@ describe("upstream identity", () => {
     expect(matchesIdentity(id("db-extra"), { trustDomain, service: "db" })).toBe(false);
   });
 });
+
+describe("certificatePairProblem", () => {
+  it("accepts a leaf recorded from Consul, and refuses a mismatched or missing key", async () => {
+    const { certificatePairProblem } = await import("../../controller/certificate-pair.js");
+    const { fixture } = await import("./controller-fixtures.js");
+    const web = fixture<{ CertPEM: string; PrivateKeyPEM: string }>("leaf-web");
+    const db = fixture<{ CertPEM: string; PrivateKeyPEM: string }>("leaf-db");
+    const validUntil = Date.parse(fixture<{ ValidBefore: string }>("leaf-web").ValidBefore);
+    if (validUntil > Date.now()) expect(certificatePairProblem(`${web.CertPEM}\n${web.PrivateKeyPEM}`)).toBeUndefined();
+    else expect(certificatePairProblem(`${web.CertPEM}\n${web.PrivateKeyPEM}`)).toMatch(/expired/);
+    expect(certificatePairProblem(`${web.CertPEM}\n${db.PrivateKeyPEM}`)).toBe("the private key does not match the certificate");
+    expect(certificatePairProblem(web.CertPEM)).toBe("no private key");
+  });
+});
