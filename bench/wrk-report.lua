@@ -1,5 +1,14 @@
 -- wrk script: prints wrk's own summary as one JSON line (latencies in µs),
 -- so the benchmark reads numbers instead of parsing wrk's text.
+-- WRK_DELAY_MS: each connection waits that long after a reply before its
+-- next request (a light, steady load; the wait is not counted as latency).
+local pause = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if pause then
+  delay = function()
+    return pause
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -18,7 +18,9 @@ export function formatNumber(value) {
 }
 
 /**
- * panels: [{ title, unit, better: "higher"|"lower", bars: [{ setup, label, value }] }]
+ * panels: [{ title, unit, better: "higher"|"lower", reference?: { label, value },
+ *            bars: [{ setup, label, short?, value }] }]
+ * `reference` is printed, not drawn (the floor without proxies dwarfs the bars).
  * Returns the SVG text.
  */
 export function barChartSvg({ title, subtitle, panels, columns = 3 }) {
@@ -47,9 +49,12 @@ export function barChartSvg({ title, subtitle, panels, columns = 3 }) {
     const hint = panel.better === "lower" ? "lower is better" : "higher is better";
     out.push(`<text x="10" y="20" font-size="13" font-weight="bold" fill="#222">${escapeXml(panel.title)}</text>`);
     out.push(`<text x="10" y="36" font-size="11" fill="#777">${escapeXml(panel.unit)} · ${hint}</text>`);
+    if (panel.reference && typeof panel.reference.value === "number") {
+      out.push(`<text x="10" y="51" font-size="11" fill="#777">${escapeXml(`${panel.reference.label}: ${formatNumber(panel.reference.value)}`)}</text>`);
+    }
     const bars = panel.bars.filter((b) => typeof b.value === "number" && Number.isFinite(b.value));
     const max = Math.max(...bars.map((b) => b.value), 0) || 1;
-    const plotTop = 58;
+    const plotTop = 72;
     const plotBottom = panelHeight - 28;
     const plotHeight = plotBottom - plotTop;
     const slot = (panelWidth - 20) / Math.max(panel.bars.length, 1);

@@ -33,9 +33,10 @@ frontend app
 const tcpLogFormat =
   '"%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq client=%[var(txn.connect_spiffe)] allowed=%[var(txn.connect_allowed)] reason=%{+Q}[var(txn.connect_reason)]"';
 
-function sidecarGlobal({ statsSocket, luaBundle }) {
+function sidecarGlobal({ statsSocket, luaBundle, extraGlobal = [] }) {
   return [
     "global",
+    ...extraGlobal.map((line) => `    ${line}`),
     "    log stdout format raw local0 info",
     `    stats socket ${statsSocket} mode 600 level admin`,
     "    stats timeout 2m",
@@ -80,13 +81,14 @@ function publicListener({ bindPort, crt, caFile, appPort, authorizeTarget }) {
 }
 
 /**
- * One sidecar's haproxy.cfg. `authorize`: load the Lua authorizer and guard
- * the public listener with it; otherwise plain mTLS.
+ * One sidecar's haproxy.cfg. With `luaBundle`: load the Lua authorizer and
+ * guard the public listener with it; otherwise plain mTLS. `extraGlobal`:
+ * lines added to `global` (the opt-in tuning set-ups).
  */
-export function sidecarConfig({ service, statsSocket, crt, caFile, publicPort, appPort, upstream, luaBundle }) {
+export function sidecarConfig({ service, statsSocket, crt, caFile, publicPort, appPort, upstream, luaBundle, extraGlobal }) {
   const lines = [
     `# bench: ${luaBundle ? "mTLS + Lua authorizer" : "plain mTLS"} sidecar for ${service}`,
-    ...sidecarGlobal({ statsSocket, luaBundle }),
+    ...sidecarGlobal({ statsSocket, luaBundle, extraGlobal }),
     ...publicListener({ bindPort: publicPort, crt, caFile, appPort, authorizeTarget: luaBundle ? service : undefined }),
   ];
   if (upstream) {

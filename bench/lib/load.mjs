@@ -17,10 +17,10 @@ export function parseTimes(stderr) {
   return Number(match[1]) * 60 + Number(match[2]) + Number(match[3]) * 60 + Number(match[4]);
 }
 
-async function timed(command, args, { cpu, timeoutMs }) {
+async function timed(command, args, { cpu, timeoutMs, env = {} }) {
   const result = await runCommand("bash", ["-c", timedScript, "bash", command, ...args], {
     timeoutMs,
-    env: { ...process.env, BENCH_CPU: String(cpu) },
+    env: { ...process.env, ...env, BENCH_CPU: cpu === undefined ? "0-1023" : String(cpu) },
   });
   return { ...result, cpuSeconds: parseTimes(result.stderr) };
 }
@@ -34,11 +34,11 @@ export function parseWrkJson(stdout) {
  * One wrk run against http://127.0.0.1:port/. `close`: every request on a new
  * connection (Connection: close), so each one pays a new TCP and TLS handshake.
  */
-export async function runWrk({ port, seconds, connections, close = false, cpu }) {
+export async function runWrk({ port, seconds, connections, close = false, delayMs, cpu }) {
   const args = ["-t1", `-c${connections}`, `-d${seconds}s`, "--timeout", "5s", "-s", wrkScript];
   if (close) args.push("-H", "Connection: close");
   args.push(`http://127.0.0.1:${port}/`);
-  const result = await timed("wrk", args, { cpu, timeoutMs: (seconds + 30) * 1000 });
+  const result = await timed("wrk", args, { cpu, timeoutMs: (seconds + 30) * 1000, env: delayMs ? { WRK_DELAY_MS: String(delayMs) } : {} });
   const summary = parseWrkJson(result.stdout);
   if (result.code !== 0 || !summary) throw new Error(`wrk failed (exit ${result.code}):\n${result.stdout}\n${result.stderr}`);
   const seconds_ = summary.duration_us / 1e6;
@@ -47,6 +47,7 @@ export async function runWrk({ port, seconds, connections, close = false, cpu })
     tool: "wrk",
     connections,
     newConnectionPerRequest: close,
+    delayMs,
     seconds: seconds_,
     requests: summary.requests,
     requestsPerSecond: summary.requests / seconds_,

@@ -88,7 +88,8 @@ async function phase(groups, load, { midway } = {}) {
 
 /**
  * Measures one set-up. plan: { warmupSeconds, newConn: {seconds, connections},
- * keepAlive: {seconds, connections}, unloaded: {seconds}, bulk: {seconds} };
+ * keepAlive: {seconds, connections}, paced: {seconds, connections, delayMs},
+ * bulk: {seconds} };
  * a phase missing from the plan is skipped.
  */
 export async function measureSetup(id, ctx, plan, log) {
@@ -127,9 +128,9 @@ export async function measureSetup(id, ctx, plan, log) {
       result.keepAlive = await phase(groups, () => runWrk({ port, ...plan.keepAlive, cpu: client }));
       log(`  ${id}: keep-alive ${result.keepAlive.requestsPerSecond.toFixed(0)} req/s, p99 ${result.keepAlive.latencyUs.p99} µs`);
     }
-    if (plan.unloaded) {
-      result.unloaded = await phase(groups, () => runWrk({ port, ...plan.unloaded, connections: 1, cpu: client }));
-      log(`  ${id}: one connection: p50 ${result.unloaded.latencyUs.p50} µs, p99 ${result.unloaded.latencyUs.p99} µs`);
+    if (plan.paced) {
+      result.paced = await phase(groups, () => runWrk({ port, ...plan.paced, cpu: client }));
+      log(`  ${id}: light load ${result.paced.requestsPerSecond.toFixed(0)} req/s: p50 ${result.paced.latencyUs.p50} µs, p99 ${result.paced.latencyUs.p99} µs`);
     }
     if (plan.bulk) {
       // Same port, other application: the proxies dial the application per connection.

@@ -22,7 +22,22 @@ export const SETUPS = {
   connect: { label: "connect-haproxy pair (authorization on, cache warm)", short: "connect-haproxy" },
   builtin: { label: "Consul built-in proxy pair", short: "built-in proxy" },
   connectNoCache: { label: "connect-haproxy pair, verdict cache off (every connection asks the agent)", short: "connect-haproxy, no cache" },
+  // Opt-in (--setups): what the plain pair gains from settings the controller could render.
+  plainBigBuffers: {
+    label: "plain HAProxy pair with tune.bufsize 65536",
+    short: "plain, 64 kB buffers",
+    optIn: true,
+    extraGlobal: ["tune.bufsize 65536"],
+  },
+  plainTls12: {
+    label: "plain HAProxy pair, TLS 1.2 between the sidecars",
+    short: "plain, TLS 1.2",
+    optIn: true,
+    extraGlobal: ["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"],
+  },
 };
+
+export const DEFAULT_SETUPS = Object.keys(SETUPS).filter((id) => !SETUPS[id].optIn);
 
 /** Does dist/ hold a controller that runs sidecars? (It is being written while this benchmark is.) */
 export function controllerAvailable(repoRoot) {
@@ -55,10 +70,10 @@ async function sidecarDetails(statsSocket, authorizes) {
 }
 
 /** A pair of HAProxy processes configured by hand, with or without the Lua authorizer. */
-async function startHandConfiguredPair(ctx, { authorize, env = {} }) {
-  const dir = join(ctx.runDir, authorize ? "authz-pair" : "plain-pair");
+async function startHandConfiguredPair(ctx, { authorize, env = {}, name = authorize ? "authz-pair" : "plain-pair", extraGlobal }) {
+  const dir = join(ctx.runDir, name);
   mkdirSync(dir, { recursive: true });
-  const common = { caFile: ctx.files.roots, luaBundle: authorize ? ctx.luaBundle : undefined };
+  const common = { caFile: ctx.files.roots, luaBundle: authorize ? ctx.luaBundle : undefined, extraGlobal };
   const dbConfig = sidecarConfig({
     ...common,
     service: "db",
@@ -182,6 +197,9 @@ export async function startSetup(id, ctx) {
     }
     case "builtin":
       return startBuiltinPair(ctx);
+    case "plainBigBuffers":
+    case "plainTls12":
+      return startHandConfiguredPair(ctx, { authorize: false, name: id, extraGlobal: SETUPS[id].extraGlobal });
     default:
       throw new Error(`unknown set-up ${id}`);
   }
