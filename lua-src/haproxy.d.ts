@@ -47,6 +47,9 @@ export interface Core {
   /** Runs `fn` once in its own coroutine after start-up; it may loop and sleep. */
   register_task(fn: (this: void) => void): void;
 
+  /** The fields of `show info` (e.g. `Stopping`: 1 once a soft stop or reload began), as numbers or strings. */
+  get_info(): LuaTable<string, string | number>;
+
   /** A new cosocket. Never keep one in a global: it belongs to its thread. */
   tcp(): Socket;
   now(): HaproxyTime;

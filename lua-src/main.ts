@@ -68,7 +68,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   );
   const trustDomains = new trust.TrustDomainSource(
     settings.trustDomain,
-    { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random() },
+    { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random(), stopping: () => core.get_info().get("Stopping") === 1 },
     waitLimitMs,
   );
   const context: action.ActionContext = { config: settings, authorizer: verdicts, trustDomains, identities: action.newIdentityCache() };

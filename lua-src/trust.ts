@@ -8,8 +8,11 @@ import type { RootsAnswer } from "./agent";
 const lower = string.lower;
 const format = string.format;
 
-/** Blocking-query wait; some Consul 1.22 releases cut requests at 30 s. */
-export const ROOTS_WAIT_SECONDS = 20;
+/**
+ * Blocking-query wait. Short because HAProxy's soft stop (and so every reload)
+ * waits for the open query of this task: the old process lingers at most this long.
+ */
+export const ROOTS_WAIT_SECONDS = 5;
 /** Never query faster than this, whatever the agent answers. */
 const MIN_INTERVAL_MS = 1000;
 const MAX_BACKOFF_MS = 30000;
@@ -24,6 +27,8 @@ export interface TrustDomainDeps {
   log: (this: void, level: string, message: string) => void;
   /** 0 ≤ x < 1, for backoff jitter. */
   random: (this: void) => number;
+  /** True once HAProxy soft-stops (or reloads): the task must end so the process can exit. */
+  stopping: (this: void) => boolean;
 }
 
 export class TrustDomainSource {
@@ -115,12 +120,12 @@ export class TrustDomainSource {
     return Math.floor(backoff / 2 + (backoff / 2) * this.deps.random());
   }
 
-  /** The body of the refresh task (core.register_task). Only returns if the trust domain is configured. */
+  /** The body of the refresh task (core.register_task): runs until HAProxy stops; returns at once if the trust domain is configured. */
   runForever(): void {
     if (this.configured !== undefined) return;
-    for (;;) {
+    while (!this.deps.stopping()) {
       const pause = this.refreshOnce();
-      if (pause > 0) this.deps.sleep(pause);
+      if (pause > 0 && !this.deps.stopping()) this.deps.sleep(pause);
     }
   }
 }

@@ -300,8 +300,24 @@ describe("the trust-domain task", function()
     assert.matches("^GET /v1/agent/connect/ca/roots HTTP/1%.1", world.agent.requests[1])
     assert.matches("trust_domain: " .. TD:gsub("%p", "%%%0") .. " %(learned from the agent%)", stub.cli(world.core, "connect show config"))
     assert(coroutine.resume(task))
-    assert.matches("^GET /v1/agent/connect/ca/roots%?index=12&wait=20s HTTP/1%.1", world.agent.requests[2])
+    assert.matches("^GET /v1/agent/connect/ca/roots%?index=12&wait=5s HTTP/1%.1", world.agent.requests[2])
     assert.are.equal("suspended", coroutine.status(task), "it runs forever")
+  end)
+
+  it("ends once HAProxy is stopping, so that a soft stop or a reload is not held up", function()
+    local world = haproxy()
+    local task = coroutine.create(world.core.tasks[1])
+    assert(coroutine.resume(task))
+    assert(coroutine.resume(task))
+    assert.are.equal("suspended", coroutine.status(task))
+    local queries = #world.agent.requests
+    world.core.stopping = 1
+    for _ = 1, 10 do
+      if coroutine.status(task) ~= "suspended" then break end
+      assert(coroutine.resume(task))
+    end
+    assert.are.equal("dead", coroutine.status(task))
+    assert.is_true(#world.agent.requests <= queries + 1, "no new query once stopping")
   end)
 
   it("makes connections wait for its first query instead of denying them at start-up", function()

@@ -81,7 +81,9 @@ function M.core(agent)
   local core = {
     emerg = 0, alert = 1, crit = 2, err = 3, warning = 4, notice = 5, info = 6, debug = 7,
     logs = {}, actions = {}, clis = {}, tasks = {}, clock_ms = 1000000, sleeps = 0,
+    stopping = 0, -- set to 1 to play a soft stop or a reload
   }
+  function core.get_info() return { Stopping = core.stopping, Pid = 4242 } end
   function core.register_action(name, where, fn, nargs)
     assert(core.actions[name] == nil, "action registered twice: " .. name)
     core.actions[name] = { fn = fn, where = where, nargs = nargs }
