@@ -49,13 +49,18 @@ function start(name, command, args, env = {}) {
   return entry;
 }
 
+async function stopOne(entry) {
+  if (entry.exited) return;
+  entry.child.kill("SIGTERM");
+  for (let i = 0; i < 200 && !entry.exited; i++) await sleep(50);
+  if (!entry.exited) entry.child.kill("SIGKILL");
+  if (process.env.DEMO_DEBUG) console.log(`stopped ${entry.name} at +${Date.now() - startedAt} ms`);
+}
+
 async function stopAll() {
-  for (const entry of [...children].reverse()) {
-    if (entry.exited) continue;
-    entry.child.kill("SIGTERM");
-    for (let i = 0; i < 100 && !entry.exited; i++) await sleep(50);
-    if (!entry.exited) entry.child.kill("SIGKILL");
-  }
+  // Sidecars and apps together, then Consul, which the sidecars talk to.
+  await Promise.all(children.filter((e) => e.name !== "consul").map(stopOne));
+  await Promise.all(children.map(stopOne));
   rmSync(workDir, { recursive: true, force: true });
 }
 
@@ -97,17 +102,15 @@ async function callWeb() {
   return { status: res.status, body: (await res.text()).trim() };
 }
 
-/** The newest decision the db sidecar logged (its HAProxy log line carries the reason). */
+/** The newest decision a db sidecar's authorizer logged since `since`, with Consul's reason. */
 function lastDecision(sidecarLogs, since) {
   const lines = sidecarLogs
     .map((e) => e.log.slice(since.get(e) ?? 0))
     .join("\n")
     .split("\n")
-    .filter((l) => /allowed=[01] reason=/.test(l));
-  const line = lines.at(-1);
-  if (!line) return undefined;
-  const m = line.match(/client=(\S*) allowed=([01]) reason="((?:[^"\\]|\\.)*)"/);
-  return m ? { client: m[1], allowed: m[2] === "1", reason: m[3] } : { raw: line };
+    .filter((l) => l.includes("connect_authorize: "));
+  const m = lines.at(-1)?.match(/connect_authorize: (allow|deny) target=(\S+) client=(\S+) reason="((?:[^"\\]|\\.)*)"/);
+  return m ? { allowed: m[1] === "allow", target: m[2], client: m[3], reason: m[4] } : undefined;
 }
 
 async function setIntention(action) {
@@ -139,18 +142,29 @@ function startSidecar(serviceId) {
   return entry;
 }
 
-async function reloadsOf(configDir) {
-  // `show proc` on the master socket lists workers with their reload count.
-  const answer = await new Promise((res, rej) => {
-    const s = createConnection(join(configDir, "master.sock"));
+function runtimeCommand(socketPath, command) {
+  return new Promise((res, rej) => {
+    const s = createConnection(socketPath);
     let out = "";
-    s.on("connect", () => s.end("show proc\n"));
+    s.on("connect", () => s.end(`${command}\n`));
     s.on("data", (c) => (out += c));
     s.on("close", () => res(out));
     s.on("error", rej);
   });
-  const worker = answer.split("\n").find((l) => /\bworker\b/.test(l));
-  return worker ? Number(worker.trim().split(/\s+/)[3]) : undefined;
+}
+
+/** How many servers of web's upstream backend are in service (not in maintenance). */
+async function upstreamServersUp(configDir) {
+  const csv = await runtimeCommand(join(configDir, "stats.sock"), "show stat");
+  return csv.split("\n").filter((l) => l.startsWith("upstream_db,") && !/,(BACKEND|FRONTEND),/.test(l) && !/MAINT/.test(l)).length;
+}
+
+async function reloadsOf(configDir) {
+  // `show proc` on the master socket lists workers with their reload count.
+  const answer = await runtimeCommand(join(configDir, "master.sock"), "show proc");
+  // "<pid> master <reloads> <uptime> <version>"
+  const master = answer.split("\n").find((l) => /^\d+\s+master\s/.test(l.trim()));
+  return master ? Number(master.trim().split(/\s+/)[2]) : undefined;
 }
 
 // ---------- the walk-through ----------
@@ -195,6 +209,8 @@ async function main() {
   const webSidecar = startSidecar("web");
   detail(`web listens on 127.0.0.1:${webAppPort} and reaches db at 127.0.0.1:${upstreamPort}, web's upstream listener`);
   await waitFor("both sidecars to listen", async () => (await tcpOpen(db1SidecarPort)) && (await tcpOpen(upstreamPort)));
+  const webConfigDir = join(workDir, "sidecar-web");
+  await waitFor("db-1 to pass its health check and join web's upstream", async () => (await upstreamServersUp(webConfigDir)) === 1);
 
   const sidecarLogs = [db1Sidecar];
   const mark = () => new Map(sidecarLogs.map((e) => [e, e.log.length]));
@@ -215,9 +231,11 @@ async function main() {
 
   say("3. Flip the intention to deny: the next request is refused, without waiting for a cache TTL");
   await setIntention("deny");
+  const flippedAt = Date.now();
   since = mark();
-  reply = await waitFor("the deny to take effect", async () => ((r) => (r.status !== 200 ? r : undefined))(await callWeb()), 10_000);
-  detail(`web answered ${reply.status}: ${reply.body}`);
+  let attemptsUntilDenied = 0;
+  reply = await waitFor("the deny to take effect", async () => (attemptsUntilDenied++, ((r) => (r.status !== 200 ? r : undefined))(await callWeb())), 10_000);
+  detail(`web answered ${reply.status} (${Date.now() - flippedAt} ms after the flip, request ${attemptsUntilDenied}): ${reply.body}`);
   decision = await denyDecision(since);
   detail(`db's sidecar refused ${decision.client}: Consul said "${decision.reason}"`);
 
@@ -227,7 +245,6 @@ async function main() {
   detail(`web answered ${reply.status}: ${reply.body}`);
 
   say("5. A second db instance comes up: web's sidecar adds it through HAProxy's runtime API, no reload");
-  const webConfigDir = join(workDir, "sidecar-web");
   const reloadsBefore = await reloadsOf(webConfigDir).catch(() => undefined);
   start("db-2 app", process.execPath, [join(root, "scripts/demo/db-app.mjs"), "--port", String(db2Port), "--name", "db-2"]).required = true;
   await registerDb("db-2", db2Port, db2SidecarPort);
@@ -244,11 +261,12 @@ async function main() {
     },
     20_000,
   );
+  served.clear();
   for (let i = 0; i < 10; i++) {
     const who = (await callWeb()).body.match(/(db-\d) answered/)?.[1] ?? "failed";
     served.set(who, (served.get(who) ?? 0) + 1);
   }
-  detail(`requests served: ${[...served].map(([who, n]) => `${who} ${n}`).join(", ")}`);
+  detail(`10 requests after db-2 joined were served by: ${[...served].map(([who, n]) => `${who} ${n}`).join(", ")}`);
   const reloadsAfter = await reloadsOf(webConfigDir).catch(() => undefined);
   if (reloadsBefore !== undefined && reloadsAfter !== undefined) detail(`web's HAProxy reloads: ${reloadsBefore} before, ${reloadsAfter} after`);
 
