@@ -226,7 +226,7 @@ try {
   };
   console.log(JSON.stringify(results, null, 2));
   // The controllers' own account of each reload (haproxy -c and reload timings).
-  for (const id of ["db-1", "web-1"]) console.error(controllers[id].output().split("\n").filter((l) => l.includes("validated reload")).join("\n"));
+  for (const id of ["db-1", "web-1"]) console.error(controllers[id].output().split("\n").filter((l) => l.includes(" reload (")).join("\n"));
   for (const id of Object.keys(controllers)) controllers[id].child.kill("SIGTERM");
   await Promise.all(Object.values(controllers).map((c) => new Promise((r) => (c.child.exitCode !== null ? r() : c.child.once("exit", r)))));
   echo.close();

@@ -286,7 +286,8 @@ export class SidecarController {
       if (problem) throw new Error(`the new leaf certificate is unusable: ${problem}`);
       const timings = await this.haproxy.reload({ check: certificatesOnly === undefined });
       this.running = desired;
-      this.options.logger.info("applied change", { change: reason, path: "validated reload (haproxy -c, master CLI reload)", ...timings });
+      const path = certificatesOnly === undefined ? "validated reload (haproxy -c, master CLI reload)" : "seamless reload (leaf key pair checked, master CLI reload)";
+      this.options.logger.info("applied change", { change: reason, path, ...timings });
     } catch (err) {
       writeHaproxyFiles(this.running!);
       this.options.logger.error(`reload refused, HAProxy keeps its current configuration: ${(err as Error).message}`, { change: reason, retryInMs: reloadRetryMs });

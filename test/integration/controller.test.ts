@@ -258,7 +258,7 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
       const after = await showProc(s);
       expect(after.reloads).toBe(before.reloads + 1);
       expect(s.process.output()).toContain('path="runtime API: set ssl ca-file + commit ssl ca-file"');
-      expect(s.process.output()).toMatch(/change="leaf certificate renewed \(serial \w+ -> \w+\); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time" path="validated reload/);
+      expect(s.process.output()).toMatch(/change="leaf certificate renewed \(serial \w+ -> \w+\); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time" path="seamless reload \(leaf key pair checked, master CLI reload\)"/);
     }
   }, 150_000);
 
