@@ -16,7 +16,7 @@ import { barChartSvg } from "./lib/chart.mjs";
 import { caRootsPem, meshCertificates, registerMesh, startConsulDev } from "./lib/consul.mjs";
 import { measureSetup } from "./lib/measure.mjs";
 import { freePorts } from "./lib/ports.mjs";
-import { installCleanupHandlers, runCommand, stopAll } from "./lib/processes.mjs";
+import { installCleanupHandlers, onInterrupt, runCommand, stopAll } from "./lib/processes.mjs";
 import { chartPanels, checkTargets, markdownReport, ratios, summarize } from "./lib/report.mjs";
 import { DEFAULT_SETUPS, SETUPS, controllerAvailable } from "./lib/setups.mjs";
 
@@ -153,7 +153,8 @@ async function main() {
   const startedAt = new Date();
   const machine = describeMachine(consulBin, haproxyBin);
   const cpu = cpuPlan();
-  const runDir = mkdtempSync(join(tmpdir(), "ch-bench-"));
+  const runDir = mkdtempSync(join(tmpdir(), "ch-bench-run-"));
+  if (!options.keep) onInterrupt(() => rmSync(runDir, { recursive: true, force: true }));
   const controller = controllerAvailable(repoRoot);
   log(`bench: run directory ${runDir}`);
   log(`bench: connect-haproxy set-up: ${controller.available ? "sidecars run by the controller" : `hand-written HAProxy config + the authorizer (${controller.why})`}`);

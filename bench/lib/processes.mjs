@@ -97,6 +97,12 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+const exitCallbacks = [];
+/** Runs `callback` (synchronously) when the benchmark is interrupted, after its processes are stopped. */
+export function onInterrupt(callback) {
+  exitCallbacks.push(callback);
+}
+
 let handlersInstalled = false;
 /** Ctrl-C / SIGTERM: stop everything we started, then exit 130 / 143. */
 export function installCleanupHandlers(log = console.error) {
@@ -108,6 +114,11 @@ export function installCleanupHandlers(log = console.error) {
     stopping = true;
     log(`bench: ${signal}: stopping ${running.size} process(es)`);
     await stopAll();
+    for (const callback of exitCallbacks) {
+      try {
+        callback();
+      } catch {}
+    }
     process.exit(code);
   };
   process.on("SIGINT", onSignal("SIGINT", 130));
