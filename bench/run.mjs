@@ -242,7 +242,7 @@ async function main() {
     cpu,
     connectHaproxyMode: controller.available ? "controller" : "hand-configured HAProxy + authorizer",
     method: [
-      `new connections: \`wrk -t1 -c${plan.newConn.connections} -d${s}s -H "Connection: close"\`, so every request opens a new connection through both sidecars (a new TLS handshake between them; HAProxy resumes TLS sessions, Consul's proxy does as its Go TLS stack does) after a ${plan.warmupSeconds} s warm-up that also fills the verdict cache`,
+      `new connections: \`wrk -t1 -c${plan.newConn.connections} -d${s}s -H "Connection: close"\`, so every request opens a new connection through both sidecars and a new TLS handshake between them (HAProxy resumes TLS sessions: TLS 1.3 tickets; Consul's proxy keeps no client session cache, so it does a full handshake and one agent authorize call per connection), after a ${plan.warmupSeconds} s warm-up that also fills the verdict cache`,
       `kept-alive, saturated: \`wrk -t1 -c${plan.keepAlive.connections} -d${s}s\` (as many requests as the path carries; its p99 mostly measures queueing and CPU scheduling); light steady load: the same with ${plan.paced.connections} connections that each wait ${plan.paced.delayMs} ms after a reply before the next request (wrk's \`delay()\`; about 3,000 req/s), so latency shows what the proxies add rather than the queue`,
       `bulk: \`iperf3 -c -t ${s} -O 1 -P 1\` (one stream; the control and data connections both cross the sidecars in TCP mode)`,
       "application: HAProxy answering `200 ok` to every request (`http-request return`), replaced by `iperf3 -s` on the same port for the bulk phase",
