@@ -262,6 +262,32 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
     }
   }, 150_000);
 
+  it("reloads for an added upstream, with the reason, and keeps an established connection", async () => {
+    const web = sidecar("web-1");
+    const before = await showProc(web);
+    // A connection opened before the reload, used again after it.
+    const socket = createConnection({ host: "127.0.0.1", port: ports.upstream });
+    let received = "";
+    socket.on("data", (chunk) => (received += chunk.toString()));
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write("before");
+    await waitFor("first echo", async () => (received.length >= 6 ? true : undefined), { timeoutMs: 5000 });
+    const cachePort = (await freePorts(1))[0]!;
+    await registerWithSidecar("web-1", "web", ports.webApp, ports.webPublic, [
+      { DestinationName: "db", LocalBindPort: ports.upstream },
+      { DestinationName: "cache", LocalBindPort: cachePort },
+    ]);
+    await waitFor("the reload", async () => (web.process.output().includes(`change="upstream upstream_cache added on 127.0.0.1:${cachePort}" path="validated reload (haproxy -c, master CLI reload)"`) ? true : undefined), {
+      timeoutMs: 20_000,
+    });
+    expect((await showProc(web)).reloads).toBe(before.reloads + 1);
+    socket.write("after!");
+    await waitFor("echo on the old connection", async () => (received.length >= 12 ? true : undefined), { timeoutMs: 5000 });
+    expect(received).toBe("db1:bedb1:af");
+    socket.end();
+    expect(echoFrom(await exchange(ports.upstream, "new connection"))).toBe("db1");
+  });
+
   it("restarts HAProxy when it dies, and traffic flows again", async () => {
     const web = sidecar("web-1");
     const { masterPid } = await showProc(web);
