@@ -99,6 +99,16 @@ export class HaproxyProcess {
     throw new Error(`HAProxy is not serving after ${timeoutMs} ms (${lastError})`);
   }
 
+  private async waitForMaster(done: (list: MasterProcessList) => boolean, timeoutMs = 10_000): Promise<void> {
+    const deadline = this.options.clock.now() + timeoutMs;
+    for (;;) {
+      const list = await this.processList().catch(() => undefined);
+      if (list && done(list)) return;
+      if (this.options.clock.now() > deadline) throw new Error(`HAProxy's master CLI did not confirm the reload within ${timeoutMs} ms`);
+      await this.options.clock.sleep(25);
+    }
+  }
+
   async processList(): Promise<MasterProcessList> {
     return parseShowProc(await sendRuntimeCommand(this.options.masterSocket, "show proc"));
   }
@@ -116,6 +126,8 @@ export class HaproxyProcess {
     // The master answers nothing (2.6) and re-executes itself; the new worker takes over the listeners.
     await sendRuntimeCommand(this.options.masterSocket, "reload").catch(() => "");
     await this.waitUntilServing(before.workers[0]);
+    // The master re-executes itself: wait until its CLI answers again, with the reload counted.
+    await this.waitForMaster((list) => list.reloads > before.reloads);
     return { checkMs: Math.round(checked - started), reloadMs: Math.round(clock.now() - checked) };
   }
 

@@ -101,7 +101,8 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
   }
 
   const sidecar = (name: string) => sidecars.find((s) => s.name === name)!;
-  const showProc = async (s: Sidecar) => parseShowProc(await runtimeCommand(s.masterSocket, "show proc"));
+  // The master CLI is briefly away while the master re-executes itself on a reload.
+  const showProc = (s: Sidecar) => waitFor("the master CLI", async () => parseShowProc(await runtimeCommand(s.masterSocket, "show proc")), { timeoutMs: 5000 });
   /** `show servers state`: [name, address, port, ready] of each slot. */
   async function slots(s: Sidecar, backend: string) {
     const answer = await runtimeCommand(s.statsSocket, `show servers state ${backend}`);
