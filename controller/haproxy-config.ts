@@ -49,6 +49,10 @@ export function renderHaproxyConfig(state: DesiredState): string {
     "    stats timeout 2m",
     `    hard-stop-after ${hardStopAfterSeconds}s`,
     "    ssl-server-verify required",
+    // Read by the authorizer when it loads (so before lua-load): with the trust
+    // domain given, it runs no background query of its own, which would hold
+    // every soft stop and reload until the query ends.
+    `    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`,
     `    lua-load ${paths.luaBundle}`,
     "",
     "defaults",

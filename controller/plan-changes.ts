@@ -87,6 +87,7 @@ export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false }
  */
 export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = haproxy26): Operation[] {
   const reasons = structuralChanges(running, desired);
+  if (running.trustDomain !== desired.trustDomain) reasons.push(`trust domain ${running.trustDomain} -> ${desired.trustDomain}`);
   if (!capabilities.swapListenerCertificate && running.leafCertificatePem !== desired.leafCertificatePem) {
     reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time`);
   }

@@ -60,6 +60,15 @@ describe("planChanges", () => {
     expect(ops[0]!.kind === "update-ca-file" && ops[0]!.pem.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
   });
 
+  it("reloads when the trust domain changes (the authorizer reads it at load)", () => {
+    const snapshot = webSnapshot([db1!]);
+    const moved = { ...snapshot, roots: { ...snapshot.roots, TrustDomain: "11111111-2222-3333-4444-555555555555.consul" } };
+    const ops = planChanges(running, buildDesiredState(moved, paths, running));
+    expect(ops.filter((op) => op.kind === "reload").map((op) => op.kind === "reload" && op.reason)).toEqual([
+      expect.stringContaining("trust domain"),
+    ]);
+  });
+
   it("flushes the authorizer's cache when intentions change", () => {
     const snapshot = webSnapshot([db1!]);
     const ops = planChanges(running, buildDesiredState({ ...snapshot, intentions: { web: [] } }, paths, running));

@@ -95,6 +95,13 @@ describe("instances and slots", () => {
 describe("renderHaproxyConfig", () => {
   const web = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-web-sidecar-proxy", { upstream_db: dbInstances() }), paths));
 
+  it("hands the authorizer the trust domain before loading it, so it runs no query of its own", () => {
+    const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
+    const setenv = web.indexOf(`setenv CONNECT_TRUST_DOMAIN ${trustDomain}\n`);
+    expect(setenv).toBeGreaterThan(0);
+    expect(setenv).toBeLessThan(web.indexOf("lua-load "));
+  });
+
   it("renders an authorized mTLS public listener forwarding to the local app", () => {
     expect(web).toContain("bind 0.0.0.0:21000 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required");
     expect(web).toContain("tcp-request inspect-delay 5s");
