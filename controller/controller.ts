@@ -232,8 +232,14 @@ export class SidecarController {
 
   private ready(): boolean {
     if (!this.roots || !this.leaf) return false;
+    if (this.running) return true;
+    // The first HAProxy starts with every known instance's identity settled, so
+    // that it does not start (or, after a controller restart, take over) with
+    // empty upstream backends while the checks run.
     const allKnown = this.spec.upstreams.every((u) => this.instances.has(upstreamWatchKey(u)));
-    if (allKnown || this.running) return true;
+    this.verifiedInstances();
+    const identitiesSettled = ![...this.identities.values()].some((record) => record.state === "pending");
+    if (allKnown && identitiesSettled) return true;
     const waitMs = this.options.upstreamWaitMs ?? 5_000;
     if (this.options.clock.now() - this.startedAt >= waitMs) return true;
     setTimeout(() => this.schedule(), waitMs).unref();

@@ -1,6 +1,7 @@
 // HAProxy's master process (master-worker mode): start, validated reload
 // through the master CLI, soft stop, and restart when it dies.
 import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 import { once } from "node:events";
 import { promisify } from "node:util";
 import type { Logger } from "./logger.js";
@@ -49,15 +50,40 @@ export class HaproxyProcess {
     }
   }
 
+  /**
+   * Starts HAProxy. If a previous controller died and left its HAProxy running
+   * (found through the master socket in the config dir), the new master takes
+   * that HAProxy's listening sockets over (`-x`, through the stats socket's
+   * `expose-fd listeners`) before the old one soft-stops: a controller restart
+   * refuses no connection and cuts none.
+   */
   async start(): Promise<void> {
     await this.check();
-    this.spawnMaster();
-    await this.waitUntilServing(undefined);
+    const previous = await this.previousMaster();
+    this.spawnMaster(previous ? ["-x", this.options.statsSocket] : []);
+    await this.waitUntilServing(previous?.workers[0]);
+    if (!previous) return;
+    try {
+      process.kill(previous.masterPid, "SIGUSR1");
+    } catch {
+      // It went away by itself.
+    }
+    this.options.logger.info("took over the listeners of the HAProxy a previous controller left running; it now soft-stops", {
+      previousMasterPid: previous.masterPid,
+      pid: this.child?.pid,
+    });
   }
 
-  private spawnMaster(): void {
+  /** The master of an HAProxy left running by a previous controller, if its master socket still answers. */
+  private async previousMaster(): Promise<MasterProcessList | undefined> {
+    if (!existsSync(this.options.masterSocket)) return undefined;
+    const list = await this.processList().catch(() => undefined);
+    return list && list.masterPid > 0 && list.workers.length > 0 ? list : undefined;
+  }
+
+  private spawnMaster(extraArgs: string[] = []): void {
     const { binary, configFile, masterSocket, environment } = this.options;
-    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, "-f", configFile], { env: environment, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     const forward = (chunk: Buffer) => {
       for (const line of chunk.toString().split("\n")) if (line.trim()) this.options.onOutput(line);
