@@ -1,0 +1,219 @@
+// Changes under traffic: while a client on host a keeps opening connections
+// through web's sidecar to db, the test rotates the CA root (which renews every
+// leaf), adds and removes a db instance, restarts the local Consul agents, and
+// restarts the controller. Failed connections are counted in each window.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { consulBinary } from "../harness/consul.js";
+import { repoRoot } from "../harness/haproxy.js";
+import { serviceWithSidecar, startConnectHaproxy, startDbApp, type Launcher, type SidecarProcess } from "../harness/mesh.js";
+import { canCreateNamespaces, createTestNetwork, startHostAgent, type HostAgent, type TestHost, type TestNetwork } from "../harness/netns.js";
+import { waitFor, type StartedProcess } from "../harness/processes.js";
+
+const upstreamPort = 9191;
+const dbPort = 5432;
+const trafficClient = join(repoRoot, "test", "apps", "traffic-client.mjs");
+/** See "moves traffic to db-c while db-b's local Consul agent restarts". */
+const maxFailuresOnInstanceAgentRestart = 5;
+
+interface Attempt {
+  t: number;
+  ok: boolean;
+  who?: string;
+  error?: string;
+}
+
+let network: TestNetwork;
+const agents: Record<string, HostAgent> = {};
+const apps: Record<string, StartedProcess> = {};
+const sidecars: Record<string, SidecarProcess> = {};
+/** Every sidecar started, replaced ones included (for the dump). */
+const everySidecar: SidecarProcess[] = [];
+function startSidecar(host: TestHost, serviceId: string, configDir?: string): SidecarProcess {
+  const sidecar = startConnectHaproxy(serviceId, "127.0.0.1:8500", launcherFor(host), [], configDir);
+  everySidecar.push(sidecar);
+  return sidecar;
+}
+let traffic: StartedProcess;
+const windows: { name: string; from: number; to: number; attempts: number; failed: number; errors: string[] }[] = [];
+
+const launcherFor =
+  (host: TestHost): Launcher =>
+  (name, command, args) =>
+    host.start(name, command, args);
+
+function attempts(): Attempt[] {
+  return traffic
+    .output()
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line) as Attempt);
+}
+
+/** Runs `change`, then `settle`, and records the attempts made meanwhile. */
+async function duringTraffic(name: string, change: () => Promise<void>, settleMs = 3000) {
+  const from = Date.now();
+  await change();
+  await new Promise((r) => setTimeout(r, settleMs));
+  const to = Date.now();
+  const inWindow = attempts().filter((a) => a.t >= from && a.t <= to);
+  const failed = inWindow.filter((a) => !a.ok);
+  const record = { name, from, to, attempts: inWindow.length, failed: failed.length, errors: [...new Set(failed.map((a) => a.error ?? "?"))] };
+  windows.push(record);
+  console.log(`under traffic: ${name}: ${record.failed} failed of ${record.attempts} connections in ${((to - from) / 1000).toFixed(1)} s ${record.errors.join(", ")}`);
+  expect(record.attempts, `no traffic during ${name}`).toBeGreaterThan(10);
+  return record;
+}
+
+async function leafSerial(agent: HostAgent, service: string): Promise<string> {
+  return (await agent.api<{ SerialNumber: string }>("GET", `/v1/agent/connect/ca/leaf/${service}`)).SerialNumber;
+}
+
+/** The serial HAProxy really serves: the stats socket's view of the loaded certificate. */
+async function servedSerial(host: TestHost, sidecar: SidecarProcess): Promise<string> {
+  const { stdout } = await host.exec("sh", ["-c", `echo "show ssl cert ${sidecar.configDir}/certs/leaf.pem" | socat stdio ${sidecar.configDir}/stats.sock`]);
+  return (stdout.match(/^Serial: (\S+)/m)?.[1] ?? "").toLowerCase();
+}
+
+beforeAll(async () => {
+  const capability = await canCreateNamespaces();
+  if (!capability.ok) throw new Error(`tests under traffic need network namespaces (run as root with iproute2): ${capability.why}`);
+  network = await createTestNetwork(["server", "a", "b", "c"]);
+  const { server, a, b, c } = network.hosts as Record<string, TestHost>;
+  agents.server = await startHostAgent(server!, consulBinary());
+  [agents.a, agents.b, agents.c] = await Promise.all([a!, b!, c!].map((host) => startHostAgent(host, consulBinary(), { join: server!.address })));
+  await agents.server.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
+
+  apps["db-b"] = startDbApp(dbPort, "db-b", launcherFor(b!));
+  await agents.b!.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db-b", name: "db", port: dbPort, address: b!.address, check: true }));
+  sidecars.b = startSidecar(b!, "db-b");
+
+  await agents.a!.api(
+    "PUT",
+    "/v1/agent/service/register",
+    serviceWithSidecar({ id: "web", name: "web", port: 8080, address: a!.address, upstreams: [{ DestinationName: "db", LocalBindPort: upstreamPort }] }),
+  );
+  sidecars.a = startSidecar(a!, "web");
+
+  traffic = a!.start("traffic", process.execPath, [trafficClient, "--port", String(upstreamPort), "--interval-ms", "20", "--max-seconds", "400"]);
+  await waitFor("traffic to flow through the mesh", async () => (attempts().filter((x) => x.ok).length >= 20 ? true : undefined), {
+    timeoutMs: 60_000,
+    intervalMs: 200,
+    process: traffic,
+  });
+}, 180_000);
+
+afterAll(async () => {
+  // For a post-mortem: every process's output, when asked for.
+  const dumpDir = process.env.UNDER_TRAFFIC_DUMP_DIR;
+  if (dumpDir) {
+    mkdirSync(dumpDir, { recursive: true });
+    for (const [n, sidecar] of everySidecar.entries()) writeFileSync(join(dumpDir, `${n}-${sidecar.process.name.replace(/[^a-z0-9-]+/gi, "-")}.log`), sidecar.process.output());
+    if (traffic) writeFileSync(join(dumpDir, "traffic.log"), traffic.output());
+  }
+  await traffic?.stop();
+  await Promise.all(Object.values(sidecars).map((s) => s.stop()));
+  await Promise.all(Object.values(apps).map((p) => p.stop()));
+  await Promise.all(Object.values(agents).map((agent) => agent.stop()));
+  await network?.destroy();
+}, 120_000);
+
+describe("changes under traffic", () => {
+  // New roots reach HAProxy at run time; a renewed leaf takes a seamless
+  // reload on HAProxy 2.6 (its runtime swap drops `verify required`, see
+  // controller-haproxy-2.6.test.ts). Either way no connection may fail.
+  it("rotates the CA root and renews every leaf with no failed connection", async () => {
+    const { a, b } = network.hosts as Record<string, TestHost>;
+    const before = { web: await leafSerial(agents.a!, "web"), db: await leafSerial(agents.b!, "db") };
+    const window = await duringTraffic("CA root rotation and leaf renewal", async () => {
+      await agents.server!.api("PUT", "/v1/connect/ca/configuration", { Provider: "consul", Config: { PrivateKeyType: "ec", PrivateKeyBits: 384 } });
+      // Consul renews leaves after a rotation (within about 30 s); wait until both sidecars serve new ones.
+      await waitFor(
+        "both sidecars to serve leaves from the new root",
+        async () => {
+          const now = { web: await leafSerial(agents.a!, "web"), db: await leafSerial(agents.b!, "db") };
+          if (now.web === before.web || now.db === before.db) return undefined;
+          const served = { web: await servedSerial(a!, sidecars.a!), db: await servedSerial(b!, sidecars.b!) };
+          return served.web === now.web.replaceAll(":", "") && served.db === now.db.replaceAll(":", "") ? true : undefined;
+        },
+        { timeoutMs: 90_000, intervalMs: 500 },
+      );
+    });
+    expect(window.failed).toBe(0);
+  }, 150_000);
+
+  it("adds a db instance with no failed connection, and shares the load", async () => {
+    const { c } = network.hosts as Record<string, TestHost>;
+    const window = await duringTraffic("db instance added", async () => {
+      apps["db-c"] = startDbApp(dbPort, "db-c", launcherFor(c!));
+      await agents.c!.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db-c", name: "db", port: dbPort, address: c!.address, check: true }));
+      sidecars.c = startSidecar(c!, "db-c");
+      await waitFor("db-c to serve traffic", async () => (attempts().some((x) => x.ok && x.who === "db-c") ? true : undefined), {
+        timeoutMs: 60_000,
+        intervalMs: 200,
+      });
+    });
+    expect(window.failed).toBe(0);
+  }, 120_000);
+
+  it("keeps serving while web's local Consul agent restarts", async () => {
+    // The controller keeps the last good configuration while its agent is away.
+    const window = await duringTraffic("web's Consul agent restarted", () => agents.a!.restart(), 3000);
+    expect(window.failed).toBe(0);
+  }, 150_000);
+
+  it("moves traffic to db-c while db-b's local Consul agent restarts", async () => {
+    // A client agent leaves the cluster when stopped (leave_on_terminate), so
+    // db-b is deregistered and web's sidecar sends everything to db-c. The
+    // connections that can fail are those routed to db-b in the moment before
+    // web's sidecar learns of it, and only if db-b's authorizer has no fresh
+    // cached allow (agent unreachable → deny).
+    const window = await duringTraffic("db-b's Consul agent restarted (db-c serving)", () => agents.b!.restart(), 3000);
+    expect(window.failed).toBeLessThanOrEqual(maxFailuresOnInstanceAgentRestart);
+    // A restarted client agent re-syncs its services and checks; db-b may flap
+    // for a few seconds. Go on once it has been passing for 5 s in a row.
+    let passingStreak = 0;
+    await waitFor(
+      "db-b to pass its check steadily and serve again",
+      async () => {
+        const passing = await agents.server!.api<{ Service: { ID: string } }[]>("GET", "/v1/health/service/db?passing");
+        passingStreak = passing.some((entry) => entry.Service.ID === "db-b") ? passingStreak + 1 : 0;
+        return passingStreak >= 5 && attempts().some((x) => x.t > window.to && x.who === "db-b") ? true : undefined;
+      },
+      { timeoutMs: 90_000, intervalMs: 1000 },
+    );
+  }, 180_000);
+
+  it("removes a deregistered db instance with no failed connection", async () => {
+    const window = await duringTraffic("db instance deregistered, then stopped", async () => {
+      await agents.c!.api("PUT", "/v1/agent/service/deregister/db-c");
+      const deregisteredAt = Date.now();
+      // Once web's sidecar stops sending to db-c, db-c's processes can go.
+      await waitFor("db-c to get no more traffic", async () => (attempts().filter((x) => x.t > deregisteredAt + 1000).length > 20 && !attempts().some((x) => x.t > deregisteredAt + 1000 && x.who === "db-c") ? true : undefined), {
+        timeoutMs: 30_000,
+        intervalMs: 200,
+      });
+      await sidecars.c!.stop();
+      await apps["db-c"]!.stop();
+    });
+    expect(window.failed).toBe(0);
+  }, 120_000);
+
+  it("keeps serving while the controller restarts (HAProxy stays up)", async () => {
+    const { a } = network.hosts as Record<string, TestHost>;
+    const window = await duringTraffic("web's controller restarted", async () => {
+      // A crash, not a shutdown: SIGTERM would (rightly) stop HAProxy too.
+      await sidecars.a!.process.stop("SIGKILL");
+      await new Promise((r) => setTimeout(r, 2000));
+      const configDir = sidecars.a!.configDir;
+      sidecars.a = startSidecar(a!, "web", configDir);
+      await waitFor("the new controller to take over", async () => (/took over the listeners/.test(sidecars.a!.process.output()) ? true : undefined), {
+        timeoutMs: 30_000,
+        intervalMs: 200,
+        process: sidecars.a!.process,
+      });
+    });
+    expect(window.failed).toBe(0);
+  }, 120_000);
+});
