@@ -32,6 +32,7 @@ const USAGE = `usage: node bench/run.mjs [options]
                    (default: all; with --quick, all but the tuning candidates)
   --out PREFIX     output files PREFIX.md/.json/.svg (default bench/results/latest)
   --keep           keep the run directory (configs, logs) instead of deleting it
+  --render FILE    measure nothing: redo FILE's .md and .svg (and its summary) from FILE (a PREFIX.json)
 environment: CONSUL_BIN (required), HAPROXY_BIN (default haproxy)`;
 
 function parseArgs(argv) {
@@ -44,6 +45,7 @@ function parseArgs(argv) {
     };
     if (arg === "--quick") options.quick = true;
     else if (arg === "--keep") options.keep = true;
+    else if (arg === "--render") options.render = value();
     else if (arg === "--rounds") options.rounds = Number(value());
     else if (arg === "--seconds") options.seconds = Number(value());
     else if (arg === "--setups") options.setups = value().split(",");
@@ -119,6 +121,31 @@ async function runAuthorizerMicrobenchmark() {
   };
 }
 
+/**
+ * Summary, ratios, targets, markdown and chart from the raw rounds: PREFIX.json,
+ * PREFIX.md and PREFIX.svg. Pure apart from the files, so that --render can
+ * redo a report from a run's JSON.
+ */
+function writeReport(prefix, { machine, settings, extras, rounds }) {
+  const summary = summarize(Object.fromEntries(Object.entries(rounds).filter(([, r]) => r.length)));
+  const ratioTable = ratios(summary);
+  const targets = checkTargets(summary, ratioTable, rounds);
+  const chartFile = `${basename(prefix)}.svg`;
+  const payload = { machine, settings, summary, ratios: ratioTable, targets, extras, rounds };
+  writeAtomically(`${prefix}.json`, JSON.stringify(payload, null, 2) + "\n");
+  writeAtomically(`${prefix}.md`, markdownReport({ machine, settings, summary, ratioTable, targets, extras, chartFile, rounds }));
+  writeAtomically(
+    `${prefix}.svg`,
+    barChartSvg({
+      title: `connect-haproxy vs Consul's built-in proxy vs plain HAProxy${settings.quick ? " (quick run)" : ""}`,
+      subtitle: `${machine.nproc} × ${machine["CPU model"]}, ${machine.haproxy.split(" - ")[0]}, ${machine.consul}; medians of ${settings.rounds} round(s), ${settings.finishedAt.slice(0, 10)}`,
+      panels: chartPanels(summary),
+      columns: 4,
+    }),
+  );
+  log(`bench: wrote ${relative(process.cwd(), prefix)}.md, .json, .svg`);
+}
+
 function writeAtomically(file, text) {
   mkdirSync(dirname(file), { recursive: true });
   const tmp = `${file}.tmp`;
@@ -136,6 +163,11 @@ async function main() {
   }
   if (options.help) {
     console.log(USAGE);
+    return 0;
+  }
+  if (options.render) {
+    const previous = JSON.parse(readFileSync(options.render, "utf8"));
+    writeReport(options.render.replace(/\.json$/, ""), previous);
     return 0;
   }
   const consulBin = process.env.CONSUL_BIN;
@@ -204,9 +236,6 @@ async function main() {
     await stopAll();
   }
 
-  const summary = summarize(Object.fromEntries(Object.entries(rounds).filter(([, r]) => r.length)));
-  const ratioTable = ratios(summary);
-  const targets = checkTargets(summary, ratioTable);
   const extras = { notes: [] };
   const perConnection = (id) =>
     (rounds[id] ?? [])
@@ -251,20 +280,7 @@ async function main() {
       `rounds: ${options.rounds}; the set-up order rotates each round; figures are medians`,
     ],
   };
-  const chartFile = `${basename(options.out)}.svg`;
-  const payload = { machine, settings, summary, ratios: ratioTable, targets, extras, rounds };
-  writeAtomically(`${options.out}.json`, JSON.stringify(payload, null, 2) + "\n");
-  writeAtomically(`${options.out}.md`, markdownReport({ machine, settings, summary, ratioTable, targets, extras, chartFile, rounds }));
-  writeAtomically(
-    `${options.out}.svg`,
-    barChartSvg({
-      title: `connect-haproxy vs Consul's built-in proxy vs plain HAProxy${options.quick ? " (quick run)" : ""}`,
-      subtitle: `${machine.nproc} × ${machine["CPU model"]}, ${machine.haproxy.split(" - ")[0]}, ${machine.consul}; medians of ${options.rounds} round(s), ${settings.finishedAt.slice(0, 10)}`,
-      panels: chartPanels(summary),
-      columns: 4,
-    }),
-  );
-  log(`bench: wrote ${relative(process.cwd(), options.out)}.md, .json, .svg`);
+  writeReport(options.out, { machine, settings, extras, rounds });
   process.stdout.write(readFileSync(`${options.out}.md`, "utf8"));
 
   if (options.keep || failures.length) log(`bench: logs and configs kept in ${runDir}`);

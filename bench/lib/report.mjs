@@ -77,24 +77,42 @@ export function ratios(summary) {
   return out;
 }
 
-/** The issue's targets, each checked against this run. */
-export function checkTargets(summary, ratioTable) {
+/**
+ * connect-haproxy / other for one metric, round by round (set-ups measured
+ * in the same round ran minutes apart, so these ratios see less drift).
+ */
+export function perRoundRatios(rounds, key, other) {
+  const metric = METRICS.find((m) => m.key === key);
+  const mine = rounds?.connect ?? [];
+  const theirs = rounds?.[other] ?? [];
+  const out = [];
+  for (let i = 0; i < Math.min(mine.length, theirs.length); i++) {
+    const a = metric.get(mine[i]);
+    const b = metric.get(theirs[i]);
+    if (typeof a === "number" && typeof b === "number" && b !== 0) out.push(a / b);
+  }
+  return out;
+}
+
+/** The issue's targets, each checked against this run (on the ratio of medians). */
+export function checkTargets(summary, ratioTable, rounds) {
   const r = (key, which) => ratioTable[key]?.[which];
   const rss = med(summary, "connect", "peakRssMbSidecar");
-  const target = (name, measured, limit, atLeast, unit = "×") => ({
+  const target = (name, measured, limit, atLeast, unit = "×", ratioOf) => ({
     name,
     measured,
     target: `${atLeast ? "≥" : "≤"} ${limit}${unit === "×" ? "×" : ` ${unit}`}`,
     met: measured === undefined ? undefined : atLeast ? measured >= limit : measured <= limit,
     unit,
+    ...(ratioOf && rounds ? { perRound: perRoundRatios(rounds, ...ratioOf) } : {}),
   });
   return [
-    target("new connections/s vs built-in proxy", r("newConnPerSec", "connectOverBuiltin"), 2, true),
-    target("new connections/s vs plain HAProxy pair", r("newConnPerSec", "connectOverPlain"), 0.9, true),
-    target("bulk throughput vs built-in proxy", r("bulkGbps", "connectOverBuiltin"), 1.5, true),
-    target("bulk throughput vs plain HAProxy pair", r("bulkGbps", "connectOverPlain"), 0.95, true),
-    target("p99 latency, kept-alive, vs built-in proxy", r("keepAliveP99Ms", "connectOverBuiltin"), 1, false),
-    target("p99 latency, kept-alive at light load, vs built-in proxy (added here)", r("pacedP99Us", "connectOverBuiltin"), 1, false),
+    target("new connections/s vs built-in proxy", r("newConnPerSec", "connectOverBuiltin"), 2, true, "×", ["newConnPerSec", "builtin"]),
+    target("new connections/s vs plain HAProxy pair", r("newConnPerSec", "connectOverPlain"), 0.9, true, "×", ["newConnPerSec", "plain"]),
+    target("bulk throughput vs built-in proxy", r("bulkGbps", "connectOverBuiltin"), 1.5, true, "×", ["bulkGbps", "builtin"]),
+    target("bulk throughput vs plain HAProxy pair", r("bulkGbps", "connectOverPlain"), 0.95, true, "×", ["bulkGbps", "plain"]),
+    target("p99 latency, kept-alive, vs built-in proxy", r("keepAliveP99Ms", "connectOverBuiltin"), 1, false, "×", ["keepAliveP99Ms", "builtin"]),
+    target("p99 latency, kept-alive at light load, vs built-in proxy (added here)", r("pacedP99Us", "connectOverBuiltin"), 1, false, "×", ["pacedP99Us", "builtin"]),
     target("peak RSS of one sidecar (controller + HAProxy)", rss, 130, false, "MB"),
   ];
 }
@@ -120,6 +138,7 @@ export function markdownReport({ machine, settings, summary, ratioTable, targets
     "",
   );
   if (chartFile) add(`![benchmark chart](${chartFile})`, "");
+  add("How these figures are made, how to read them, and what the profiles show: [docs/benchmarks.md](../../docs/benchmarks.md).", "");
   add(
     "## Machine",
     "",
@@ -146,10 +165,19 @@ export function markdownReport({ machine, settings, summary, ratioTable, targets
       `| ${metric.label.replace(/^ {2}/, "↳ ")}${unit} | ${COLUMNS.map((c) => cell(summary, c, metric.key)).join(" | ")} | ${formatRatio(ratiosFor?.connectOverBuiltin)} | ${formatRatio(ratiosFor?.connectOverPlain)} |`,
     );
   }
-  add("", "## Targets", "", "| target | required | measured | |", "|---|---|--:|---|");
+  add(
+    "",
+    "## Targets",
+    "",
+    "Measured on the ratio of the medians; the same ratio round by round is shown beside it (set-ups of one round ran minutes apart).",
+    "",
+    "| target | required | measured | | round by round |",
+    "|---|---|--:|---|---|",
+  );
   for (const t of targets) {
     const measured = t.measured === undefined ? "–" : t.unit === "×" ? formatRatio(t.measured) : `${formatNumber(t.measured)} ${t.unit}`;
-    add(`| ${t.name} | ${t.target} | ${measured} | ${t.met === undefined ? "not measured" : t.met ? "met" : "**missed**"} |`);
+    const perRound = t.perRound?.length ? t.perRound.map(formatRatio).join(", ") : "";
+    add(`| ${t.name} | ${t.target} | ${measured} | ${t.met === undefined ? "not measured" : t.met ? "met" : "**missed**"} | ${perRound} |`);
   }
   add("", "## Cost of authorization alone", "");
   const noCache = summary.connectNoCache;
@@ -218,9 +246,20 @@ export function markdownReport({ machine, settings, summary, ratioTable, targets
   if (extras.microbenchmark) {
     add("", "### Authorizer micro-benchmark (Lua, under lua5.3)", "", extras.microbenchmark.markdown);
   }
-  if (extras.notes?.length) add("", "## Notes", "", ...extras.notes.map((n) => `- ${n}`));
+  const notes = [...(extras.notes ?? []), ...shutdownNotes(rounds)];
+  if (notes.length) add("", "## Notes", "", ...notes.map((n) => `- ${n}`));
   add("");
   return lines.join("\n");
+}
+
+/** Sidecars that had to be killed because they did not exit after SIGTERM/SIGINT. */
+function shutdownNotes(rounds = {}) {
+  const notes = [];
+  for (const [setup, results] of Object.entries(rounds)) {
+    const forced = results.flatMap((r) => r.shutdown ?? []).filter((s) => s.forced);
+    if (forced.length) notes.push(`${SETUPS[setup]?.short ?? setup}: ${forced.length} sidecar process(es) did not exit within ${Math.max(...forced.map((f) => f.ms))} ms of the stop signal and were killed (${[...new Set(forced.map((f) => f.process))].join(", ")})`);
+  }
+  return notes;
 }
 
 /** { setup: { command: median µs of CPU per new connection } } */
