@@ -138,7 +138,7 @@ function writeReport(prefix, { machine, settings, extras, rounds }) {
     `${prefix}.svg`,
     barChartSvg({
       title: `connect-haproxy vs Consul's built-in proxy vs plain HAProxy${settings.quick ? " (quick run)" : ""}`,
-      subtitle: `${machine.nproc} × ${machine["CPU model"]}, ${machine.haproxy.split(" - ")[0]}, ${machine.consul}; medians of ${settings.rounds} round(s), ${settings.finishedAt.slice(0, 10)}`,
+      subtitle: `${machine.nproc} × ${machine["CPU model"]}, HAProxy ${/version (\S+)/.exec(machine.haproxy)?.[1] ?? "?"}, ${machine.consul}; medians of ${settings.rounds} round(s), ${settings.finishedAt.slice(0, 10)}`,
       panels: chartPanels(summary),
       columns: 4,
     }),
@@ -258,7 +258,8 @@ async function main() {
   }
   for (const f of failures) extras.notes.push(`FAILED: ${f}`);
 
-  const commit = firstLine("git", ["-C", repoRoot, "rev-parse", "--short", "HEAD"]);
+  const dirty = firstLine("git", ["-C", repoRoot, "status", "--porcelain", "--untracked-files=no"]) !== "";
+  const commit = `${firstLine("git", ["-C", repoRoot, "rev-parse", "--short", "HEAD"])}${dirty ? " + uncommitted changes in the working tree" : ""}`;
   machine["load average at end"] = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
   const settings = {
     quick: options.quick,
