@@ -49,7 +49,6 @@ export interface ControllerOptions {
   haproxyEnvironment: NodeJS.ProcessEnv;
   logger: Logger;
   clock: Clock;
-  onHaproxyOutput(line: string): void;
   /** Bursts of Consul changes within this window are planned together (default 100 ms). */
   coalesceMs?: number;
   /** How long the first start waits for upstream instances before starting without them. */
@@ -95,7 +94,6 @@ export class SidecarController {
       environment: options.haproxyEnvironment,
       logger: options.logger,
       clock: options.clock,
-      onOutput: options.onHaproxyOutput,
       stopTimeoutMs: options.stopTimeoutMs ?? 35_000,
     });
   }

@@ -172,7 +172,6 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
       haproxyEnvironment,
       logger,
       clock: systemClock,
-      onHaproxyOutput: (line) => out.write(`${line}\n`),
     });
     await controller.run(signal);
     return exitCodes.ok;
