@@ -28,25 +28,36 @@ if (existsSync(vitestJson)) {
   suiteFailed("vitest", "no vitest.json");
 }
 
-// busted: TAP ("ok N - ..." / "not ok N - ..."; skipped tests carry "# SKIP").
-const bustedTap = join(dir, "busted.tap");
-if (existsSync(bustedTap)) {
-  const lines = readFileSync(bustedTap, "utf8").split("\n");
+// TAP ("ok N - ..." / "not ok N - ..."; skipped tests carry "# SKIP"), from
+// busted and from node's test runner (whose subtests are indented).
+function countTap(suite, file) {
+  const tapFile = join(dir, file);
+  if (!existsSync(tapFile)) return suiteFailed(suite, `no ${file}`);
+  const lines = readFileSync(tapFile, "utf8").split("\n");
   let ok = 0, notOk = 0, skip = 0;
   for (const line of lines) {
     if (/^ok \d+/.test(line)) (/# SKIP/i.test(line) ? skip++ : ok++);
     else if (/^not ok \d+/.test(line)) notOk++;
   }
-  const plan = lines.find((l) => /^1\.\.\d+/.test(l));
-  if (!plan) suiteFailed("busted", "no TAP plan (busted crashed?)");
-  if (ok + notOk + skip === 0) suiteFailed("busted", "ran no test");
+  if (!lines.some((l) => /^1\.\.\d+/.test(l))) suiteFailed(suite, "no TAP plan (did it crash?)");
+  if (ok + notOk + skip === 0) suiteFailed(suite, "ran no test");
   passed += ok; failed += notOk; skipped += skip;
-  console.log(`test: busted ${ok} passed, ${notOk} failed, ${skip} skipped`);
+  console.log(`test: ${suite} ${ok} passed, ${notOk} failed, ${skip} skipped`);
+}
+countTap("busted", "busted.tap");
+countTap("bench harness", "bench-unit.tap");
+
+// The quick benchmark run counts as one test.
+const smokeExit = join(dir, "bench-smoke.exit");
+if (existsSync(smokeExit) && Number(readFileSync(smokeExit, "utf8").split(":")[1]) === 0) {
+  passed += 1;
+  console.log("test: benchmark smoke run passed");
 } else {
-  suiteFailed("busted", "no busted.tap");
+  failed += 1;
+  console.error(`test: benchmark smoke run failed (see ${join(dir, "bench-smoke.log")})`);
 }
 
-for (const suite of ["vitest", "busted"]) {
+for (const suite of ["vitest", "busted", "bench-unit"]) {
   const exitFile = join(dir, `${suite}.exit`);
   const code = existsSync(exitFile) ? Number(readFileSync(exitFile, "utf8").split(":")[1]) : NaN;
   if (code !== 0 && failed === 0) suiteFailed(suite, `exited ${code} with no failed test`);

@@ -25,4 +25,13 @@ lua5.3 /usr/bin/busted --lua=lua5.3 -o TAP test/lua > "$results/busted.tap" 2>&1
 echo "busted exit: $?" > "$results/busted.exit"
 grep -vE '^ok ' "$results/busted.tap" || true
 
+# The benchmark harness: its unit tests, then a quick run as a smoke test
+# (it checks that every set-up runs end to end, not the figures).
+node --test --test-reporter=tap bench/test/ > "$results/bench-unit.tap" 2>&1
+echo "bench-unit exit: $?" > "$results/bench-unit.exit"
+grep -E '^not ok ' "$results/bench-unit.tap" || true
+node bench/run.mjs --quick > "$results/bench-smoke.log" 2>&1
+echo "bench-smoke exit: $?" > "$results/bench-smoke.exit"
+tail -n 3 "$results/bench-smoke.log"
+
 node scripts/summarize-tests.mjs "$results"
