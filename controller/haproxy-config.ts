@@ -121,11 +121,36 @@ function renderUpstream(upstream: UpstreamState, meshTls: string): string[] {
     // roundrobin is dynamic: slots can change address and state at run time.
     "    balance roundrobin",
     `    timeout connect ${upstream.connectTimeoutMs}ms`,
+    ...upstreamIdentityRules(upstream, upstreamMode),
     ...upstream.slots.map((slot) =>
       slot.instance
         ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`
         : `    server ${slot.name} ${freeSlotAddress} ${meshTls}${meshAlpn(upstream.protocol)} disabled`,
     ),
     "",
+  ];
+}
+
+/**
+ * Per connection (per response in HTTP), the server's certificate must name
+ * the destination service: `verify required` checks only the chain. Response
+ * rules run before a response byte is forwarded to the client (but after the
+ * client's first bytes reached the server). The inspect-delay only lets the
+ * action yield (a lazy trust-domain lookup); it adds no wait. Prepared queries
+ * name their service only in their reply, which may change without a reload:
+ * they keep the per-instance check alone.
+ */
+function upstreamIdentityRules(upstream: UpstreamState, upstreamMode: "tcp" | "http"): string[] {
+  if (upstream.destinationType !== "service") return [];
+  if (upstreamMode === "http") {
+    return [
+      `    http-response lua.connect_verify_upstream ${upstream.destinationName}`,
+      "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
+    ];
+  }
+  return [
+    `    tcp-response inspect-delay ${authorizeInspectDelay}`,
+    `    tcp-response content lua.connect_verify_upstream ${upstream.destinationName}`,
+    "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
   ];
 }

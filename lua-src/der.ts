@@ -199,10 +199,10 @@ export function formatSerial(der: string, serialStart: number, serialEnd: number
   return parts.join(":");
 }
 
-/** A client certificate must name exactly one identity. */
-export function onlyUri(parsed: ParsedCertificate): LuaMultiReturn<[string | undefined, string | undefined]> {
+/** A mesh certificate must name exactly one identity; `role` ("client" or "server") names it in the reason. */
+export function onlyUri(parsed: ParsedCertificate, role = "client"): LuaMultiReturn<[string | undefined, string | undefined]> {
   const count = parsed.uris.length;
   if (count === 1) return $multi(parsed.uris[0], undefined);
-  if (count === 0) return $multi(undefined, "client certificate has no URI subjectAltName");
-  return $multi(undefined, `client certificate has ${count} URI subjectAltNames, expected exactly one`);
+  if (count === 0) return $multi(undefined, role + " certificate has no URI subjectAltName");
+  return $multi(undefined, `${role} certificate has ${count} URI subjectAltNames, expected exactly one`);
 }

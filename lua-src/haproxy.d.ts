@@ -86,6 +86,12 @@ export interface Fetches {
   ssl_c_verify(): number | undefined;
   /** The client (leaf) certificate in DER, as a binary string. */
   ssl_c_der(): string | undefined;
+  /**
+   * The server (leaf) certificate of the backend connection in DER. Only
+   * meaningful on the response side (tcp-response / http-response rules),
+   * once the server connection's handshake is done; nil otherwise.
+   */
+  ssl_s_der(): string | undefined;
   /** 1 if the front connection is SSL. */
   ssl_fc(): number | undefined;
   src(): string | undefined;

@@ -9,6 +9,7 @@
 // Actions (HAProxy 2.6 has no optional action arguments, so two names):
 //   lua.connect_authorize <target>     target service name ("-" = CONNECT_DEFAULT_TARGET)
 //   lua.connect_authorize_default      target from CONNECT_DEFAULT_TARGET
+//   lua.connect_verify_upstream <svc>  (tcp-res, http-res) the server's certificate names <svc>
 
 import type { Core } from "./haproxy";
 import * as der from "./der";
@@ -22,12 +23,14 @@ import * as trust from "./trust";
 import * as config from "./config";
 import * as action from "./action";
 import * as cli from "./cli";
+import * as upstream from "./upstream";
 
 export const version = "0.1.0";
-export { der, spiffe, json, http, lru, agent, authorizer, trust, config, action, cli };
+export { der, spiffe, json, http, lru, agent, authorizer, trust, config, action, cli, upstream };
 
 export interface Installed {
   context: action.ActionContext;
+  upstreamContext: upstream.UpstreamContext;
   /** The trust-domain refresh loop (what the registered task runs). */
   refreshTask: (this: void) => void;
 }
@@ -75,6 +78,9 @@ export function install(core: Core, getenv: (this: void, name: string) => string
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => action.authorizeTransaction(context, txn, target), 1);
   core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => action.authorizeTransaction(context, txn, undefined), 0);
+  // Same trust domain as the authorizer; no agent call.
+  const upstreamContext: upstream.UpstreamContext = { trustDomains, identities: upstream.newServerIdentityCache() };
+  core.register_action("connect_verify_upstream", ["tcp-res", "http-res"], (txn, service) => upstream.verifyUpstreamTransaction(upstreamContext, txn, service), 1);
   cli.registerCommands(core, context);
   const refreshTask = (): void => {
     if (settings.agentAddressError === undefined) trustDomains.runForever();
@@ -86,7 +92,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     "connect-haproxy " + version + ": agent " + settings.agentHostHeader + ", token " + (settings.token !== undefined ? "set" : "not set") +
       ", trust domain " + (settings.trustDomain ?? "from the agent"),
   );
-  return { context, refreshTask };
+  return { context, upstreamContext, refreshTask };
 }
 
 /** What the load inside HAProxy installed (for bench/authorizer-haproxy.lua); nil elsewhere. */

@@ -40,6 +40,9 @@ describe("the bundle", function()
       local txn = stub.txn(der)
       core.actions.connect_authorize.fn(txn, "db")
       assert(txn.vars["txn.connect_allowed"] == 1, tostring(txn.vars["txn.connect_reason"]))
+      local response = stub.txn(nil, { server_der = der })
+      core.actions.connect_verify_upstream.fn(response, "web")
+      assert(response.vars["txn.connect_upstream_ok"] == 1, tostring(response.vars["txn.connect_upstream_reason"]))
     end)
     rawset(_G, "Map", saved_map)
     rawset(_G, "core", saved_core)
@@ -51,7 +54,7 @@ describe("the bundle", function()
   it("only exports its modules when there is no HAProxy", function()
     local ch = dofile("dist/connect-haproxy.lua")
     assert.is_nil(ch.installed)
-    for _, name in ipairs({ "der", "spiffe", "json", "http", "lru", "agent", "authorizer", "trust", "config", "action", "cli" }) do
+    for _, name in ipairs({ "der", "spiffe", "json", "http", "lru", "agent", "authorizer", "trust", "config", "action", "cli", "upstream" }) do
       assert.is_table(ch[name], name)
     end
     assert.is_function(ch.install)

@@ -121,6 +121,14 @@ describe("renderHaproxyConfig", () => {
     expect(web).toContain("balance roundrobin");
   });
 
+  it("checks the upstream server's identity on every TCP connection before a response byte is forwarded", () => {
+    const backend = web.slice(web.indexOf("\nbackend upstream_db\n"));
+    expect(backend).toMatch(
+      /timeout connect \d+ms\n    tcp-response inspect-delay 5s\n    tcp-response content lua\.connect_verify_upstream db\n    tcp-response content reject unless \{ var\(txn\.connect_upstream_ok\) -m bool \}\n    server s1 /,
+    );
+    expect(web).not.toContain("http-response");
+  });
+
   it("never writes a token or a private key into the configuration", () => {
     expect(web).not.toMatch(/PRIVATE KEY|token/i);
   });
@@ -139,6 +147,16 @@ describe("renderHaproxyConfig", () => {
     expect(api).toContain("frontend upstream_query_db-query");
   });
 
+  it("checks the upstream server's identity on every HTTP response, except for prepared queries", () => {
+    const api = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-api-sidecar-proxy"), paths));
+    const webBackend = api.slice(api.indexOf("\nbackend upstream_web\n"), api.indexOf("\n\n", api.indexOf("\nbackend upstream_web\n")));
+    expect(webBackend).toContain("    http-response lua.connect_verify_upstream web\n    http-response deny unless { var(txn.connect_upstream_ok) -m bool }\n");
+    expect(webBackend).not.toContain("tcp-response");
+    const queryBackend = api.slice(api.indexOf("\nbackend upstream_query_db-query\n"));
+    expect(queryBackend).toMatch(/^\nbackend upstream_query_db-query\n[^]*server s1 /);
+    expect(queryBackend).not.toMatch(/connect_verify_upstream/);
+  });
+
   it("is accepted by haproxy -c (with a stand-in for the Lua actions)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "ch-render-"));
     const local = {
@@ -150,7 +168,11 @@ describe("renderHaproxyConfig", () => {
       masterSocket: join(dir, "master.sock"),
       luaBundle: join(dir, "stub.lua"),
     };
-    writeFileSync(local.luaBundle, 'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\n');
+    writeFileSync(
+      local.luaBundle,
+      'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\n' +
+        'core.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\n',
+    );
     for (const proxy of ["agent-service-web-sidecar-proxy", "agent-service-api-sidecar-proxy"]) {
       const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), local);
       writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });

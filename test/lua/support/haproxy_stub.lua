@@ -113,7 +113,9 @@ function M.core(agent)
 end
 
 -- A transaction whose client presented `der` (nil: no certificate).
--- opts: used (default 1 when der is given), verify (default 0).
+-- opts: used (default 1 when der is given), verify (default 0),
+-- server_der (what ssl_s_der returns: the upstream server's certificate),
+-- server_der_error (ssl_s_der raises it).
 function M.txn(der, opts)
   opts = opts or {}
   local txn = { vars = {}, logs = {} }
@@ -123,6 +125,7 @@ function M.txn(der, opts)
     ssl_c_used = function(self) assert(self == txn.f, "fetches are called with a colon"); return used end,
     ssl_c_verify = function(self) assert(self == txn.f); if opts.verify == nil then return 0 end return opts.verify end,
     ssl_c_der = function(self) assert(self == txn.f); if opts.der_error then error(opts.der_error) end return der end,
+    ssl_s_der = function(self) assert(self == txn.f); if opts.server_der_error then error(opts.server_der_error) end return opts.server_der end,
   }
   function txn:set_var(name, value)
     assert(self == txn, "set_var is called with a colon")
