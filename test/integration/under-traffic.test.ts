@@ -105,18 +105,21 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  // For a post-mortem: every process's output, when asked for.
-  const dumpDir = process.env.UNDER_TRAFFIC_DUMP_DIR;
-  if (dumpDir) {
-    mkdirSync(dumpDir, { recursive: true });
-    for (const [n, sidecar] of everySidecar.entries()) writeFileSync(join(dumpDir, `${n}-${sidecar.process.name.replace(/[^a-z0-9-]+/gi, "-")}.log`), sidecar.process.output());
-    if (traffic) writeFileSync(join(dumpDir, "traffic.log"), traffic.output());
+  try {
+    // For a post-mortem: every process's output, when asked for.
+    const dumpDir = process.env.UNDER_TRAFFIC_DUMP_DIR;
+    if (dumpDir) {
+      mkdirSync(dumpDir, { recursive: true });
+      for (const [n, sidecar] of everySidecar.entries()) writeFileSync(join(dumpDir, `${n}-${sidecar.process.name.replace(/[^a-z0-9-]+/gi, "-")}.log`), sidecar.process.output());
+      if (traffic) writeFileSync(join(dumpDir, "traffic.log"), traffic.output());
+    }
+  } finally {
+    await traffic?.stop();
+    await Promise.all(Object.values(sidecars).map((s) => s.stop()));
+    await Promise.all(Object.values(apps).map((p) => p.stop()));
+    await Promise.all(Object.values(agents).map((agent) => agent.stop()));
+    await network?.destroy();
   }
-  await traffic?.stop();
-  await Promise.all(Object.values(sidecars).map((s) => s.stop()));
-  await Promise.all(Object.values(apps).map((p) => p.stop()));
-  await Promise.all(Object.values(agents).map((agent) => agent.stop()));
-  await network?.destroy();
 }, 120_000);
 
 describe("changes under traffic", () => {
