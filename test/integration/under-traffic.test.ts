@@ -51,6 +51,23 @@ function attempts(): Attempt[] {
     .map((line) => JSON.parse(line) as Attempt);
 }
 
+/** The controller's own log lines (not HAProxy's traffic log). */
+function controllerLines(sidecar: SidecarProcess): string[] {
+  return sidecar.process.output().split("\n").filter((line) => /^\d{4}-\d\d-\d\dT.* (INFO|WARN|ERROR|DEBUG) /.test(line));
+}
+
+/** Waits until recent traffic reached every one of `instances`, with no failure. */
+async function servedByAll(instances: string[], what: string) {
+  await waitFor(
+    what,
+    async () => {
+      const recent = attempts().filter((x) => x.t > Date.now() - 2000);
+      return recent.length > 20 && recent.every((x) => x.ok) && instances.every((who) => recent.some((x) => x.who === who)) ? true : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 250 },
+  );
+}
+
 /** Runs `change`, then `settle`, and records the attempts made meanwhile. */
 async function duringTraffic(name: string, change: () => Promise<void>, settleMs = 3000) {
   const from = Date.now();
@@ -62,6 +79,10 @@ async function duringTraffic(name: string, change: () => Promise<void>, settleMs
   const record = { name, from, to, attempts: inWindow.length, failed: failed.length, errors: [...new Set(failed.map((a) => a.error ?? "?"))] };
   windows.push(record);
   console.log(`under traffic: ${name}: ${record.failed} failed of ${record.attempts} connections in ${((to - from) / 1000).toFixed(1)} s ${record.errors.join(", ")}`);
+  if (record.failed > 0) {
+    const firstFailure = new Date(failed[0]!.t).toISOString();
+    console.log(`under traffic: first failure at ${firstFailure}; web's controller said:\n${controllerLines(sidecars.a!).slice(-30).join("\n")}`);
+  }
   expect(record.attempts, `no traffic during ${name}`).toBeGreaterThan(10);
   return record;
 }
@@ -189,6 +210,7 @@ describe("changes under traffic", () => {
   }, 180_000);
 
   it("removes a deregistered db instance with no failed connection", async () => {
+    await servedByAll(["db-b", "db-c"], "db-b and db-c both to serve, with no failure, before db-c goes");
     const window = await duringTraffic("db instance deregistered, then stopped", async () => {
       await agents.c!.api("PUT", "/v1/agent/service/deregister/db-c");
       const deregisteredAt = Date.now();
