@@ -8,6 +8,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+// The controller's own stats-socket client and `show proc` parser (built by npm run demo).
+import { parseShowProc, sendRuntimeCommand } from "../../dist/controller/runtime-api.js";
 
 const root = resolve(new URL("../..", import.meta.url).pathname);
 const consulBin = process.env.CONSUL_BIN;
@@ -142,29 +144,14 @@ function startSidecar(serviceId) {
   return entry;
 }
 
-function runtimeCommand(socketPath, command) {
-  return new Promise((res, rej) => {
-    const s = createConnection(socketPath);
-    let out = "";
-    s.on("connect", () => s.end(`${command}\n`));
-    s.on("data", (c) => (out += c));
-    s.on("close", () => res(out));
-    s.on("error", rej);
-  });
-}
-
 /** How many servers of web's upstream backend are in service (not in maintenance). */
 async function upstreamServersUp(configDir) {
-  const csv = await runtimeCommand(join(configDir, "stats.sock"), "show stat");
+  const csv = await sendRuntimeCommand(join(configDir, "stats.sock"), "show stat");
   return csv.split("\n").filter((l) => l.startsWith("upstream_db,") && !/,(BACKEND|FRONTEND),/.test(l) && !/MAINT/.test(l)).length;
 }
 
 async function reloadsOf(configDir) {
-  // `show proc` on the master socket lists workers with their reload count.
-  const answer = await runtimeCommand(join(configDir, "master.sock"), "show proc");
-  // "<pid> master <reloads> <uptime> <version>"
-  const master = answer.split("\n").find((l) => /^\d+\s+master\s/.test(l.trim()));
-  return master ? Number(master.trim().split(/\s+/)[2]) : undefined;
+  return parseShowProc(await sendRuntimeCommand(join(configDir, "master.sock"), "show proc")).reloads;
 }
 
 // ---------- the walk-through ----------
