@@ -3,7 +3,7 @@
 // db on b and c), each with its own Consul client agent and its own loopback.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { consulBinary } from "../harness/consul.js";
-import { serviceWithSidecar, startConnectHaproxy, startDbApp, webApp, type Launcher } from "../harness/mesh.js";
+import { serviceWithSidecar, startConnectHaproxy, startDbApp, webApp } from "../harness/mesh.js";
 import { canCreateNamespaces, createTestNetwork, startHostAgent, type HostAgent, type TestHost, type TestNetwork } from "../harness/netns.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
@@ -14,11 +14,6 @@ const dbPort = 5432;
 let network: TestNetwork;
 let agents: Record<string, HostAgent> = {};
 const processes: Record<string, StartedProcess> = {};
-
-const launcherFor =
-  (host: TestHost): Launcher =>
-  (name, command, args) =>
-    host.start(name, command, args);
 
 /** GET web on host a, from inside host a. */
 async function callWeb(): Promise<{ status: number; body: string }> {
@@ -55,13 +50,13 @@ beforeAll(async () => {
 
   // db on hosts b and c: the app on the host's own loopback, its sidecar on the host address.
   for (const host of [b!, c!]) {
-    processes[`db-${host.name}`] = startDbApp(dbPort, `db-${host.name}`, launcherFor(host));
+    processes[`db-${host.name}`] = startDbApp(dbPort, `db-${host.name}`, host.start);
     await agents[host.name]!.api(
       "PUT",
       "/v1/agent/service/register",
       serviceWithSidecar({ id: `db-${host.name}`, name: "db", port: dbPort, address: host.address, check: true }),
     );
-    processes[`sidecar-${host.name}`] = startConnectHaproxy(`db-${host.name}`, "127.0.0.1:8500", launcherFor(host)).process;
+    processes[`sidecar-${host.name}`] = startConnectHaproxy(`db-${host.name}`, "127.0.0.1:8500", host.start).process;
   }
   // web on host a, calling db through its upstream listener.
   processes.web = a!.start("web app", process.execPath, [webApp, "--port", String(webPort), "--db", `127.0.0.1:${upstreamPort}`]);
@@ -70,7 +65,7 @@ beforeAll(async () => {
     "/v1/agent/service/register",
     serviceWithSidecar({ id: "web", name: "web", port: webPort, address: a!.address, upstreams: [{ DestinationName: "db", LocalBindPort: upstreamPort }] }),
   );
-  processes["sidecar-a"] = startConnectHaproxy("web", "127.0.0.1:8500", launcherFor(a!)).process;
+  processes["sidecar-a"] = startConnectHaproxy("web", "127.0.0.1:8500", a!.start).process;
   await waitFor("web's upstream listener", async () => (assertAllRunning(), (await tcpReachable(a!, "127.0.0.1", upstreamPort)) || undefined), {
     timeoutMs: 60_000,
     intervalMs: 250,

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { consulBinary } from "../harness/consul.js";
 import { repoRoot } from "../harness/haproxy.js";
-import { serviceWithSidecar, startConnectHaproxy, startDbApp, type Launcher, type SidecarProcess } from "../harness/mesh.js";
+import { serviceWithSidecar, startConnectHaproxy, startDbApp, type SidecarProcess } from "../harness/mesh.js";
 import { canCreateNamespaces, createTestNetwork, startHostAgent, type HostAgent, type TestHost, type TestNetwork } from "../harness/netns.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
@@ -31,17 +31,12 @@ const sidecars: Record<string, SidecarProcess> = {};
 /** Every sidecar started, replaced ones included (for the dump). */
 const everySidecar: SidecarProcess[] = [];
 function startSidecar(host: TestHost, serviceId: string, configDir?: string): SidecarProcess {
-  const sidecar = startConnectHaproxy(serviceId, "127.0.0.1:8500", launcherFor(host), [], configDir);
+  const sidecar = startConnectHaproxy(serviceId, "127.0.0.1:8500", host.start, [], configDir);
   everySidecar.push(sidecar);
   return sidecar;
 }
 let traffic: StartedProcess;
 const windows: { name: string; from: number; to: number; attempts: number; failed: number; errors: string[] }[] = [];
-
-const launcherFor =
-  (host: TestHost): Launcher =>
-  (name, command, args) =>
-    host.start(name, command, args);
 
 function attempts(): Attempt[] {
   return traffic
@@ -106,7 +101,7 @@ beforeAll(async () => {
   [agents.a, agents.b, agents.c] = await Promise.all([a!, b!, c!].map((host) => startHostAgent(host, consulBinary(), { join: server!.address })));
   await agents.server.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
 
-  apps["db-b"] = startDbApp(dbPort, "db-b", launcherFor(b!));
+  apps["db-b"] = startDbApp(dbPort, "db-b", b!.start);
   await agents.b!.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db-b", name: "db", port: dbPort, address: b!.address, check: true }));
   sidecars.b = startSidecar(b!, "db-b");
 
@@ -170,7 +165,7 @@ describe("changes under traffic", () => {
   it("adds a db instance with no failed connection, and shares the load", async () => {
     const { c } = network.hosts as Record<string, TestHost>;
     const window = await duringTraffic("db instance added", async () => {
-      apps["db-c"] = startDbApp(dbPort, "db-c", launcherFor(c!));
+      apps["db-c"] = startDbApp(dbPort, "db-c", c!.start);
       await agents.c!.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db-c", name: "db", port: dbPort, address: c!.address, check: true }));
       sidecars.c = startSidecar(c!, "db-c");
       await waitFor("db-c to serve traffic", async () => (attempts().some((x) => x.ok && x.who === "db-c") ? true : undefined), {
