@@ -8,7 +8,7 @@
 // - the loop must be rate limited, and errors retried with capped backoff and jitter;
 // - a reply with the same index is a timeout, not a change.
 // `wait` stays under 20 s: some Consul 1.22.x releases cut HTTP requests at 30 s.
-import type { BlockingCursor, ConsulPage } from "./consul-client.js";
+import type { BlockingCursor, ConsulPage } from "./consul-replies.js";
 import type { Clock } from "./clock.js";
 
 export type BlockingMode = "index" | "hash" | "poll";

@@ -1,114 +1,17 @@
-// Everything the controller asks Consul goes through this module: the `consul`
-// package for the calls it covers, its HTTP transport (papi) for the Connect
-// endpoints it lacks. Replies are typed here and errors are classified here,
-// nowhere else.
-import { EventEmitter } from "node:events";
-import { Agent as HttpAgent } from "node:http";
-import { Agent as HttpsAgent } from "node:https";
+// Everything the controller asks Consul goes through this module: a small
+// typed client over node:http(s), cancellable with an AbortSignal. Errors are
+// classified here (classifyStatus), nowhere else. Why not the `consul` npm
+// package: it covers one of the eight endpoints we call (none of the Connect
+// ones), and reaching its transport meant casting into papi's private members;
+// see docs/controller.md.
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { readFileSync } from "node:fs";
-import Consul from "consul";
-
-// ---- Typed replies (only the fields the controller reads) ----
-
-export interface UpstreamRegistration {
-  DestinationType?: "service" | "prepared_query" | "";
-  DestinationName: string;
-  DestinationNamespace?: string;
-  DestinationPartition?: string;
-  Datacenter?: string;
-  LocalBindAddress?: string;
-  LocalBindPort?: number;
-  Config?: Record<string, unknown>;
-}
-
-export interface ProxyRegistration {
-  DestinationServiceName: string;
-  DestinationServiceID?: string;
-  LocalServiceAddress?: string;
-  LocalServicePort?: number;
-  Config?: Record<string, unknown> | null;
-  Upstreams?: UpstreamRegistration[] | null;
-}
-
-export interface AgentServiceRegistration {
-  ID: string;
-  Service: string;
-  Kind?: string;
-  Address: string;
-  Port: number;
-  Proxy?: ProxyRegistration;
-  Datacenter?: string;
-  Namespace?: string;
-  Partition?: string;
-  ContentHash?: string;
-}
-
-export interface CaRoot {
-  ID: string;
-  Name?: string;
-  RootCert: string;
-  IntermediateCerts?: string[] | null;
-  Active: boolean;
-}
-
-export interface CaRoots {
-  ActiveRootID: string;
-  TrustDomain: string;
-  Roots: CaRoot[] | null;
-}
-
-export interface LeafCertificate {
-  SerialNumber: string;
-  CertPEM: string;
-  PrivateKeyPEM: string;
-  Service: string;
-  ServiceURI: string;
-  ValidAfter: string;
-  ValidBefore: string;
-  ModifyIndex?: number;
-}
-
-export interface ServiceInstanceEntry {
-  Node: { Node: string; Address: string; Datacenter?: string };
-  Service: { ID: string; Service: string; Address: string; Port: number; Kind?: string };
-  Checks?: { Status: string; CheckID: string }[];
-}
-
-export interface PreparedQueryResult {
-  Service: string;
-  Nodes: ServiceInstanceEntry[] | null;
-  Datacenter: string;
-}
-
-export interface Intention {
-  ID?: string;
-  SourceName: string;
-  DestinationName: string;
-  Action?: "allow" | "deny";
-  Permissions?: unknown[] | null;
-  Precedence?: number;
-  ModifyIndex?: number;
-}
-
-/** One reply of an endpoint, with what a blocking query needs to continue. */
-export interface ConsulPage<T> {
-  value: T;
-  /** X-Consul-Index, when the endpoint is index-blocking. */
-  index?: number;
-  /** X-Consul-ContentHash, when the endpoint is hash-blocking. */
-  contentHash?: string;
-}
-
-/** Where a blocking query resumes: an index or a content hash, and how long to wait. */
-export interface BlockingCursor {
-  index?: number;
-  hash?: string;
-  waitSeconds?: number;
-}
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, Intention, LeafCertificate, PreparedQueryResult, ServiceInstanceEntry } from "./consul-replies.js";
 
 // ---- Errors ----
 
-export type ConsulErrorKind = "forbidden" | "not-found" | "unreachable" | "status" | "aborted";
+export type ConsulErrorKind = "forbidden" | "not-found" | "unreachable" | "status" | "bad-reply" | "aborted";
 
 export class ConsulError extends Error {
   constructor(
@@ -162,48 +65,30 @@ export function parseHttpAddr(httpAddr: string): URL {
   return url;
 }
 
-interface PapiResponse {
-  statusCode: number;
-  headers: Record<string, string | string[] | undefined>;
-  body?: unknown;
-}
-
-interface PapiRequestOptions {
-  name: string;
-  path: string;
-  query?: Record<string, string>;
-  headers?: Record<string, string>;
-  ctx?: EventEmitter;
-  timeout?: number;
-}
-
-// The part of the consul package's client (a papi.Client) this module uses for endpoints the package lacks.
-interface PapiClient {
-  _get(options: PapiRequestOptions, ...middleware: unknown[]): Promise<PapiResponse>;
-}
+/** A reply larger than this is refused (no Consul endpoint we call comes near it). */
+export const maxReplyBytes = 16 * 1024 * 1024;
 
 export class ConsulClient {
-  private readonly consul: Consul;
+  private readonly base: URL;
+  private readonly agent: HttpAgent;
   private readonly token?: string;
 
   constructor(options: ConsulClientOptions) {
-    const url = parseHttpAddr(options.httpAddr);
-    const secure = url.protocol === "https:";
-    const agent = secure
-      ? new HttpsAgent({ keepAlive: true, ca: options.caCertFile ? readFileSync(options.caCertFile) : undefined })
-      : new HttpAgent({ keepAlive: true });
+    this.base = parseHttpAddr(options.httpAddr);
+    this.agent =
+      this.base.protocol === "https:"
+        ? new HttpsAgent({ keepAlive: true, ca: options.caCertFile ? readFileSync(options.caCertFile) : undefined })
+        : new HttpAgent({ keepAlive: true });
     this.token = options.token || undefined;
-    // baseUrl is accepted by the package (and papi) though missing from its typings.
-    this.consul = new Consul({ baseUrl: `${url.protocol}//${url.host}/v1`, agent, defaults: this.token ? { token: this.token } : undefined } as ConstructorParameters<typeof Consul>[0]);
   }
 
   close(): void {
-    this.consul.destroy();
+    this.agent.destroy();
   }
 
-  /** Every service registered on the local agent, by ID (`consul` package). */
+  /** Every service registered on the local agent, by ID. */
   async listAgentServices(signal?: AbortSignal): Promise<Record<string, AgentServiceRegistration>> {
-    return this.withErrors("/v1/agent/services", signal, async (ctx) => (await this.consul.agent.service.list({ ctx } as never)) as Record<string, AgentServiceRegistration>);
+    return (await this.get<Record<string, AgentServiceRegistration>>("/v1/agent/services", {}, signal)).value;
   }
 
   agentService(serviceId: string, cursor: BlockingCursor, signal?: AbortSignal) {
@@ -236,48 +121,57 @@ export class ConsulClient {
 
   /** `label` names the endpoint in errors when the path alone does not say enough. */
   private async get<T>(endpoint: string, query: Record<string, string>, signal?: AbortSignal, label = endpoint): Promise<ConsulPage<T>> {
-    return this.withErrors(label, signal, async (ctx) => {
-      const request: PapiRequestOptions = {
-        name: "connect-haproxy",
-        path: endpoint.replace(/^\/v1/, ""),
-        query,
-        headers: this.token ? { "x-consul-token": this.token } : {},
-        ctx,
-        // A blocking query may legitimately last `wait` plus Consul's jitter (wait/16).
-        timeout: (Number(query.wait?.replace("s", "") ?? 0) * 1.1 + 10) * 1000,
-      };
-      const response = await (this.consul as unknown as PapiClient)._get(request, keepResponse);
-      const text = typeof response.body === "string" ? response.body : Buffer.isBuffer(response.body) ? response.body.toString() : undefined;
-      if (response.statusCode < 200 || response.statusCode >= 300) throw classifyStatus(label, response.statusCode, text ?? JSON.stringify(response.body ?? ""));
-      const value = (text !== undefined ? (text ? JSON.parse(text) : null) : (response.body ?? null)) as T;
-      const indexHeader = header(response, "x-consul-index");
-      const hashHeader = header(response, "x-consul-contenthash");
-      return {
-        value,
-        index: indexHeader !== undefined && /^\d+$/.test(indexHeader) ? Number(indexHeader) : undefined,
-        contentHash: hashHeader || undefined,
-      };
-    });
+    if (signal?.aborted) throw new ConsulError("aborted", label, `request to ${label} cancelled`);
+    const url = new URL(endpoint, this.base);
+    for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
+    // A blocking query may legitimately last `wait` plus Consul's jitter (wait/16).
+    const timeoutMs = (Number(query.wait?.replace("s", "") ?? 0) * 1.1 + 10) * 1000;
+    let response: { status: number; headers: IncomingMessage["headers"]; body: string };
+    try {
+      response = await this.send(url, timeoutMs, signal);
+    } catch (err) {
+      if (signal?.aborted) throw new ConsulError("aborted", label, `request to ${label} cancelled`);
+      if (err instanceof ConsulError) throw err;
+      const e = err as NodeJS.ErrnoException;
+      throw new ConsulError("unreachable", label, `cannot reach Consul for ${label}: ${e.code ?? e.message}`);
+    }
+    if (response.status < 200 || response.status >= 300) throw classifyStatus(label, response.status, response.body);
+    let value: T;
+    try {
+      value = (response.body ? JSON.parse(response.body) : null) as T;
+    } catch {
+      throw new ConsulError("bad-reply", label, `Consul's reply to ${label} is not JSON: ${JSON.stringify(response.body.slice(0, 80))}`);
+    }
+    const indexHeader = headerValue(response.headers["x-consul-index"]);
+    const hashHeader = headerValue(response.headers["x-consul-contenthash"]);
+    return {
+      value,
+      index: indexHeader !== undefined && /^\d+$/.test(indexHeader) ? Number(indexHeader) : undefined,
+      contentHash: hashHeader || undefined,
+    };
   }
 
-  private async withErrors<T>(endpoint: string, signal: AbortSignal | undefined, call: (ctx: EventEmitter) => Promise<T>): Promise<T> {
-    if (signal?.aborted) throw new ConsulError("aborted", endpoint, `request to ${endpoint} cancelled`);
-    // papi cancels a request when its ctx emits "cancel".
-    const ctx = new EventEmitter();
-    const cancel = () => ctx.emit("cancel");
-    signal?.addEventListener("abort", cancel, { once: true });
-    try {
-      return await call(ctx);
-    } catch (err) {
-      if (err instanceof ConsulError) throw err;
-      if (signal?.aborted) throw new ConsulError("aborted", endpoint, `request to ${endpoint} cancelled`);
-      const e = err as { statusCode?: number; response?: PapiResponse; message?: string; code?: string };
-      const status = e.statusCode ?? e.response?.statusCode;
-      if (status) throw classifyStatus(endpoint, status, String(e.response?.body ?? e.message ?? ""));
-      throw new ConsulError("unreachable", endpoint, `cannot reach Consul for ${endpoint}: ${e.code ?? e.message ?? String(err)}`);
-    } finally {
-      signal?.removeEventListener("abort", cancel);
-    }
+  private send(url: URL, timeoutMs: number, signal?: AbortSignal): Promise<{ status: number; headers: IncomingMessage["headers"]; body: string }> {
+    const request = url.protocol === "https:" ? httpsRequest : httpRequest;
+    return new Promise((resolve, reject) => {
+      const req = request(url, { method: "GET", agent: this.agent, signal, timeout: timeoutMs, headers: this.token ? { "x-consul-token": this.token } : {} }, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on("data", (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > maxReplyBytes) {
+            req.destroy(new ConsulError("bad-reply", url.pathname, `Consul's reply to ${url.pathname} is larger than ${maxReplyBytes} bytes`));
+            return;
+          }
+          chunks.push(chunk);
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+        res.on("error", reject);
+      });
+      req.on("timeout", () => req.destroy(Object.assign(new Error(`no answer within ${Math.round(timeoutMs)} ms`), { code: "ETIMEDOUT" })));
+      req.on("error", reject);
+      req.end();
+    });
   }
 }
 
@@ -289,14 +183,6 @@ function blockingQuery(cursor: BlockingCursor): Record<string, string> {
   return query;
 }
 
-function header(response: PapiResponse, name: string): string | undefined {
-  const value = response.headers[name];
+function headerValue(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
-}
-
-// papi middleware: hand back the raw response whatever its status, so that
-// statuses are classified in one place (classifyStatus).
-function keepResponse(request: { err?: Error; res?: PapiResponse }, next: (stop: boolean, err?: Error, value?: PapiResponse) => void) {
-  if (request.res) return next(false, undefined, request.res);
-  next(false, request.err);
 }

@@ -1,5 +1,6 @@
 // Pure: a Consul snapshot → the HAProxy this sidecar should be running.
-import type { CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "./consul-client.js";
+import { leafPem, rootsPem } from "./consul-pem.js";
+import type { CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
 import type { PublicListenerSpec, SidecarSpec, UpstreamSpec } from "./sidecar-spec.js";
 
 /** What Consul says, as last seen by the watches. */
@@ -56,12 +57,16 @@ export interface DesiredState {
 
 export const slotBlockSize = 8;
 
-/** Pure: the instance address Consul's proxies dial (Service.Address, else Node.Address). */
+/** The address Consul's proxies dial: Service.Address, else Node.Address. */
+export function instanceAddress(entry: ServiceInstanceEntry): string {
+  return entry.Service.Address || entry.Node.Address;
+}
+
 export function instancesFromEntries(entries: ServiceInstanceEntry[]): UpstreamInstance[] {
   return entries
     .map((entry) => ({
       id: `${entry.Node.Node}/${entry.Service.ID}`,
-      address: entry.Service.Address || entry.Node.Address,
+      address: instanceAddress(entry),
       port: entry.Service.Port,
     }))
     .sort((a, b) => a.id.localeCompare(b.id));
@@ -92,15 +97,6 @@ export function assignSlots(previous: ServerSlot[] | undefined, instances: Upstr
     slots[free] = { name: slots[free]!.name, instance };
   }
   return slots;
-}
-
-export function rootsPem(roots: CaRoots): string {
-  const pems = (roots.Roots ?? []).flatMap((root) => [root.RootCert, ...(root.IntermediateCerts ?? [])]);
-  return pems.map((pem) => pem.trim() + "\n").join("");
-}
-
-export function leafPem(leaf: LeafCertificate): string {
-  return leaf.CertPEM.trim() + "\n" + leaf.PrivateKeyPEM.trim() + "\n";
 }
 
 /** Pure: what identifies a set of intentions (null and [] are the same: none). */

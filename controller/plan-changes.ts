@@ -1,12 +1,26 @@
 // Pure: what is running + what should run → the cheapest safe operations.
 import type { DesiredState, UpstreamState } from "./desired-state.js";
 
-export type Operation =
-  | { kind: "reload"; reason: string }
+/** A change HAProxy takes at run time, with a human-readable description for the log. */
+export type RuntimeOperation =
   | { kind: "set-server"; backend: string; server: string; address?: string; port?: number; ready: boolean; change: string }
   | { kind: "update-certificate"; file: string; pem: string; change: string }
   | { kind: "update-ca-file"; file: string; pem: string; change: string }
   | { kind: "flush-authorization-cache"; change: string };
+
+/**
+ * How a reload is validated before the master CLI runs it: `haproxy -c` when
+ * the configuration text changes; when only the leaf changes (the text is the
+ * same), checking the key pair is enough and spares `haproxy -c`, which costs
+ * as much as the reload itself.
+ */
+export type ReloadValidation = "haproxy -c" | "key pair";
+
+/** What to do to take HAProxy from what runs to what should run. */
+export type Plan =
+  | { kind: "none" }
+  | { kind: "runtime"; operations: RuntimeOperation[] }
+  | { kind: "reload"; reason: string; validation: ReloadValidation };
 
 /** Everything that a runtime command cannot change (a difference means a reload). */
 function structureOf(state: DesiredState) {
@@ -43,8 +57,8 @@ export function structuralChanges(running: DesiredState, desired: DesiredState):
   return reasons;
 }
 
-function slotChanges(running: UpstreamState, desired: UpstreamState): Operation[] {
-  const operations: Operation[] = [];
+function slotChanges(running: UpstreamState, desired: UpstreamState): RuntimeOperation[] {
+  const operations: RuntimeOperation[] = [];
   desired.slots.forEach((slot, n) => {
     const was = running.slots[n]?.instance;
     const now = slot.instance;
@@ -79,20 +93,28 @@ export interface RuntimeCapabilities {
 
 export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false };
 
+/** Everything haproxy.cfg's text is rendered from (certificates live in their own files). */
+function configTextInputs(state: DesiredState): string {
+  return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain]);
+}
+
 /**
- * Pure: the operations that take HAProxy from `running` to `desired`.
+ * Pure: the plan that takes HAProxy from `running` to `desired`.
  * A structural difference gives a single reload (the files already hold every
  * other change); otherwise runtime commands only: certificates first, so
  * servers enabled in the same batch already use the new ones.
  */
-export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = haproxy26): Operation[] {
+export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = haproxy26): Plan {
   const reasons = structuralChanges(running, desired);
   if (running.trustDomain !== desired.trustDomain) reasons.push(`trust domain ${running.trustDomain} -> ${desired.trustDomain}`);
   if (!capabilities.swapListenerCertificate && running.leafCertificatePem !== desired.leafCertificatePem) {
     reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time`);
   }
-  if (reasons.length > 0) return [{ kind: "reload", reason: reasons.join("; ") }];
-  const operations: Operation[] = [];
+  if (reasons.length > 0) {
+    const validation = configTextInputs(running) === configTextInputs(desired) ? "key pair" : "haproxy -c";
+    return { kind: "reload", reason: reasons.join("; "), validation };
+  }
+  const operations: RuntimeOperation[] = [];
   if (running.leafCertificatePem !== desired.leafCertificatePem) {
     operations.push({ kind: "update-certificate", file: desired.paths.leafCertificateFile, pem: desired.leafCertificatePem, change: `leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial})` });
   }
@@ -104,5 +126,5 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
   if (running.intentionsFingerprint !== desired.intentionsFingerprint) {
     operations.push({ kind: "flush-authorization-cache", change: `intentions for ${desired.publicListener.destinationServiceName} changed` });
   }
-  return operations;
+  return operations.length > 0 ? { kind: "runtime", operations } : { kind: "none" };
 }

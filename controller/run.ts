@@ -6,12 +6,17 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { systemClock } from "./clock.js";
-import { ConsulClient, ConsulError, type ServiceInstanceEntry } from "./consul-client.js";
-import { findSidecar, LookupError, SidecarController, type SidecarSelector } from "./controller.js";
+import { ConsulClient, ConsulError } from "./consul-client.js";
+import { ConsulWatches, fetchPart } from "./consul-watches.js";
 import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
 import { renderHaproxyConfig } from "./haproxy-config.js";
+import { ProcessDriver } from "./haproxy-driver.js";
 import { createLogger, isLogLevel, type Logger } from "./logger.js";
+import { SidecarController } from "./sidecar-controller.js";
+import { findSidecar, LookupError, type SidecarSelector } from "./sidecar-lookup.js";
+import { consulSnapshot, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
+import { verifyUpstreamIdentity } from "./upstream-identity.js";
 
 export const exitCodes = { ok: 0, runtimeFailure: 1, usage: 2 } as const;
 
@@ -164,12 +169,13 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     delete haproxyEnvironment.CONSUL_HTTP_TOKEN_FILE;
     if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
     if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
+    const paths = pathsIn(configDir);
     const controller = new SidecarController({
-      consul,
       registration,
-      paths: pathsIn(configDir),
-      haproxyBinary: options.haproxyBin,
-      haproxyEnvironment,
+      paths,
+      source: new ConsulWatches(consul, systemClock, logger),
+      driver: new ProcessDriver({ binary: options.haproxyBin, paths, environment: haproxyEnvironment, logger, clock: systemClock }),
+      probe: verifyUpstreamIdentity,
       logger,
       clock: systemClock,
     });
@@ -190,17 +196,13 @@ async function renderOnce(options: CommonOptions, out: Writable, err: Writable, 
     consul = new ConsulClient({ httpAddr: options.httpAddr, token: readToken(options), caCertFile: options.caFile });
     const logger = loggerFor(options, err);
     const registration = await findSidecar(consul, selector, logger, systemClock, signal);
-    const sidecar = parseSidecarSpec(registration);
-    const [roots, leaf] = await Promise.all([consul.caRoots({}, signal), consul.leafCertificate(sidecar.publicListener.destinationServiceName, {}, signal)]);
-    const upstreamInstances: Record<string, ServiceInstanceEntry[]> = {};
-    for (const upstream of sidecar.upstreams) {
-      upstreamInstances[upstream.name] =
-        upstream.destinationType === "prepared_query"
-          ? ((await consul.preparedQuery(upstream.destinationName, upstream.datacenter, signal)).value.Nodes ?? [])
-          : ((await consul.healthyConnectInstances(upstream.destinationName, upstream.datacenter, {}, signal)).value ?? []);
-    }
+    // The same requests the watches make, once each, without blocking.
+    let snapshot: SidecarSnapshot = { spec: parseSidecarSpec(registration), instances: {} };
+    const parts = await Promise.all(wantedWatches(snapshot.spec).map((id) => fetchPart(consul!, id, {}, signal)));
+    for (const page of parts) snapshot = withPart(snapshot, page.value);
+    const allInstances = Object.fromEntries(Object.entries(snapshot.instances).map(([name, known]) => [name, known.entries]));
     const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
-    const state = buildDesiredState({ sidecar, roots: roots.value, leaf: leaf.value, upstreamInstances }, pathsIn(configDir));
+    const state = buildDesiredState(consulSnapshot(snapshot, allInstances), pathsIn(configDir));
     out.write(renderHaproxyConfig(state));
     return exitCodes.ok;
   } catch (error) {

@@ -1,6 +1,6 @@
 // Pure: reads a connect-proxy registration (and its Proxy.Config keys, as
 // Consul's own proxies read them) into the sidecar's specification.
-import type { AgentServiceRegistration, UpstreamRegistration } from "./consul-client.js";
+import type { AgentServiceRegistration, UpstreamRegistration } from "./consul-replies.js";
 
 export type ProxyProtocol = "tcp" | "http" | "http2" | "grpc";
 

@@ -7,8 +7,16 @@
 // test/fixtures/consul/leaf-db.json), so `verifyhost` has nothing to match.
 // The controller therefore handshakes with each new instance itself, with
 // the sidecar's own leaf, and only enables its server slot once the
-// certificate names the destination service in our trust domain.
+// certificate names the destination service in our trust domain
+// (per connection, lua.connect_verify_upstream checks it again).
 import { connect, type PeerCertificate } from "node:tls";
+import { backoffDelayMs } from "./blocking-query.js";
+import type { Clock } from "./clock.js";
+import { leafPem, rootsPem } from "./consul-pem.js";
+import type { CaRoots, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { UpstreamInstances } from "./consul-watches.js";
+import { instanceAddress } from "./desired-state.js";
+import type { Logger } from "./logger.js";
 
 export interface ExpectedIdentity {
   trustDomain: string;
@@ -17,7 +25,16 @@ export interface ExpectedIdentity {
   datacenter?: string;
 }
 
-export type IdentityVerdict = { ok: true; spiffeId: string } | { ok: false; reason: string; unreachable: boolean };
+/**
+ * Why an instance was kept out. Only `wrong-identity` is proof: the chain
+ * verified and the certificate names another service. A peer that is not
+ * ready yet (not listening, no leaf or no roots loaded: it answers with a TLS
+ * alert) is `no-handshake`; a chain our roots do not verify may be a leaf from
+ * a CA we are about to trust (rotation) and is retried sooner than proof.
+ */
+export type RefusalKind = "no-handshake" | "untrusted-chain" | "wrong-identity";
+
+export type IdentityVerdict = { ok: true; spiffeId: string } | { ok: false; reason: string; kind: RefusalKind };
 
 /** Pure: the URI SANs of a certificate, from Node's `subjectaltname` text. */
 export function uriSans(subjectAltName: string | undefined): string[] {
@@ -43,6 +60,16 @@ export interface IdentityCheckMaterial {
   caRootsPem: string;
 }
 
+/** Pure: what the probe presents and trusts: exactly the files HAProxy loads (consul-pem.ts). */
+export function identityCheckMaterial(leaf: LeafCertificate, roots: CaRoots): IdentityCheckMaterial {
+  return { leafCertificatePem: leafPem(leaf), caRootsPem: rootsPem(roots) };
+}
+
+/** Pure: Node's codes for a server chain that our roots do not verify (X509 verification), as opposed to TLS alerts from the peer. */
+export function isChainVerificationFailure(code: string | undefined): boolean {
+  return /^(UNABLE_TO_|CERT_|SELF_SIGNED|DEPTH_ZERO_SELF_SIGNED|INVALID_CA|PATH_LENGTH_EXCEEDED|INVALID_PURPOSE)/.test(code ?? "");
+}
+
 /** One TLS handshake with the instance: chain against the roots, then the URI SAN. */
 export function verifyUpstreamIdentity(address: string, port: number, expected: ExpectedIdentity, material: IdentityCheckMaterial, timeoutMs = 3000): Promise<IdentityVerdict> {
   return new Promise((resolve) => {
@@ -63,17 +90,108 @@ export function verifyUpstreamIdentity(address: string, port: number, expected: 
       setTimeout(() => socket.destroy(), 1000).unref();
       resolve(verdict);
     };
-    const timer = setTimeout(() => finish({ ok: false, reason: `no TLS handshake within ${timeoutMs} ms`, unreachable: true }), timeoutMs);
+    const timer = setTimeout(() => finish({ ok: false, reason: `no TLS handshake within ${timeoutMs} ms`, kind: "no-handshake" }), timeoutMs);
     socket.once("secureConnect", () => {
       const certificate: PeerCertificate = socket.getPeerCertificate();
       const uris = uriSans(certificate.subjectaltname);
-      if (uris.length !== 1) return finish({ ok: false, reason: `certificate has ${uris.length} URI SANs`, unreachable: false });
-      if (!matchesIdentity(uris[0]!, expected)) return finish({ ok: false, reason: `certificate is ${uris[0]}, not service ${expected.service} in ${expected.trustDomain}`, unreachable: false });
+      if (uris.length !== 1) return finish({ ok: false, reason: `certificate has ${uris.length} URI SANs`, kind: "wrong-identity" });
+      if (!matchesIdentity(uris[0]!, expected)) return finish({ ok: false, reason: `certificate is ${uris[0]}, not service ${expected.service} in ${expected.trustDomain}`, kind: "wrong-identity" });
       finish({ ok: true, spiffeId: uris[0]! });
     });
     socket.once("error", (err: NodeJS.ErrnoException) => {
-      const chainFailure = /certificate|self.signed|verify/i.test(err.message);
-      finish({ ok: false, reason: chainFailure ? `certificate not issued by the mesh CA: ${err.message}` : err.code ?? err.message, unreachable: !chainFailure });
+      // A TLS alert about *our* certificate ("bad certificate") says the peer is not ready, not that it is someone else.
+      if (isChainVerificationFailure(err.code)) finish({ ok: false, reason: `certificate not issued by the mesh CA: ${err.message}`, kind: "untrusted-chain" });
+      else finish({ ok: false, reason: err.code ?? err.message, kind: "no-handshake" });
     });
   });
+}
+
+export type IdentityProbe = (address: string, port: number, expected: ExpectedIdentity, material: IdentityCheckMaterial) => Promise<IdentityVerdict>;
+
+/** How long an instance stays out before the next probe, by why it was refused. */
+export function retryDelayMs(kind: RefusalKind, failures: number, random: number): number {
+  if (kind === "wrong-identity") return 30_000;
+  if (kind === "untrusted-chain") return backoffDelayMs(failures, 1_000, 5_000, random);
+  // Retried quickly, so an instance joins within about a second of presenting a valid leaf.
+  return backoffDelayMs(failures, 200, 1_000, random);
+}
+
+type IdentityRecord = { state: "verified" } | { state: "pending"; failures: number } | { state: "refused"; retryAt: number; failures: number };
+
+/** The instances of one upstream, and who they must prove to be. */
+export interface UpstreamToCheck {
+  upstreamName: string;
+  instances: UpstreamInstances;
+  expected: ExpectedIdentity;
+}
+
+/**
+ * Each upstream instance is probed once, and again only after a refusal's
+ * delay. `refresh` starts the probes that are due and forgets instances that
+ * are gone; `verified` and `settled` only read.
+ */
+export class UpstreamIdentities {
+  private readonly records = new Map<string, IdentityRecord>();
+
+  constructor(private readonly options: { probe: IdentityProbe; clock: Clock; logger: Logger; onVerdict: () => void }) {}
+
+  refresh(upstreams: UpstreamToCheck[], material: IdentityCheckMaterial): void {
+    const seen = new Set<string>();
+    const now = this.options.clock.now();
+    for (const { upstreamName, instances, expected } of upstreams) {
+      for (const entry of instances.entries) {
+        const key = identityKey(upstreamName, expected, entry);
+        seen.add(key);
+        const record = this.records.get(key);
+        if (record && (record.state !== "refused" || now < record.retryAt)) continue;
+        this.probe(key, entry, expected, material, record?.state === "refused" ? record.failures : 0);
+      }
+    }
+    for (const key of this.records.keys()) if (!seen.has(key)) this.records.delete(key);
+  }
+
+  verified(upstreams: UpstreamToCheck[]): Record<string, ServiceInstanceEntry[]> {
+    const result: Record<string, ServiceInstanceEntry[]> = {};
+    for (const { upstreamName, instances, expected } of upstreams) {
+      result[upstreamName] = instances.entries.filter((entry) => this.records.get(identityKey(upstreamName, expected, entry))?.state === "verified");
+    }
+    return result;
+  }
+
+  /** No probe in flight. */
+  settled(): boolean {
+    return ![...this.records.values()].some((record) => record.state === "pending");
+  }
+
+  /** When the earliest refused instance may be probed again. */
+  nextRetryAt(): number | undefined {
+    let next: number | undefined;
+    for (const record of this.records.values()) if (record.state === "refused" && (next === undefined || record.retryAt < next)) next = record.retryAt;
+    return next;
+  }
+
+  private probe(key: string, entry: ServiceInstanceEntry, expected: ExpectedIdentity, material: IdentityCheckMaterial, failures: number): void {
+    const { clock, logger } = this.options;
+    const address = instanceAddress(entry);
+    const port = entry.Service.Port;
+    const pending: IdentityRecord = { state: "pending", failures };
+    this.records.set(key, pending);
+    void this.options.probe(address, port, expected, material).then((verdict) => {
+      if (this.records.get(key) !== pending) return;
+      if (verdict.ok) {
+        this.records.set(key, { state: "verified" });
+      } else {
+        const retryInMs = retryDelayMs(verdict.kind, failures + 1, clock.random());
+        this.records.set(key, { state: "refused", retryAt: clock.now() + retryInMs, failures: failures + 1 });
+        const line = `upstream instance ${address}:${port} kept out of ${expected.service}: ${verdict.reason}`;
+        if (verdict.kind === "wrong-identity") logger.error(line, { retryInMs });
+        else if (failures === 0) logger.warn(line, { retryInMs });
+      }
+      this.options.onVerdict();
+    });
+  }
+}
+
+function identityKey(upstreamName: string, expected: ExpectedIdentity, entry: ServiceInstanceEntry): string {
+  return `${upstreamName}|${expected.service}|${expected.datacenter ?? ""}|${instanceAddress(entry)}:${entry.Service.Port}`;
 }

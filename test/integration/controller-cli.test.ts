@@ -52,7 +52,7 @@ describe("connect-haproxy CLI with a real Consul agent", () => {
     expect(out.text).toContain("frontend upstream_db");
     // haproxy -c needs the files the configuration names
     const { ConsulClient } = await import("../../controller/consul-client.js");
-    const { leafPem, rootsPem } = await import("../../controller/desired-state.js");
+    const { leafPem, rootsPem } = await import("../../controller/consul-pem.js");
     const client = new ConsulClient({ httpAddr: consul.httpAddr });
     const { mkdirSync } = await import("node:fs");
     mkdirSync(join(dir, "certs"));

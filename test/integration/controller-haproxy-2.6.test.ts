@@ -9,8 +9,8 @@ import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import { startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
 import { freePorts } from "../harness/ports.js";
 import { RuntimeApi } from "../../controller/runtime-api.js";
-import { leafPem, rootsPem } from "../../controller/desired-state.js";
-import type { CaRoots, LeafCertificate } from "../../controller/consul-client.js";
+import { leafPem, rootsPem } from "../../controller/consul-pem.js";
+import type { CaRoots, LeafCertificate } from "../../controller/consul-replies.js";
 
 /** "accepted" when the listener forwards bytes from a client that sent no certificate. */
 function connectWithoutCertificate(port: number): Promise<"accepted" | "refused"> {

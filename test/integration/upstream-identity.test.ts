@@ -19,8 +19,9 @@ import { luaBundlePath, startHaproxy, type HaproxyInstance } from "../harness/ha
 import { tcpRoundTrip } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor } from "../harness/processes.js";
-import type { CaRoots, LeafCertificate } from "../../controller/consul-client.js";
-import { leafPem, rootsPem, type DesiredState } from "../../controller/desired-state.js";
+import type { CaRoots, LeafCertificate } from "../../controller/consul-replies.js";
+import { leafPem, rootsPem } from "../../controller/consul-pem.js";
+import type { DesiredState } from "../../controller/desired-state.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { verifyUpstreamIdentity } from "../../controller/upstream-identity.js";
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { backoffDelayMs, nextCursor, runBlockingWatch } from "../../controller/blocking-query.js";
 import type { Clock } from "../../controller/clock.js";
-import type { BlockingCursor, ConsulPage } from "../../controller/consul-client.js";
+import type { BlockingCursor, ConsulPage } from "../../controller/consul-replies.js";
 
 describe("nextCursor (Consul's index rules)", () => {
   it("resumes from the reply's index", () => {

@@ -2,7 +2,7 @@
 // headers, query parameters, tokens, error classification, cancellation.
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
-import { ConsulClient, ConsulError, parseHttpAddr } from "../../controller/consul-client.js";
+import { ConsulClient, ConsulError, maxReplyBytes, parseHttpAddr } from "../../controller/consul-client.js";
 
 type Handler = (req: IncomingMessage, url: URL) => { status?: number; headers?: Record<string, string>; body?: string } | "hang";
 
@@ -88,6 +88,20 @@ describe("ConsulClient", () => {
     const err = (await closed.caRoots({}).catch((e: unknown) => e)) as ConsulError;
     closed.close();
     expect(err.kind).toBe("unreachable");
+  });
+
+  it("refuses a reply that is not JSON, or too large, in one line", async () => {
+    let body = "<html><body>502 Bad Gateway</body></html>";
+    const addr = await fakeConsul(() => ({ headers: { "X-Consul-Index": "3" }, body }));
+    const client = new ConsulClient({ httpAddr: addr });
+    const notJson = (await client.caRoots({}).catch((e: unknown) => e)) as ConsulError;
+    expect(notJson.kind).toBe("bad-reply");
+    expect(notJson.message).toMatch(/^Consul's reply to \/v1\/agent\/connect\/ca\/roots is not JSON: "<html>/);
+    body = `[${"0,".repeat(maxReplyBytes / 2)}0]`;
+    const tooLarge = (await client.caRoots({}).catch((e: unknown) => e)) as ConsulError;
+    client.close();
+    expect(tooLarge.kind).toBe("bad-reply");
+    expect(tooLarge.message).toContain("larger than");
   });
 
   it("cancels a hanging blocking query through its AbortSignal", async () => {

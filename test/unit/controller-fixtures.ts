@@ -1,7 +1,7 @@
 // Consul replies recorded from the real agent (scripts/record-fixtures.mjs),
 // and the snapshots unit tests build from them.
 import { readFileSync } from "node:fs";
-import type { AgentServiceRegistration, CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-client.js";
+import type { AgentServiceRegistration, CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-replies.js";
 import type { ConsulSnapshot, HaproxyPaths } from "../../controller/desired-state.js";
 import { parseSidecarSpec } from "../../controller/sidecar-spec.js";
 

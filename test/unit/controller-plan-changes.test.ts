@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { buildDesiredState, type ConsulSnapshot } from "../../controller/desired-state.js";
 import { planChanges } from "../../controller/plan-changes.js";
-import type { ServiceInstanceEntry } from "../../controller/consul-client.js";
+import type { ServiceInstanceEntry } from "../../controller/consul-replies.js";
 import { dbInstances, paths, snapshotFor } from "./controller-fixtures.js";
 
 const webSnapshot = (instances: ServiceInstanceEntry[]): ConsulSnapshot => snapshotFor("agent-service-web-sidecar-proxy", { upstream_db: instances });
@@ -13,39 +13,48 @@ describe("planChanges", () => {
   const running = buildDesiredState(webSnapshot([db1!]), paths);
 
   it("plans nothing when nothing changed", () => {
-    expect(planChanges(running, buildDesiredState(webSnapshot([db1!]), paths, running))).toEqual([]);
+    expect(planChanges(running, buildDesiredState(webSnapshot([db1!]), paths, running))).toEqual({ kind: "none" });
   });
 
   it("adds a new instance with set server on a free slot, no reload", () => {
-    const ops = planChanges(running, buildDesiredState(webSnapshot([db1!, db2!]), paths, running));
-    expect(ops).toEqual([
+    const plan = planChanges(running, buildDesiredState(webSnapshot([db1!, db2!]), paths, running));
+    expect(plan).toEqual({ kind: "runtime", operations: [
       { kind: "set-server", backend: "upstream_db", server: "s2", address: "127.0.0.1", port: 21002, ready: true, change: expect.stringContaining("added to upstream_db/s2") },
-    ]);
+    ] });
   });
 
   it("puts a removed instance's slot in maintenance, no reload", () => {
     const both = buildDesiredState(webSnapshot([db1!, db2!]), paths);
-    const ops = planChanges(both, buildDesiredState(webSnapshot([db2!]), paths, both));
-    expect(ops).toEqual([{ kind: "set-server", backend: "upstream_db", server: "s1", ready: false, change: expect.stringContaining("removed from upstream_db/s1") }]);
+    const plan = planChanges(both, buildDesiredState(webSnapshot([db2!]), paths, both));
+    expect(plan).toEqual({ kind: "runtime", operations: [{ kind: "set-server", backend: "upstream_db", server: "s1", ready: false, change: expect.stringContaining("removed from upstream_db/s1") }] });
   });
 
   it("reloads, with a reason, when the instances outgrow the slots", () => {
-    const ops = planChanges(running, buildDesiredState(webSnapshot(Array.from({ length: 9 }, (_, n) => instance(n))), paths, running));
-    expect(ops).toEqual([{ kind: "reload", reason: "upstream upstream_db needs 16 server slots (has 8)" }]);
+    const plan = planChanges(running, buildDesiredState(webSnapshot(Array.from({ length: 9 }, (_, n) => instance(n))), paths, running));
+    expect(plan).toEqual({ kind: "reload", reason: "upstream upstream_db needs 16 server slots (has 8)", validation: "haproxy -c" });
   });
 
-  it("loads a renewed leaf with a reload on HAProxy 2.6 (its runtime swap drops verify required)", () => {
+  it("loads a renewed leaf with a reload on HAProxy 2.6 (its runtime swap drops verify required), validated by the key pair alone", () => {
     const snapshot = webSnapshot([db1!]);
     const renewed = { ...snapshot, leaf: { ...snapshot.leaf, SerialNumber: "aa:bb", CertPEM: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----" } };
-    expect(planChanges(running, buildDesiredState(renewed, paths, running))).toEqual([
-      { kind: "reload", reason: expect.stringMatching(/^leaf certificate renewed \(serial 0a -> aa:bb\); HAProxy 2\.6 cannot swap/) },
-    ]);
+    expect(planChanges(running, buildDesiredState(renewed, paths, running))).toEqual({
+      kind: "reload",
+      reason: expect.stringMatching(/^leaf certificate renewed \(serial 0a -> aa:bb\); HAProxy 2\.6 cannot swap/),
+      validation: "key pair",
+    });
+  });
+
+  it("validates with haproxy -c when a renewed leaf comes with a change to the configuration's text", () => {
+    const snapshot = webSnapshot([db1!, db2!]);
+    const renewed = { ...snapshot, leaf: { ...snapshot.leaf, SerialNumber: "aa:bb", CertPEM: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----" } };
+    expect(planChanges(running, buildDesiredState(renewed, paths, running))).toMatchObject({ kind: "reload", validation: "haproxy -c" });
   });
 
   it("swaps a renewed leaf at run time where HAProxy can", () => {
     const snapshot = webSnapshot([db1!]);
     const renewed = { ...snapshot, leaf: { ...snapshot.leaf, SerialNumber: "aa:bb", CertPEM: "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----" } };
-    const ops = planChanges(running, buildDesiredState(renewed, paths, running), { swapListenerCertificate: true });
+    const plan = planChanges(running, buildDesiredState(renewed, paths, running), { swapListenerCertificate: true });
+    const ops = plan.kind === "runtime" ? plan.operations : [];
     expect(ops).toHaveLength(1);
     expect(ops[0]).toMatchObject({ kind: "update-certificate", file: paths.leafCertificateFile, change: expect.stringContaining("-> aa:bb") });
     expect(ops[0]!.kind === "update-certificate" && ops[0]!.pem).toContain("PRIVATE KEY");
@@ -54,7 +63,8 @@ describe("planChanges", () => {
   it("swaps changed roots at run time, with every root", () => {
     const snapshot = webSnapshot([db1!]);
     const extra = { ...snapshot.roots.Roots![0]!, ID: "new", RootCert: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----" };
-    const ops = planChanges(running, buildDesiredState({ ...snapshot, roots: { ...snapshot.roots, Roots: [...snapshot.roots.Roots!, extra] } }, paths, running));
+    const plan = planChanges(running, buildDesiredState({ ...snapshot, roots: { ...snapshot.roots, Roots: [...snapshot.roots.Roots!, extra] } }, paths, running));
+    const ops = plan.kind === "runtime" ? plan.operations : [];
     expect(ops).toHaveLength(1);
     expect(ops[0]!.kind).toBe("update-ca-file");
     expect(ops[0]!.kind === "update-ca-file" && ops[0]!.pem.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
@@ -63,33 +73,30 @@ describe("planChanges", () => {
   it("reloads when the trust domain changes (the authorizer reads it at load)", () => {
     const snapshot = webSnapshot([db1!]);
     const moved = { ...snapshot, roots: { ...snapshot.roots, TrustDomain: "11111111-2222-3333-4444-555555555555.consul" } };
-    const ops = planChanges(running, buildDesiredState(moved, paths, running));
-    expect(ops.filter((op) => op.kind === "reload").map((op) => op.kind === "reload" && op.reason)).toEqual([
-      expect.stringContaining("trust domain"),
-    ]);
+    expect(planChanges(running, buildDesiredState(moved, paths, running))).toEqual({ kind: "reload", reason: expect.stringContaining("trust domain"), validation: "haproxy -c" });
   });
 
   it("flushes the authorizer's cache when intentions change", () => {
     const snapshot = webSnapshot([db1!]);
-    const ops = planChanges(running, buildDesiredState({ ...snapshot, intentions: { web: [] } }, paths, running));
-    expect(ops).toEqual([{ kind: "flush-authorization-cache", change: "intentions for web changed" }]);
+    const plan = planChanges(running, buildDesiredState({ ...snapshot, intentions: { web: [] } }, paths, running));
+    expect(plan).toEqual({ kind: "runtime", operations: [{ kind: "flush-authorization-cache", change: "intentions for web changed" }] });
   });
 
   it("reloads when an upstream is added or removed, or a bind or protocol changes", () => {
     const snapshot = webSnapshot([db1!]);
     const added = { ...snapshot, sidecar: { ...snapshot.sidecar, upstreams: [...snapshot.sidecar.upstreams, { ...snapshot.sidecar.upstreams[0]!, name: "upstream_cache", destinationName: "cache", bindPort: 9999 }] } };
-    expect(planChanges(running, buildDesiredState(added, paths, running))).toEqual([{ kind: "reload", reason: "upstream upstream_cache added on 127.0.0.1:9999" }]);
+    expect(planChanges(running, buildDesiredState(added, paths, running))).toEqual({ kind: "reload", reason: "upstream upstream_cache added on 127.0.0.1:9999", validation: "haproxy -c" });
     const removed = { ...snapshot, sidecar: { ...snapshot.sidecar, upstreams: [] } };
-    expect(planChanges(running, buildDesiredState(removed, paths, running))).toEqual([{ kind: "reload", reason: "upstream upstream_db removed" }]);
+    expect(planChanges(running, buildDesiredState(removed, paths, running))).toEqual({ kind: "reload", reason: "upstream upstream_db removed", validation: "haproxy -c" });
     const rebound = { ...snapshot, sidecar: { ...snapshot.sidecar, publicListener: { ...snapshot.sidecar.publicListener, bindPort: 22000, protocol: "http" as const } } };
-    expect(planChanges(running, buildDesiredState(rebound, paths, running))).toEqual([{ kind: "reload", reason: "public listener bindPort 21000 -> 22000; public listener protocol tcp -> http" }]);
+    expect(planChanges(running, buildDesiredState(rebound, paths, running))).toEqual({ kind: "reload", reason: "public listener bindPort 21000 -> 22000; public listener protocol tcp -> http", validation: "haproxy -c" });
   });
 
   it("never plans a reload without a reason", () => {
     const snapshot = webSnapshot([db1!]);
     const changed = { ...snapshot, sidecar: { ...snapshot.sidecar, upstreams: [{ ...snapshot.sidecar.upstreams[0]!, connectTimeoutMs: 100 }] } };
-    for (const op of planChanges(running, buildDesiredState(changed, paths, running))) {
-      if (op.kind === "reload") expect(op.reason).toMatch(/\w/);
-    }
+    const plan = planChanges(running, buildDesiredState(changed, paths, running));
+    expect(plan.kind).toBe("reload");
+    if (plan.kind === "reload") expect(plan.reason).toMatch(/\w/);
   });
 });

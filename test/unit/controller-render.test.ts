@@ -3,10 +3,11 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { assignSlots, buildDesiredState, instancesFromEntries, rootsPem } from "../../controller/desired-state.js";
+import { rootsPem } from "../../controller/consul-pem.js";
+import { assignSlots, buildDesiredState, instancesFromEntries } from "../../controller/desired-state.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { findSidecarRegistration, parseSidecarSpec } from "../../controller/sidecar-spec.js";
-import type { AgentServiceRegistration, CaRoots } from "../../controller/consul-client.js";
+import type { AgentServiceRegistration, CaRoots } from "../../controller/consul-replies.js";
 import { checkHaproxyConfig } from "../harness/haproxy.js";
 import { dbInstances, fixture, paths, snapshotFor } from "./controller-fixtures.js";
 

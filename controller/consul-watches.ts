@@ -1,0 +1,144 @@
+// Every Consul watch the sidecar runs, by a typed ID, delivering snapshot parts
+// through one small interface (SnapshotSource). The set of watches is dynamic:
+// the loop hands over the IDs it wants and watches start and stop to match.
+// `fetchPart` is the one place a watch ID becomes a Consul request, shared by
+// the running watches and by `connect-haproxy render`.
+import { runBlockingWatch, type BlockingMode } from "./blocking-query.js";
+import type { Clock } from "./clock.js";
+import type { ConsulClient } from "./consul-client.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, Intention, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { Logger } from "./logger.js";
+import type { UpstreamSpec } from "./sidecar-spec.js";
+
+/** What an upstream watch looks up (the upstream's destination, not its local listener). */
+export type UpstreamTarget = Pick<UpstreamSpec, "name" | "destinationType" | "destinationName" | "datacenter">;
+
+export type WatchId =
+  | { kind: "registration"; proxyId: string }
+  | { kind: "roots" }
+  | { kind: "leaf"; service: string }
+  | { kind: "intentions"; service: string }
+  | { kind: "upstream"; upstream: UpstreamTarget };
+
+export interface UpstreamInstances {
+  entries: ServiceInstanceEntry[];
+  /** The service the instances must prove to be (a prepared query names it in its reply). */
+  service: string;
+}
+
+/** What each kind of watch delivers. */
+export interface WatchValues {
+  registration: AgentServiceRegistration;
+  roots: CaRoots;
+  leaf: LeafCertificate;
+  intentions: Record<string, Intention[] | null>;
+  upstream: UpstreamInstances;
+}
+
+export type SnapshotPart = { [K in WatchId["kind"]]: { kind: K; id: Extract<WatchId, { kind: K }>; value: WatchValues[K] } }[WatchId["kind"]];
+
+/** Where snapshot parts come from: Consul's watches, or a static source in tests. */
+export interface SnapshotSource {
+  /** Makes the running watches exactly `wanted`; each delivers its values to `deliver`. */
+  setWatches(wanted: WatchId[], deliver: (part: SnapshotPart) => void): void;
+  stop(): void;
+}
+
+/** The stable identity of a watch, for keeping the same one running across calls. */
+export function watchKey(id: WatchId): string {
+  if (id.kind === "registration") return `registration ${id.proxyId}`;
+  if (id.kind === "roots") return "roots";
+  if (id.kind === "upstream") return `upstream ${id.upstream.name}`;
+  return `${id.kind} ${id.service}`;
+}
+
+export function describeWatch(id: WatchId): string {
+  switch (id.kind) {
+    case "registration":
+      return `registration of ${id.proxyId}`;
+    case "roots":
+      return "CA roots";
+    case "leaf":
+      return `leaf certificate of ${id.service}`;
+    case "intentions":
+      return `intentions for ${id.service}`;
+    case "upstream": {
+      const { destinationType, destinationName, datacenter } = id.upstream;
+      return `instances of ${destinationType === "prepared_query" ? "prepared query " : ""}${destinationName}${datacenter ? ` in ${datacenter}` : ""}`;
+    }
+  }
+}
+
+function blockingModeOf(id: WatchId): BlockingMode {
+  if (id.kind === "registration") return "hash";
+  if (id.kind === "upstream" && id.upstream.destinationType === "prepared_query") return "poll";
+  return "index";
+}
+
+/** One request for one watch: blocking from `cursor`, or a plain read with `{}`. */
+export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: BlockingCursor, signal?: AbortSignal): Promise<ConsulPage<SnapshotPart>> {
+  const as = <P extends SnapshotPart>(page: ConsulPage<P["value"]>, part: Omit<P, "value">): ConsulPage<SnapshotPart> => ({ ...page, value: { ...part, value: page.value } as P });
+  switch (id.kind) {
+    case "registration":
+      return as(await consul.agentService(id.proxyId, cursor, signal), { kind: id.kind, id });
+    case "roots":
+      return as(await consul.caRoots(cursor, signal), { kind: id.kind, id });
+    case "leaf":
+      return as(await consul.leafCertificate(id.service, cursor, signal), { kind: id.kind, id });
+    case "intentions":
+      return as(await consul.intentionsForDestination(id.service, cursor, signal), { kind: id.kind, id });
+    case "upstream": {
+      const { destinationType, destinationName, datacenter } = id.upstream;
+      if (destinationType === "prepared_query") {
+        const page = await consul.preparedQuery(destinationName, datacenter, signal);
+        return as({ ...page, value: { entries: page.value.Nodes ?? [], service: page.value.Service } }, { kind: id.kind, id });
+      }
+      const page = await consul.healthyConnectInstances(destinationName, datacenter, cursor, signal);
+      return as({ ...page, value: { entries: page.value ?? [], service: destinationName } }, { kind: id.kind, id });
+    }
+  }
+}
+
+/** The watches, as blocking queries against the local agent. */
+export class ConsulWatches implements SnapshotSource {
+  private readonly running = new Map<string, AbortController>();
+
+  constructor(private readonly consul: ConsulClient, private readonly clock: Clock, private readonly logger: Logger) {}
+
+  setWatches(wanted: WatchId[], deliver: (part: SnapshotPart) => void): void {
+    const byKey = new Map(wanted.map((id) => [watchKey(id), id]));
+    for (const [key, controller] of this.running) {
+      if (byKey.has(key)) continue;
+      controller.abort();
+      this.running.delete(key);
+    }
+    for (const [key, id] of byKey) if (!this.running.has(key)) this.start(key, id, deliver);
+  }
+
+  stop(): void {
+    for (const controller of this.running.values()) controller.abort();
+    this.running.clear();
+  }
+
+  private start(key: string, id: WatchId, deliver: (part: SnapshotPart) => void): void {
+    const controller = new AbortController();
+    this.running.set(key, controller);
+    const description = describeWatch(id);
+    void runBlockingWatch<SnapshotPart>({
+      description,
+      mode: blockingModeOf(id),
+      fetchPage: (cursor, signal) => fetchPart(this.consul, id, cursor, signal),
+      onChange: deliver,
+      signal: controller.signal,
+      clock: this.clock,
+      pollIntervalMs: 5_000,
+      onError: (error, failures) => {
+        const message = error instanceof Error ? error.message : String(error);
+        // One line when a watch starts failing; HAProxy keeps its last good configuration.
+        if (failures === 1) this.logger.error(`watch of ${description} failed: ${message}; retrying with backoff, HAProxy keeps its current configuration`);
+        else this.logger.debug(`watch of ${description} still failing`, { failures, error: message });
+      },
+      onRecovered: () => this.logger.info(`watch of ${description} recovered`),
+    });
+  }
+}

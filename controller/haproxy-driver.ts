@@ -1,0 +1,109 @@
+// The one way the loop acts on HAProxy: write its files, start it, apply one
+// runtime operation, reload with a given validation, stop it. The process
+// driver runs the real master process and runtime API; tests use a recording
+// fake (test/unit/controller-loop.test.ts).
+import { certificatePairProblem } from "./certificate-pair.js";
+import type { Clock } from "./clock.js";
+import { writeHaproxyFiles } from "./config-files.js";
+import type { DesiredState, HaproxyPaths } from "./desired-state.js";
+import { HaproxyProcess } from "./haproxy-process.js";
+import type { Logger } from "./logger.js";
+import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
+import { RuntimeApi } from "./runtime-api.js";
+
+export interface ReloadTimings {
+  checkMs: number;
+  reloadMs: number;
+}
+
+export interface HaproxyDriver {
+  readonly pid: number | undefined;
+  /** Every file HAProxy loads (dual-write: a reload or restart reproduces `state`). */
+  writeFiles(state: DesiredState): void;
+  start(): Promise<void>;
+  /** Throws when HAProxy refuses the operation. */
+  runtime(operation: RuntimeOperation): Promise<void>;
+  /** Validates the files as asked, then reloads; throws (HAProxy keeps running as it was) when refused. */
+  reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings>;
+  stop(): Promise<void>;
+}
+
+/** Pure: how an operation reaches HAProxy, for the "applied change" log line. */
+export function runtimePath(operation: RuntimeOperation): string {
+  switch (operation.kind) {
+    case "set-server":
+      return `runtime API: set server${operation.address ? " addr + state ready" : " state maint"}`;
+    case "update-certificate":
+      return "runtime API: set ssl cert + commit ssl cert";
+    case "update-ca-file":
+      return "runtime API: set ssl ca-file + commit ssl ca-file";
+    case "flush-authorization-cache":
+      return "stats socket: connect cache flush";
+  }
+}
+
+export interface ProcessDriverOptions {
+  binary: string;
+  paths: HaproxyPaths;
+  /** HAProxy's environment: the Lua authorizer reads CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN from it. */
+  environment: NodeJS.ProcessEnv;
+  logger: Logger;
+  clock: Clock;
+  stopTimeoutMs?: number;
+}
+
+export class ProcessDriver implements HaproxyDriver {
+  private readonly process: HaproxyProcess;
+  private readonly runtimeApi: RuntimeApi;
+
+  constructor(options: ProcessDriverOptions) {
+    this.runtimeApi = new RuntimeApi(options.paths.statsSocket);
+    this.process = new HaproxyProcess({
+      binary: options.binary,
+      configFile: options.paths.configFile,
+      masterSocket: options.paths.masterSocket,
+      statsSocket: options.paths.statsSocket,
+      environment: options.environment,
+      logger: options.logger,
+      clock: options.clock,
+      stopTimeoutMs: options.stopTimeoutMs ?? 35_000,
+    });
+  }
+
+  get pid(): number | undefined {
+    return this.process.pid;
+  }
+
+  writeFiles(state: DesiredState): void {
+    writeHaproxyFiles(state);
+  }
+
+  start(): Promise<void> {
+    return this.process.start();
+  }
+
+  async runtime(operation: RuntimeOperation): Promise<void> {
+    switch (operation.kind) {
+      case "set-server":
+        return this.runtimeApi.setServer(operation.backend, operation.server, operation.address !== undefined ? { address: operation.address, port: operation.port! } : undefined, operation.ready);
+      case "update-certificate":
+        return this.runtimeApi.replaceCertificate(operation.file, operation.pem);
+      case "update-ca-file":
+        return this.runtimeApi.replaceCaFile(operation.file, operation.pem);
+      case "flush-authorization-cache":
+        await this.runtimeApi.flushAuthorizationCache();
+    }
+  }
+
+  async reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings> {
+    if (validation === "key pair") {
+      const problem = certificatePairProblem(state.leafCertificatePem);
+      if (problem) throw new Error(`the new leaf certificate is unusable: ${problem}`);
+    }
+    return this.process.reload({ check: validation === "haproxy -c" });
+  }
+
+  stop(): Promise<void> {
+    return this.process.stop();
+  }
+}

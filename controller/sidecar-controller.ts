@@ -1,0 +1,167 @@
+// The lifecycle loop: snapshot parts from the watches → (coalesced) desired
+// state → a plan → the driver. The loop owns the one timer; the deciding is
+// done by pure modules (sidecar-snapshot, desired-state, plan-changes), the
+// acting by the driver, and nothing calls back into the loop but the timer,
+// the watches' deliveries and the identity probes' verdicts.
+import type { Clock } from "./clock.js";
+import type { AgentServiceRegistration } from "./consul-replies.js";
+import type { SnapshotPart, SnapshotSource } from "./consul-watches.js";
+import { buildDesiredState, type DesiredState, type HaproxyPaths } from "./desired-state.js";
+import { runtimePath, type HaproxyDriver } from "./haproxy-driver.js";
+import type { Logger } from "./logger.js";
+import { planChanges, type ReloadValidation } from "./plan-changes.js";
+import { consulSnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
+import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
+import { identityCheckMaterial, UpstreamIdentities, type IdentityProbe } from "./upstream-identity.js";
+
+export interface SidecarControllerOptions {
+  registration: AgentServiceRegistration;
+  paths: HaproxyPaths;
+  source: SnapshotSource;
+  driver: HaproxyDriver;
+  probe: IdentityProbe;
+  logger: Logger;
+  clock: Clock;
+  /** Bursts of Consul changes within this window are planned together. */
+  coalesceMs?: number;
+  /** How long the first start waits for upstream instances before starting without them. */
+  upstreamWaitMs?: number;
+  /** When a refused reload is tried again if Consul does not change before. */
+  reloadRetryMs?: number;
+}
+
+export class SidecarController {
+  private snapshot: SidecarSnapshot;
+  private running?: DesiredState;
+  private readonly identities: UpstreamIdentities;
+  private readonly startedAt: number;
+  private cancelTimer?: () => void;
+  private timerDue?: number;
+  private chain: Promise<void> = Promise.resolve();
+  private fatal?: (err: Error) => void;
+  private stopped = false;
+
+  constructor(private readonly options: SidecarControllerOptions) {
+    this.snapshot = { spec: parseSidecarSpec(options.registration), instances: {} };
+    this.startedAt = options.clock.now();
+    this.identities = new UpstreamIdentities({ probe: options.probe, clock: options.clock, logger: options.logger, onVerdict: () => this.schedule(0) });
+  }
+
+  /** Runs until `signal` aborts (then stops HAProxy softly), or fails to start HAProxy. */
+  async run(signal: AbortSignal): Promise<void> {
+    const failed = new Promise<never>((_, reject) => (this.fatal = reject));
+    const stopped = new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+    const { spec } = this.snapshot;
+    this.options.logger.info("watching Consul", { proxy: spec.proxyId, service: spec.publicListener.destinationServiceName, upstreams: spec.upstreams.length });
+    this.watch();
+    try {
+      await Promise.race([stopped, failed]);
+    } finally {
+      await this.shutdown();
+    }
+  }
+
+  private async shutdown(): Promise<void> {
+    this.stopped = true;
+    this.cancelTimer?.();
+    this.options.source.stop();
+    await this.chain.catch(() => undefined);
+    if (this.options.driver.pid) {
+      this.options.logger.info("stopping HAProxy softly (established connections may finish)", { pid: this.options.driver.pid });
+      await this.options.driver.stop();
+    }
+    this.options.logger.info("stopped");
+  }
+
+  private watch(): void {
+    this.options.source.setWatches(wantedWatches(this.snapshot.spec), (part) => this.receive(part));
+  }
+
+  private receive(part: SnapshotPart): void {
+    if (this.stopped) return;
+    try {
+      this.snapshot = withPart(this.snapshot, part);
+    } catch (err) {
+      if (!(err instanceof SidecarSpecError)) throw err;
+      this.options.logger.error(`ignoring the new registration of ${this.snapshot.spec.proxyId}: ${err.message}`);
+      return;
+    }
+    if (part.kind === "registration") this.watch();
+    // A deny must apply at once, and a cache flush is cheap: intentions skip the coalescing window.
+    this.schedule(part.kind === "intentions" ? 0 : (this.options.coalesceMs ?? 100));
+  }
+
+  /** Reconciles after `delayMs`, or sooner if already due sooner. */
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    const due = this.options.clock.now() + delayMs;
+    if (this.cancelTimer && this.timerDue !== undefined && this.timerDue <= due) return;
+    this.cancelTimer?.();
+    this.timerDue = due;
+    this.cancelTimer = this.options.clock.setTimer(delayMs, () => {
+      this.cancelTimer = undefined;
+      this.timerDue = undefined;
+      this.chain = this.chain.then(() => this.reconcile()).catch((err: Error) => {
+        if (!this.running) this.fatal?.(err);
+        else this.options.logger.error(`could not apply Consul's changes: ${err.message}`);
+      });
+    });
+  }
+
+  private async reconcile(): Promise<void> {
+    const { roots, leaf } = this.snapshot;
+    if (this.stopped || !roots || !leaf) return;
+    const { clock, driver, logger, paths } = this.options;
+    const upstreams = upstreamsToCheck(this.snapshot, roots.TrustDomain);
+    this.identities.refresh(upstreams, identityCheckMaterial(leaf, roots));
+    const retryAt = this.identities.nextRetryAt();
+    if (retryAt !== undefined) this.schedule(Math.max(0, retryAt - clock.now()));
+    if (!this.running) {
+      const ready = readiness(this.snapshot, this.identities.settled(), clock.now() - this.startedAt, this.options.upstreamWaitMs ?? 5_000);
+      if (!ready.ready) {
+        if (ready.recheckInMs !== undefined) this.schedule(ready.recheckInMs);
+        return;
+      }
+    }
+    const desired = buildDesiredState(consulSnapshot(this.snapshot, this.identities.verified(upstreams)), paths, this.running);
+    if (!this.running) {
+      driver.writeFiles(desired);
+      await driver.start();
+      this.running = desired;
+      logger.info("HAProxy started", { pid: driver.pid, config: paths.configFile, leafSerial: desired.leafSerial, listener: `${desired.publicListener.bindAddress}:${desired.publicListener.bindPort}` });
+      return;
+    }
+    const plan = planChanges(this.running, desired);
+    if (plan.kind === "none") return;
+    // Dual-write first: whatever happens next, a reload or restart reproduces the desired state.
+    driver.writeFiles(desired);
+    if (plan.kind === "reload") return this.reload(plan.reason, plan.validation, desired);
+    for (const operation of plan.operations) {
+      try {
+        await driver.runtime(operation);
+        logger.info("applied change", { change: operation.change, path: runtimePath(operation) });
+      } catch (err) {
+        // Not worth a reload: the authorizer's cached verdicts expire by themselves.
+        if (operation.kind === "flush-authorization-cache") logger.warn(`could not flush the authorizer's cache: ${(err as Error).message}`, { change: operation.change });
+        else return this.reload(`runtime command failed (${(err as Error).message})`, "haproxy -c", desired);
+      }
+    }
+    this.running = desired;
+  }
+
+  private async reload(reason: string, validation: ReloadValidation, desired: DesiredState): Promise<void> {
+    const { driver, logger } = this.options;
+    try {
+      const timings = await driver.reload(validation, desired);
+      this.running = desired;
+      const path = validation === "haproxy -c" ? "validated reload (haproxy -c, master CLI reload)" : "seamless reload (leaf key pair checked, master CLI reload)";
+      logger.info("applied change", { change: reason, path, ...timings });
+    } catch (err) {
+      driver.writeFiles(this.running!);
+      const retryInMs = this.options.reloadRetryMs ?? 30_000;
+      logger.error(`reload refused, HAProxy keeps its current configuration: ${(err as Error).message}`, { change: reason, retryInMs });
+      // Consul may not change again soon: try again later (a passing problem, e.g. HAProxy restarting).
+      this.schedule(retryInMs);
+    }
+  }
+}

@@ -1,0 +1,320 @@
+// The lifecycle loop, driven without processes: a static snapshot source, a
+// recording HAProxy driver, a fake identity probe and a clock the test moves.
+import { beforeEach, describe, expect, it } from "vitest";
+import type { Clock } from "../../controller/clock.js";
+import type { AgentServiceRegistration, CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-replies.js";
+import { watchKey, type SnapshotPart, type SnapshotSource, type WatchId } from "../../controller/consul-watches.js";
+import type { DesiredState } from "../../controller/desired-state.js";
+import type { HaproxyDriver, ReloadTimings } from "../../controller/haproxy-driver.js";
+import { silentLogger } from "../../controller/logger.js";
+import type { ReloadValidation, RuntimeOperation } from "../../controller/plan-changes.js";
+import { SidecarController } from "../../controller/sidecar-controller.js";
+import type { ExpectedIdentity, IdentityCheckMaterial, IdentityVerdict } from "../../controller/upstream-identity.js";
+import { dbInstances, fixture, paths } from "./controller-fixtures.js";
+
+/** Time moves only when the test says; timers fire in order, each followed by the promises it started. */
+class ManualClock implements Clock {
+  private current = 1_000_000;
+  private timers: { due: number; callback: () => void }[] = [];
+  now = () => this.current;
+  random = () => 0.5;
+  setTimer(ms: number, callback: () => void): () => void {
+    const timer = { due: this.current + ms, callback };
+    this.timers.push(timer);
+    return () => (this.timers = this.timers.filter((t) => t !== timer));
+  }
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.setTimer(ms, resolve));
+  }
+  async advance(ms: number): Promise<void> {
+    const target = this.current + ms;
+    await settle();
+    for (;;) {
+      const next = this.timers.filter((t) => t.due <= target).sort((a, b) => a.due - b.due)[0];
+      if (!next) break;
+      this.timers = this.timers.filter((t) => t !== next);
+      this.current = next.due;
+      next.callback();
+      await settle();
+    }
+    this.current = target;
+  }
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+class StaticSource implements SnapshotSource {
+  watches: string[] = [];
+  private deliver?: (part: SnapshotPart) => void;
+  setWatches(wanted: WatchId[], deliver: (part: SnapshotPart) => void): void {
+    this.watches = wanted.map(watchKey);
+    this.deliver = deliver;
+  }
+  stop(): void {
+    this.deliver = undefined;
+  }
+  send(part: SnapshotPart): void {
+    this.deliver!(part);
+  }
+}
+
+type DriverCall =
+  | { call: "writeFiles"; state: DesiredState }
+  | { call: "start" }
+  | { call: "runtime"; operation: RuntimeOperation }
+  | { call: "reload"; validation: ReloadValidation; state: DesiredState }
+  | { call: "stop" };
+
+class RecordingDriver implements HaproxyDriver {
+  calls: DriverCall[] = [];
+  pid: number | undefined;
+  refuseReloads = 0;
+  failRuntime?: RuntimeOperation["kind"];
+  writeFiles(state: DesiredState): void {
+    this.calls.push({ call: "writeFiles", state });
+  }
+  async start(): Promise<void> {
+    this.calls.push({ call: "start" });
+    this.pid = 4242;
+  }
+  async runtime(operation: RuntimeOperation): Promise<void> {
+    this.calls.push({ call: "runtime", operation });
+    if (operation.kind === this.failRuntime) throw new Error(`HAProxy refused "${operation.kind}"`);
+  }
+  async reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings> {
+    this.calls.push({ call: "reload", validation, state });
+    if (this.refuseReloads > 0) {
+      this.refuseReloads -= 1;
+      throw new Error("haproxy -c rejected the configuration");
+    }
+    return { checkMs: 1, reloadMs: 2 };
+  }
+  async stop(): Promise<void> {
+    this.calls.push({ call: "stop" });
+  }
+  /** The calls since the last `take`. */
+  take(): DriverCall[] {
+    const calls = this.calls;
+    this.calls = [];
+    return calls;
+  }
+}
+
+interface ProbeCall {
+  address: string;
+  port: number;
+  expected: ExpectedIdentity;
+  material: IdentityCheckMaterial;
+}
+
+const registration = fixture<AgentServiceRegistration>("agent-service-web-sidecar-proxy");
+const roots = fixture<CaRoots>("ca-roots");
+const leaf = fixture<LeafCertificate>("leaf-web");
+const [db1, db2] = dbInstances() as [ServiceInstanceEntry, ServiceInstanceEntry];
+const upstream = { name: "upstream_db", destinationType: "service", destinationName: "db", datacenter: undefined } as const;
+const instancesPart = (...entries: ServiceInstanceEntry[]): SnapshotPart => ({ kind: "upstream", id: { kind: "upstream", upstream }, value: { entries, service: "db" } });
+const rootsPart = (value: CaRoots): SnapshotPart => ({ kind: "roots", id: { kind: "roots" }, value });
+const leafPart = (value: LeafCertificate): SnapshotPart => ({ kind: "leaf", id: { kind: "leaf", service: "web" }, value });
+const intentionsPart = (value: Record<string, Intention[] | null>): SnapshotPart => ({ kind: "intentions", id: { kind: "intentions", service: "web" }, value });
+const renewedLeaf: LeafCertificate = { ...leaf, SerialNumber: "aa:bb", CertPEM: leaf.CertPEM.replace(/^(-----BEGIN CERTIFICATE-----\n)/, "$1AAAA") };
+const withSecondRoot: CaRoots = { ...roots, Roots: [...roots.Roots!, { ...roots.Roots![0]!, ID: "second", Active: false, RootCert: "-----BEGIN CERTIFICATE-----\nsecond\n-----END CERTIFICATE-----\n" }] };
+
+let clock: ManualClock;
+let source: StaticSource;
+let driver: RecordingDriver;
+let probes: ProbeCall[];
+let verdictFor: (call: ProbeCall) => IdentityVerdict | undefined;
+let stop: AbortController;
+
+function startLoop(): SidecarController {
+  const controller = new SidecarController({
+    registration,
+    paths,
+    source,
+    driver,
+    logger: silentLogger,
+    clock,
+    probe: (address, port, expected, material) => {
+      const call = { address, port, expected, material };
+      probes.push(call);
+      const verdict = verdictFor(call);
+      return verdict ? Promise.resolve(verdict) : new Promise<IdentityVerdict>(() => undefined);
+    },
+  });
+  void controller.run(stop.signal);
+  return controller;
+}
+
+/** Runs the loop until HAProxy started with db-1 verified in its upstream. */
+async function startedWithDb1(): Promise<void> {
+  startLoop();
+  source.send(rootsPart(roots));
+  source.send(leafPart(leaf));
+  source.send(instancesPart(db1));
+  await clock.advance(100);
+  expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "start"]);
+}
+
+const serversIn = (state: DesiredState) => state.upstreams[0]!.slots.flatMap((slot) => (slot.instance ? [slot.instance.id] : []));
+
+beforeEach(() => {
+  clock = new ManualClock();
+  source = new StaticSource();
+  driver = new RecordingDriver();
+  probes = [];
+  verdictFor = () => ({ ok: true, spiffeId: "spiffe://x/ns/default/dc/dc1/svc/db" });
+  stop = new AbortController();
+  return () => stop.abort();
+});
+
+describe("the sidecar loop", () => {
+  it("watches what the registration names, and follows it when the registration changes", () => {
+    startLoop();
+    expect(source.watches).toEqual(["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web", "upstream upstream_db"]);
+    const proxy = registration.Proxy!;
+    const cacheUpstream = { DestinationType: "service" as const, DestinationName: "cache", LocalBindPort: 9292 };
+    source.send({ kind: "registration", id: { kind: "registration", proxyId: registration.ID }, value: { ...registration, Proxy: { ...proxy, Upstreams: [cacheUpstream] } } });
+    expect(source.watches).toEqual(["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web", "upstream upstream_cache"]);
+  });
+
+  it("starts HAProxy once roots, leaf and verified upstream instances are known", async () => {
+    startLoop();
+    source.send(rootsPart(roots));
+    source.send(leafPart(leaf));
+    await clock.advance(100);
+    expect(driver.calls).toEqual([]);
+    source.send(instancesPart(db1));
+    await clock.advance(100);
+    const [write, start] = driver.take();
+    expect(start).toEqual({ call: "start" });
+    expect(write?.call === "writeFiles" && serversIn(write.state)).toEqual(["fixture-node/db-1-sidecar-proxy"]);
+  });
+
+  it("waits at most 5 s for upstream instances before starting without them", async () => {
+    startLoop();
+    source.send(rootsPart(roots));
+    source.send(leafPart(leaf));
+    await clock.advance(4_999);
+    expect(driver.calls).toEqual([]);
+    await clock.advance(1);
+    const [write, start] = driver.take();
+    expect(start).toEqual({ call: "start" });
+    expect(write?.call === "writeFiles" && serversIn(write.state)).toEqual([]);
+  });
+
+  it("waits at most 5 s for identity checks that do not finish", async () => {
+    verdictFor = () => undefined;
+    startLoop();
+    source.send(rootsPart(roots));
+    source.send(leafPart(leaf));
+    source.send(instancesPart(db1));
+    await clock.advance(4_999);
+    expect(driver.calls).toEqual([]);
+    await clock.advance(1);
+    expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "start"]);
+  });
+
+  it("plans a burst of changes within 100 ms once, with one write of the files", async () => {
+    await startedWithDb1();
+    source.send(rootsPart(withSecondRoot));
+    await clock.advance(50);
+    source.send(instancesPart());
+    await clock.advance(49);
+    expect(driver.calls).toEqual([]);
+    await clock.advance(1);
+    const calls = driver.take();
+    expect(calls.map((c) => (c.call === "runtime" ? c.operation.kind : c.call))).toEqual(["writeFiles", "update-ca-file", "set-server"]);
+  });
+
+  it("applies intentions at once, without the coalescing window", async () => {
+    await startedWithDb1();
+    source.send(intentionsPart({ web: [{ SourceName: "api", DestinationName: "web", Action: "deny", Precedence: 9 }] }));
+    await clock.advance(0);
+    expect(driver.take().filter((c) => c.call === "runtime")).toEqual([{ call: "runtime", operation: { kind: "flush-authorization-cache", change: "intentions for web changed" } }]);
+  });
+
+  it("loads a renewed leaf with a reload validated by the key pair, writing the files once", async () => {
+    await startedWithDb1();
+    source.send(leafPart(renewedLeaf));
+    await clock.advance(100);
+    const calls = driver.take();
+    expect(calls.map((c) => c.call)).toEqual(["writeFiles", "reload"]);
+    expect(calls[1]).toMatchObject({ call: "reload", validation: "key pair" });
+  });
+
+  it("restores the files after a refused reload and tries again 30 s later", async () => {
+    await startedWithDb1();
+    driver.refuseReloads = 1;
+    source.send(leafPart(renewedLeaf));
+    await clock.advance(100);
+    const [write, reload, restore] = driver.take();
+    expect(reload?.call).toBe("reload");
+    expect(write?.call === "writeFiles" && write.state.leafSerial).toBe("aa:bb");
+    expect(restore?.call === "writeFiles" && restore.state.leafSerial).toBe(leaf.SerialNumber);
+    await clock.advance(29_999);
+    expect(driver.calls).toEqual([]);
+    await clock.advance(1);
+    expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "reload"]);
+  });
+
+  it("turns a failed runtime command into a validated reload that names it", async () => {
+    await startedWithDb1();
+    driver.failRuntime = "update-ca-file";
+    source.send(rootsPart(withSecondRoot));
+    await clock.advance(100);
+    const reload = driver.take().find((c) => c.call === "reload");
+    expect(reload).toMatchObject({ call: "reload", validation: "haproxy -c" });
+    expect(reload?.call === "reload" && reload.state.caRootsPem).toContain("second");
+  });
+
+  it("probes with exactly the roots HAProxy trusts, intermediates included", async () => {
+    const intermediate = "-----BEGIN CERTIFICATE-----\ncross-signed\n-----END CERTIFICATE-----";
+    const rotating: CaRoots = { ...roots, Roots: [{ ...roots.Roots![0]!, IntermediateCerts: [intermediate] }] };
+    startLoop();
+    source.send(rootsPart(rotating));
+    source.send(leafPart(leaf));
+    source.send(instancesPart(db1));
+    await clock.advance(100);
+    const [write] = driver.take();
+    expect(write?.call).toBe("writeFiles");
+    const haproxyTrusts = write?.call === "writeFiles" ? write.state.caRootsPem : "";
+    expect(haproxyTrusts).toContain("cross-signed");
+    expect(probes[0]!.material.caRootsPem).toBe(haproxyTrusts);
+    expect(probes[0]!.material.leafCertificatePem).toBe(write?.call === "writeFiles" ? write.state.leafCertificatePem : "");
+  });
+
+  it("adds an instance within about a second of its first refused handshake (peer not ready)", async () => {
+    await startedWithDb1();
+    let ready = false;
+    verdictFor = (call) => (call.port === db2.Service.Port && !ready ? { ok: false, reason: "ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE", kind: "no-handshake" } : { ok: true, spiffeId: "x" });
+    source.send(instancesPart(db1, db2));
+    await clock.advance(100);
+    expect(driver.take().filter((c) => c.call === "runtime")).toEqual([]);
+    ready = true;
+    await clock.advance(1_000);
+    const added = driver.take().filter((c) => c.call === "runtime");
+    expect(added).toMatchObject([{ operation: { kind: "set-server", port: db2.Service.Port, ready: true } }]);
+  });
+
+  it("keeps an instance proven to be another service out for 30 s", async () => {
+    await startedWithDb1();
+    verdictFor = (call) => (call.port === db2.Service.Port ? { ok: false, reason: "certificate is …/svc/web", kind: "wrong-identity" } : { ok: true, spiffeId: "x" });
+    source.send(instancesPart(db1, db2));
+    await clock.advance(100);
+    const probedBefore = probes.length;
+    await clock.advance(29_000);
+    expect(probes.length).toBe(probedBefore);
+    expect(driver.take().filter((c) => c.call === "runtime")).toEqual([]);
+    await clock.advance(1_100);
+    expect(probes.length).toBe(probedBefore + 1);
+  });
+
+  it("stops HAProxy softly when asked to stop", async () => {
+    await startedWithDb1();
+    stop.abort();
+    await settle();
+    expect(driver.take()).toEqual([{ call: "stop" }]);
+  });
+});
