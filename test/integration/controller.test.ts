@@ -3,7 +3,7 @@
 //
 //   client ──► web sidecar (upstream_db on 127.0.0.1:<upstreamPort>) ══mTLS══► db sidecar ──► db echo app
 import { createServer, createConnection, type Server } from "node:net";
-import { connect as tlsConnect } from "node:tls";
+import { connect as tlsConnect, createServer as createTlsServer } from "node:tls";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -186,6 +186,36 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
     expect(await readyPorts(web)).toEqual([ports.db1Public]);
     for (let i = 0; i < 4; i++) expect(echoFrom(await exchange(ports.upstream, "ping"))).toBe("db1");
     await consul.api("PUT", "/v1/agent/service/deregister/db-impostor");
+  });
+
+  it("adds an instance within 2 s of it presenting its leaf, though it listened for seconds without one", async () => {
+    const web = sidecar("web-1");
+    const [latePort] = await freePorts(1);
+    // Like a sidecar that listens before its leaf and roots arrive: every handshake fails with an alert.
+    const late = createTlsServer({ requestCert: true, rejectUnauthorized: true }, (socket) => socket.pipe(createConnection({ host: "127.0.0.1", port: ports.db2App })).pipe(socket));
+    late.on("tlsClientError", () => undefined);
+    await new Promise<void>((resolve) => late.listen(latePort, "127.0.0.1", resolve));
+    try {
+      await register({ Kind: "connect-proxy", ID: "db-late", Name: "db-sidecar-proxy", Address: "127.0.0.1", Port: latePort, Proxy: { DestinationServiceName: "db", LocalServicePort: 1 } });
+      await waitFor("the late instance refused", async () => (web.process.output().includes(`upstream instance 127.0.0.1:${latePort} kept out of db`) ? true : undefined), { timeoutMs: 15_000 });
+      // Several refused probes, so that any backoff has grown.
+      await new Promise((resolve) => setTimeout(resolve, 4_000));
+      expect(await readyPorts(web)).toEqual([ports.db1Public]);
+      const leaf = await consul.api<{ CertPEM: string; PrivateKeyPEM: string }>("GET", "/v1/agent/connect/ca/leaf/db");
+      const roots = await consul.api<{ Roots: { RootCert: string }[] }>("GET", "/v1/agent/connect/ca/roots");
+      late.setSecureContext({ cert: leaf.CertPEM, key: leaf.PrivateKeyPEM, ca: roots.Roots.map((r) => r.RootCert) });
+      const presented = Date.now();
+      await waitFor("the late instance in web's backend", async () => ((await readyPorts(web)).includes(latePort) ? true : undefined), { timeoutMs: 10_000, intervalMs: 20 });
+      const joinedMs = Date.now() - presented;
+      expect(joinedMs).toBeLessThan(2_000);
+      const answers = new Set<string>();
+      for (let i = 0; i < 6; i++) answers.add(echoFrom(await exchange(ports.upstream, "ping")));
+      expect(answers).toEqual(new Set(["db1", "db2"]));
+    } finally {
+      await consul.api("PUT", "/v1/agent/service/deregister/db-late");
+      late.close();
+    }
+    await waitFor("the late instance gone from web's backend", async () => ((await readyPorts(web)).length === 1 ? true : undefined), { timeoutMs: 10_000 });
   });
 
   it("refuses the next connection once a deny intention is written, without waiting for a TTL", async () => {
