@@ -44,6 +44,9 @@ function fakeClock(): Clock & { sleeps: number[] } {
       sleeps.push(ms);
       now += ms;
     },
+    setTimer() {
+      throw new Error("the watch loop sleeps; it sets no timers");
+    },
   };
 }
 
@@ -144,7 +147,7 @@ describe("runBlockingWatch", () => {
       clock: fakeClock(),
       signal: controller.signal,
       fetchPage: (_cursor, signal) =>
-        new Promise((_resolve, reject) => {
+        new Promise<ConsulPage<unknown>>((_resolve, reject) => {
           calls++;
           signal.addEventListener("abort", () => reject(new Error("aborted")));
         }),
