@@ -18,9 +18,8 @@ import type { TrustDomainSource } from "./trust";
 import { formatSerial, onlyUri, parseCertificate } from "./der";
 import { BoundedLru } from "./lru";
 import { parseServiceIdentity, type ServiceIdentity } from "./spiffe";
+import { quoted } from "./sanitize";
 
-const gsub = string.gsub;
-const sub = string.sub;
 const format = string.format;
 
 export interface ActionContext {
@@ -130,18 +129,17 @@ function publish(txn: Txn, allowed: boolean, reason: string, identity: ServiceId
 let quotedReasons = new LuaTable<string, string>();
 let quotedCount = 0;
 
-function quote(text: string): string {
+function quoteReason(text: string): string {
   const known = quotedReasons.get(text);
   if (known !== undefined) return known;
-  const [clean] = gsub(text.length > 300 ? sub(text, 1, 300) + "…" : text, '[%c"\\]', "?");
-  const quoted = '"' + clean + '"';
+  const quotedText = quoted(text);
   if (quotedCount >= 256) {
     quotedReasons = new LuaTable();
     quotedCount = 0;
   }
-  quotedReasons.set(text, quoted);
+  quotedReasons.set(text, quotedText);
   quotedCount++;
-  return quoted;
+  return quotedText;
 }
 
 function logDecision(context: ActionContext, txn: Txn, target: string, allowed: boolean, reason: string, origin: string, identity: ServiceIdentity | undefined): void {
@@ -149,7 +147,7 @@ function logDecision(context: ActionContext, txn: Txn, target: string, allowed: 
     "connect_authorize: " + (allowed ? "allow" : "deny") +
     " target=" + target +
     " client=" + (identity !== undefined ? identity.uri : "-") +
-    " reason=" + quote(reason) +
+    " reason=" + quoteReason(reason) +
     " via=" + origin;
   if (allowed) {
     if (context.config.logAllowed) txn.Info(line);

@@ -21,12 +21,13 @@ import * as agent from "./agent";
 import * as authorizer from "./authorizer";
 import * as trust from "./trust";
 import * as config from "./config";
+import * as sanitize from "./sanitize";
 import * as action from "./action";
 import * as cli from "./cli";
 import * as upstream from "./upstream";
 
 export const version = "0.1.0";
-export { der, spiffe, json, http, lru, agent, authorizer, trust, config, action, cli, upstream };
+export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, action, cli, upstream };
 
 export interface Installed {
   context: action.ActionContext;

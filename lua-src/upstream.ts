@@ -20,10 +20,9 @@ import type { TrustDomainSource } from "./trust";
 import { onlyUri, parseCertificate } from "./der";
 import { BoundedLru } from "./lru";
 import { parseServiceIdentity, type ServiceIdentity } from "./spiffe";
+import { quoted } from "./sanitize";
 
 const format = string.format;
-const gsub = string.gsub;
-const sub = string.sub;
 
 export interface UpstreamContext {
   trustDomains: TrustDomainSource;
@@ -93,12 +92,10 @@ function publish(txn: Txn, ok: boolean, reason: string, identity: ServiceIdentit
 }
 
 function logRefusal(txn: Txn, expected: string | undefined, reason: string, identity: ServiceIdentity | undefined): void {
-  const short = reason.length > 300 ? sub(reason, 1, 300) + "…" : reason;
-  const [clean] = gsub(short, '[%c"\\]', "?");
   txn.Warning(
     "connect_verify_upstream: refuse expected=" + (expected ?? "-") +
       " server=" + (identity !== undefined ? identity.uri : "-") +
-      ' reason="' + clean + '"',
+      " reason=" + quoted(reason),
   );
 }
 
