@@ -15,9 +15,9 @@ import type { Txn } from "./haproxy";
 import type { Authorizer } from "./authorizer";
 import type { Config } from "./config";
 import type { TrustDomainSource } from "./trust";
-import { formatSerial, onlyUri, parseCertificate } from "./der";
-import { BoundedLru } from "./lru";
-import { parseServiceIdentity, type ServiceIdentity } from "./spiffe";
+import type { ServiceIdentity } from "./spiffe";
+import { formatSerial } from "./der";
+import type { CertificateReading, PeerIdentities } from "./peer-identity";
 import { quoted } from "./sanitize";
 
 const format = string.format;
@@ -26,39 +26,7 @@ export interface ActionContext {
   config: Config;
   authorizer: Authorizer;
   trustDomains: TrustDomainSource;
-  identities: IdentityCache;
-}
-
-/**
- * What a certificate says, or why it is unusable. A pure function of the DER
- * bytes, so it is cached by them: a client reconnecting with the same leaf
- * costs one table lookup instead of a DER walk and a SPIFFE parse (about 8 µs
- * of the 10 µs a decision took without it; bench/authorizer.lua). Only
- * certificates that HAProxy verified against the CA roots get this far.
- */
-interface CertificateIdentity {
-  identity: ServiceIdentity | undefined;
-  problem: string;
-  serialStart: number;
-  serialEnd: number;
-}
-
-export type IdentityCache = BoundedLru<CertificateIdentity>;
-
-export const IDENTITY_CACHE_SIZE = 1024;
-
-export function newIdentityCache(capacity: number = IDENTITY_CACHE_SIZE): IdentityCache {
-  return new BoundedLru<CertificateIdentity>(capacity);
-}
-
-function readIdentity(der: string): CertificateIdentity {
-  const [certificate, certificateError] = parseCertificate(der);
-  if (certificate === undefined) return { identity: undefined, problem: "unusable client certificate: " + (certificateError as string), serialStart: 0, serialEnd: 0 };
-  const [uri, uriError] = onlyUri(certificate);
-  if (uri === undefined) return { identity: undefined, problem: uriError as string, serialStart: 0, serialEnd: 0 };
-  const [identity, identityError] = parseServiceIdentity(uri);
-  if (identity === undefined) return { identity: undefined, problem: identityError as string, serialStart: 0, serialEnd: 0 };
-  return { identity, problem: "", serialStart: certificate.serialStart, serialEnd: certificate.serialEnd };
+  identities: PeerIdentities;
 }
 
 /** Origins that mean "our side failed", logged at warning. */
@@ -88,28 +56,17 @@ function evaluate(context: ActionContext, txn: Txn, targetArgument: string | und
   const verifyResult = fetches.ssl_c_verify();
   if (verifyResult !== 0) return $multi(false, format("client certificate not verified (OpenSSL error %s)", tostring(verifyResult)), "identity", undefined);
   const der = fetches.ssl_c_der();
-  if (typeof der !== "string" || der === "") return $multi(false, "client certificate unavailable", "identity", undefined);
 
-  // 3-4. Its one URI SAN, a Consul service SPIFFE ID.
-  let read = context.identities.get(der);
-  if (read === undefined) {
-    read = readIdentity(der);
-    context.identities.set(der, read);
-  }
-  const identity = read.identity;
-  if (identity === undefined) return $multi(false, read.problem, "identity", undefined);
-
-  // 5. From this cluster.
-  const [trustDomain, trustError] = context.trustDomains.ensure();
-  if (trustDomain === undefined) return $multi(false, trustError as string, "trust-domain", undefined);
-  if (identity.trustDomain !== trustDomain) {
-    return $multi(false, format("client trust domain %s is not this cluster's (%s)", identity.trustDomain, trustDomain), "identity", undefined);
-  }
+  // 3-5. Its one URI SAN, a Consul service SPIFFE ID from this cluster.
+  const [read, problem, problemKind] = context.identities.verify(der);
+  if (problem !== "") return $multi(false, problem, problemKind, undefined);
+  const certificate = read as CertificateReading;
+  const identity = certificate.identity as ServiceIdentity;
 
   // 6. Intentions, through the cache.
-  const serialStart = read.serialStart;
-  const serialEnd = read.serialEnd;
-  const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, () => formatSerial(der, serialStart, serialEnd));
+  const serialStart = certificate.serialStart;
+  const serialEnd = certificate.serialEnd;
+  const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, () => formatSerial(der as string, serialStart, serialEnd));
 
   // 7. The identity is verified whatever the verdict: publish it.
   return $multi(allowed, reason, origin, identity);

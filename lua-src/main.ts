@@ -22,12 +22,13 @@ import * as authorizer from "./authorizer";
 import * as trust from "./trust";
 import * as config from "./config";
 import * as sanitize from "./sanitize";
+import * as peerIdentity from "./peer-identity";
 import * as action from "./action";
 import * as cli from "./cli";
 import * as upstream from "./upstream";
 
 export const version = "0.1.0";
-export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, action, cli, upstream };
+export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, action, cli, upstream };
 
 export interface Installed {
   context: action.ActionContext;
@@ -75,12 +76,17 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random(), stopping: () => core.get_info().get("Stopping") === 1 },
     waitLimitMs,
   );
-  const context: action.ActionContext = { config: settings, authorizer: verdicts, trustDomains, identities: action.newIdentityCache() };
+  const context: action.ActionContext = {
+    config: settings,
+    authorizer: verdicts,
+    trustDomains,
+    identities: new peerIdentity.PeerIdentities(peerIdentity.CLIENT_ROLE, trustDomains),
+  };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => action.authorizeTransaction(context, txn, target), 1);
   core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => action.authorizeTransaction(context, txn, undefined), 0);
   // Same trust domain as the authorizer; no agent call.
-  const upstreamContext: upstream.UpstreamContext = { trustDomains, identities: upstream.newServerIdentityCache() };
+  const upstreamContext: upstream.UpstreamContext = { identities: new peerIdentity.PeerIdentities(peerIdentity.SERVER_ROLE, trustDomains) };
   core.register_action("connect_verify_upstream", ["tcp-res", "http-res"], (txn, service) => upstream.verifyUpstreamTransaction(upstreamContext, txn, service), 1);
   cli.registerCommands(core, context);
   const refreshTask = (): void => {

@@ -16,42 +16,14 @@
 // path ends with txn.connect_upstream_ok set to 1 or 0.
 
 import type { Txn } from "./haproxy";
-import type { TrustDomainSource } from "./trust";
-import { onlyUri, parseCertificate } from "./der";
-import { BoundedLru } from "./lru";
-import { parseServiceIdentity, type ServiceIdentity } from "./spiffe";
+import type { ServiceIdentity } from "./spiffe";
+import type { CertificateReading, PeerIdentities } from "./peer-identity";
 import { quoted } from "./sanitize";
 
 const format = string.format;
 
 export interface UpstreamContext {
-  trustDomains: TrustDomainSource;
-  identities: ServerIdentityCache;
-}
-
-/** What a server certificate says, or why it is unusable; cached by its DER bytes. */
-interface ServerIdentity {
-  identity: ServiceIdentity | undefined;
-  problem: string;
-}
-
-export type ServerIdentityCache = BoundedLru<ServerIdentity>;
-
-/** Upstream certificates are one per instance (two during a rotation): few. */
-export const SERVER_IDENTITY_CACHE_SIZE = 256;
-
-export function newServerIdentityCache(capacity: number = SERVER_IDENTITY_CACHE_SIZE): ServerIdentityCache {
-  return new BoundedLru<ServerIdentity>(capacity);
-}
-
-function readServerIdentity(der: string): ServerIdentity {
-  const [certificate, certificateError] = parseCertificate(der);
-  if (certificate === undefined) return { identity: undefined, problem: "unusable server certificate: " + (certificateError as string) };
-  const [uri, uriError] = onlyUri(certificate, "server");
-  if (uri === undefined) return { identity: undefined, problem: uriError as string };
-  const [identity, identityError] = parseServiceIdentity(uri);
-  if (identity === undefined) return { identity: undefined, problem: "server " + (identityError as string) };
-  return { identity, problem: "" };
+  identities: PeerIdentities;
 }
 
 /** Steps of one check. Returns ok, reason and the server's identity once its certificate parsed. */
@@ -59,25 +31,11 @@ function evaluate(context: UpstreamContext, txn: Txn, expected: string | undefin
   // 1. The service this backend is meant to reach.
   if (expected === undefined || expected === "") return $multi(false, "no expected service: pass one to connect_verify_upstream", undefined);
 
-  // 2. The certificate of the server this connection reached (chain verified by `verify required`).
-  const der = txn.f.ssl_s_der();
-  if (typeof der !== "string" || der === "") return $multi(false, "no server certificate (not a TLS server connection?)", undefined);
-
-  // 3. Its one URI SAN, a Consul service SPIFFE ID.
-  let read = context.identities.get(der);
-  if (read === undefined) {
-    read = readServerIdentity(der);
-    context.identities.set(der, read);
-  }
-  const identity = read.identity;
-  if (identity === undefined) return $multi(false, read.problem, undefined);
-
-  // 4. From this cluster.
-  const [trustDomain, trustError] = context.trustDomains.ensure();
-  if (trustDomain === undefined) return $multi(false, trustError as string, identity);
-  if (identity.trustDomain !== trustDomain) {
-    return $multi(false, format("server trust domain %s is not this cluster's (%s)", identity.trustDomain, trustDomain), identity);
-  }
+  // 2-4. The certificate of the server this connection reached (chain verified by
+  // `verify required`): its one URI SAN, a Consul service SPIFFE ID from this cluster.
+  const [read, problem] = context.identities.verify(txn.f.ssl_s_der());
+  if (problem !== "") return $multi(false, problem, read?.identity);
+  const identity = (read as CertificateReading).identity as ServiceIdentity;
 
   // 5. The service we mean to reach.
   if (identity.service !== expected) return $multi(false, format("server is service %s, not %s", identity.service, expected), identity);
