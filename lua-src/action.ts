@@ -3,9 +3,8 @@
 //
 //   tcp-request content reject unless { var(txn.connect_allowed) -m bool }
 //
-// Fail closed: an error raised inside an action does not stop HAProxy from
-// running the next rule, so the whole evaluation runs under pcall and every
-// path, errors included, ends with txn.connect_allowed set to 1 or 0.
+// Fail closed (fail-closed.ts): every path, errors included, ends with
+// txn.connect_allowed set to 1 or 0.
 //
 // Logging (one line per decision): allow at debug (info with
 // CONNECT_LOG_ALLOWED=1); deny at info; a deny caused by our side (agent
@@ -19,6 +18,7 @@ import type { ServiceIdentity } from "./spiffe";
 import { formatSerial } from "./der";
 import type { CertificateReading, PeerIdentities } from "./peer-identity";
 import { quoted } from "./sanitize";
+import { runFailClosed, type Verdict } from "./fail-closed";
 
 const format = string.format;
 
@@ -41,7 +41,7 @@ TROUBLE.set("trust-domain", true);
  * Steps 1-7 of a decision. Returns allowed, reason, origin and the verified
  * identity (nil until the certificate, SPIFFE ID and trust domain checked out).
  */
-function evaluate(context: ActionContext, txn: Txn, targetArgument: string | undefined): LuaMultiReturn<[boolean, string, string, ServiceIdentity | undefined]> {
+function evaluate(context: ActionContext, txn: Txn, targetArgument: string | undefined): Verdict {
   const config = context.config;
 
   // 1. Which service is being protected.
@@ -115,28 +115,7 @@ function logDecision(context: ActionContext, txn: Txn, target: string, allowed: 
 
 /** The action body. Never raises; always sets txn.connect_allowed. */
 export function authorizeTransaction(context: ActionContext, txn: Txn, targetArgument: string | undefined): void {
-  const [ok, first, second, third, fourth] = protect(evaluate, context, txn, targetArgument);
-  let allowed = false;
-  let reason: string;
-  let origin = "internal";
-  let identity: ServiceIdentity | undefined = undefined;
-  if (ok) {
-    // Only a real `true` allows, whatever evaluate hands back.
-    allowed = first === true;
-    reason = typeof second === "string" ? second : "no reason given";
-    origin = typeof third === "string" ? third : "internal";
-    identity = fourth as ServiceIdentity | undefined;
-  } else {
-    reason = "internal error: " + tostring(first);
-  }
-  const [published, publishError] = pcall(publish, txn, allowed, reason, identity);
-  if (!published) {
-    // Could not even record the verdict: make sure an allow is not left behind.
-    pcall(() => txn.set_var("txn.connect_allowed", 0));
-    reason = "internal error while setting variables: " + tostring(publishError);
-    allowed = false;
-    origin = "internal";
-  }
+  const [allowed, reason, origin, identity] = runFailClosed(evaluate, publish, "txn.connect_allowed", context, txn, targetArgument);
   const target = targetArgument === undefined || targetArgument === "-" || targetArgument === "" ? context.config.defaultTarget ?? "-" : targetArgument;
   pcall(logDecision, context, txn, target, allowed, reason, origin, identity);
 }

@@ -23,12 +23,13 @@ import * as trust from "./trust";
 import * as config from "./config";
 import * as sanitize from "./sanitize";
 import * as peerIdentity from "./peer-identity";
+import * as failClosed from "./fail-closed";
 import * as action from "./action";
 import * as cli from "./cli";
 import * as upstream from "./upstream";
 
 export const version = "0.1.0";
-export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, action, cli, upstream };
+export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, failClosed, action, cli, upstream };
 
 export interface Installed {
   context: action.ActionContext;

@@ -12,13 +12,14 @@
 // Response rules run before any response byte is forwarded to the client,
 // but after the client's first bytes went to the server.
 //
-// Fail closed like connect_authorize: everything runs under pcall and every
-// path ends with txn.connect_upstream_ok set to 1 or 0.
+// Fail closed (fail-closed.ts): every path, errors included, ends with
+// txn.connect_upstream_ok set to 1 or 0.
 
 import type { Txn } from "./haproxy";
 import type { ServiceIdentity } from "./spiffe";
 import type { CertificateReading, PeerIdentities } from "./peer-identity";
 import { quoted } from "./sanitize";
+import { runFailClosed, type Verdict } from "./fail-closed";
 
 const format = string.format;
 
@@ -26,20 +27,23 @@ export interface UpstreamContext {
   identities: PeerIdentities;
 }
 
-/** Steps of one check. Returns ok, reason and the server's identity once its certificate parsed. */
-function evaluate(context: UpstreamContext, txn: Txn, expected: string | undefined): LuaMultiReturn<[boolean, string, ServiceIdentity | undefined]> {
+/**
+ * Steps of one check. Returns ok, reason, origin ("config", "identity" or
+ * "trust-domain"; not logged) and the server's identity once its certificate parsed.
+ */
+function evaluate(context: UpstreamContext, txn: Txn, expected: string | undefined): Verdict {
   // 1. The service this backend is meant to reach.
-  if (expected === undefined || expected === "") return $multi(false, "no expected service: pass one to connect_verify_upstream", undefined);
+  if (expected === undefined || expected === "") return $multi(false, "no expected service: pass one to connect_verify_upstream", "config", undefined);
 
   // 2-4. The certificate of the server this connection reached (chain verified by
   // `verify required`): its one URI SAN, a Consul service SPIFFE ID from this cluster.
-  const [read, problem] = context.identities.verify(txn.f.ssl_s_der());
-  if (problem !== "") return $multi(false, problem, read?.identity);
+  const [read, problem, problemKind] = context.identities.verify(txn.f.ssl_s_der());
+  if (problem !== "") return $multi(false, problem, problemKind, read?.identity);
   const identity = (read as CertificateReading).identity as ServiceIdentity;
 
   // 5. The service we mean to reach.
-  if (identity.service !== expected) return $multi(false, format("server is service %s, not %s", identity.service, expected), identity);
-  return $multi(true, "server is " + identity.uri, identity);
+  if (identity.service !== expected) return $multi(false, format("server is service %s, not %s", identity.service, expected), "identity", identity);
+  return $multi(true, "server is " + identity.uri, "identity", identity);
 }
 
 function publish(txn: Txn, ok: boolean, reason: string, identity: ServiceIdentity | undefined): void {
@@ -59,24 +63,7 @@ function logRefusal(txn: Txn, expected: string | undefined, reason: string, iden
 
 /** The action body. Never raises; always sets txn.connect_upstream_ok. */
 export function verifyUpstreamTransaction(context: UpstreamContext, txn: Txn, expected: string | undefined): void {
-  const [ran, first, second, third] = protect(evaluate, context, txn, expected);
-  let ok = false;
-  let reason: string;
-  let identity: ServiceIdentity | undefined = undefined;
-  if (ran) {
-    // Only a real `true` passes, whatever evaluate hands back.
-    ok = first === true;
-    reason = typeof second === "string" ? second : "no reason given";
-    identity = third as ServiceIdentity | undefined;
-  } else {
-    reason = "internal error: " + tostring(first);
-  }
-  const [published, publishError] = pcall(publish, txn, ok, reason, identity);
-  if (!published) {
-    pcall(() => txn.set_var("txn.connect_upstream_ok", 0));
-    ok = false;
-    reason = "internal error while setting variables: " + tostring(publishError);
-  }
+  const [ok, reason, , identity] = runFailClosed(evaluate, publish, "txn.connect_upstream_ok", context, txn, expected);
   // A pass is the normal case and is not logged (one line per connection would be noise).
   if (!ok) pcall(logRefusal, txn, expected, reason, identity);
 }
