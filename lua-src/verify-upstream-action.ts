@@ -23,7 +23,7 @@ import { runFailClosed, type Verdict } from "./fail-closed";
 
 const format = string.format;
 
-export interface UpstreamContext {
+export interface VerifyUpstreamContext {
   identities: PeerIdentities;
 }
 
@@ -31,7 +31,7 @@ export interface UpstreamContext {
  * Steps of one check. Returns ok, reason, origin ("config", "identity" or
  * "trust-domain"; not logged) and the server's identity once its certificate parsed.
  */
-function evaluate(context: UpstreamContext, txn: Txn, expected: string | undefined): Verdict {
+function evaluate(context: VerifyUpstreamContext, txn: Txn, expected: string | undefined): Verdict {
   // 1. The service this backend is meant to reach.
   if (expected === undefined || expected === "") return $multi(false, "no expected service: pass one to connect_verify_upstream", "config", undefined);
 
@@ -62,7 +62,7 @@ function logRefusal(txn: Txn, expected: string | undefined, reason: string, iden
 }
 
 /** The action body. Never raises; always sets txn.connect_upstream_ok. */
-export function verifyUpstreamTransaction(context: UpstreamContext, txn: Txn, expected: string | undefined): void {
+export function verifyUpstreamTransaction(context: VerifyUpstreamContext, txn: Txn, expected: string | undefined): void {
   const [ok, reason, , identity] = runFailClosed(evaluate, publish, "txn.connect_upstream_ok", context, txn, expected);
   // A pass is the normal case and is not logged (one line per connection would be noise).
   if (!ok) pcall(logRefusal, txn, expected, reason, identity);

@@ -22,7 +22,7 @@ import { runFailClosed, type Verdict } from "./fail-closed";
 
 const format = string.format;
 
-export interface ActionContext {
+export interface AuthorizeContext {
   config: Config;
   authorizer: Authorizer;
   trustDomains: TrustDomainSource;
@@ -41,7 +41,7 @@ TROUBLE.set("trust-domain", true);
  * Steps 1-7 of a decision. Returns allowed, reason, origin and the verified
  * identity (nil until the certificate, SPIFFE ID and trust domain checked out).
  */
-function evaluate(context: ActionContext, txn: Txn, targetArgument: string | undefined): Verdict {
+function evaluate(context: AuthorizeContext, txn: Txn, targetArgument: string | undefined): Verdict {
   const config = context.config;
 
   // 1. Which service is being protected.
@@ -99,7 +99,7 @@ function quoteReason(text: string): string {
   return quotedText;
 }
 
-function logDecision(context: ActionContext, txn: Txn, target: string, allowed: boolean, reason: string, origin: string, identity: ServiceIdentity | undefined): void {
+function logDecision(context: AuthorizeContext, txn: Txn, target: string, allowed: boolean, reason: string, origin: string, identity: ServiceIdentity | undefined): void {
   const line =
     "connect_authorize: " + (allowed ? "allow" : "deny") +
     " target=" + target +
@@ -114,7 +114,7 @@ function logDecision(context: ActionContext, txn: Txn, target: string, allowed: 
 }
 
 /** The action body. Never raises; always sets txn.connect_allowed. */
-export function authorizeTransaction(context: ActionContext, txn: Txn, targetArgument: string | undefined): void {
+export function authorizeTransaction(context: AuthorizeContext, txn: Txn, targetArgument: string | undefined): void {
   const [allowed, reason, origin, identity] = runFailClosed(evaluate, publish, "txn.connect_allowed", context, txn, targetArgument);
   const target = targetArgument === undefined || targetArgument === "-" || targetArgument === "" ? context.config.defaultTarget ?? "-" : targetArgument;
   pcall(logDecision, context, txn, target, allowed, reason, origin, identity);
