@@ -15,10 +15,9 @@ import type { Authorizer } from "./authorizer";
 import type { Config } from "./config";
 import type { TrustDomainSource } from "./trust";
 import type { ServiceIdentity } from "./spiffe";
-import { formatSerial } from "./der";
-import type { CertificateReading, PeerIdentities } from "./peer-identity";
+import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
 import { quoted } from "./sanitize";
-import { runFailClosed, type Verdict } from "./fail-closed";
+import { INTERNAL_ORIGIN, runFailClosed, type Verdict } from "./fail-closed";
 
 const format = string.format;
 
@@ -33,9 +32,9 @@ export interface AuthorizeContext {
 const TROUBLE = new LuaTable<string, boolean>();
 TROUBLE.set("agent-error", true);
 TROUBLE.set("wait-timeout", true);
-TROUBLE.set("internal", true);
+TROUBLE.set(INTERNAL_ORIGIN, true);
 TROUBLE.set("config", true);
-TROUBLE.set("trust-domain", true);
+TROUBLE.set(TRUST_DOMAIN_PROBLEM, true);
 
 /**
  * Steps 1-7 of a decision. Returns allowed, reason, origin and the verified
@@ -55,18 +54,15 @@ function evaluate(context: AuthorizeContext, txn: Txn, targetArgument: string | 
   if (fetches.ssl_c_used() !== 1) return $multi(false, "no client certificate", "identity", undefined);
   const verifyResult = fetches.ssl_c_verify();
   if (verifyResult !== 0) return $multi(false, format("client certificate not verified (OpenSSL error %s)", tostring(verifyResult)), "identity", undefined);
-  const der = fetches.ssl_c_der();
 
   // 3-5. Its one URI SAN, a Consul service SPIFFE ID from this cluster.
-  const [read, problem, problemKind] = context.identities.verify(der);
+  const [read, problem, problemKind] = context.identities.verify(fetches.ssl_c_der());
   if (problem !== "") return $multi(false, problem, problemKind, undefined);
   const certificate = read as CertificateReading;
   const identity = certificate.identity as ServiceIdentity;
 
   // 6. Intentions, through the cache.
-  const serialStart = certificate.serialStart;
-  const serialEnd = certificate.serialEnd;
-  const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, () => formatSerial(der as string, serialStart, serialEnd));
+  const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
 
   // 7. The identity is verified whatever the verdict: publish it.
   return $multi(allowed, reason, origin, identity);

@@ -13,7 +13,7 @@
 // after the certificate was read.
 
 import type { TrustDomainSource } from "./trust";
-import { onlyUri, parseCertificate } from "./der";
+import { formatSerial, onlyUri, parseCertificate } from "./der";
 import { BoundedLru } from "./lru";
 import { parseServiceIdentity, type ServiceIdentity } from "./spiffe";
 
@@ -46,23 +46,34 @@ export interface CertificateReading {
   identity: ServiceIdentity | undefined;
   /** "" when `identity` is set. */
   problem: string;
-  /** Where the serial's content octets sit in the DER (der.formatSerial). */
-  serialStart: number;
-  serialEnd: number;
+  /**
+   * The serial as Consul writes it (der.formatSerial), formatted only when
+   * called: on a verdict-cache miss. Made once per certificate, so that a
+   * connection hands it to the authorizer without allocating a closure.
+   */
+  serialOf: (this: void) => string;
 }
+
+const noSerial = (): string => "";
 
 /** Why a peer's identity is not verified: its certificate, or our side not knowing the trust domain. */
 export const IDENTITY_PROBLEM = "identity";
 export const TRUST_DOMAIN_PROBLEM = "trust-domain";
 
+function unusable(problem: string): CertificateReading {
+  return { identity: undefined, problem, serialOf: noSerial };
+}
+
 function readCertificate(role: PeerRole, der: string): CertificateReading {
   const [certificate, certificateError] = parseCertificate(der);
-  if (certificate === undefined) return { identity: undefined, problem: "unusable " + role.name + " certificate: " + (certificateError as string), serialStart: 0, serialEnd: 0 };
+  if (certificate === undefined) return unusable("unusable " + role.name + " certificate: " + (certificateError as string));
   const [uri, uriError] = onlyUri(certificate, role.name);
-  if (uri === undefined) return { identity: undefined, problem: uriError as string, serialStart: 0, serialEnd: 0 };
+  if (uri === undefined) return unusable(uriError as string);
   const [identity, identityError] = parseServiceIdentity(uri);
-  if (identity === undefined) return { identity: undefined, problem: role.identityErrorPrefix + (identityError as string), serialStart: 0, serialEnd: 0 };
-  return { identity, problem: "", serialStart: certificate.serialStart, serialEnd: certificate.serialEnd };
+  if (identity === undefined) return unusable(role.identityErrorPrefix + (identityError as string));
+  const serialStart = certificate.serialStart;
+  const serialEnd = certificate.serialEnd;
+  return { identity, problem: "", serialOf: () => formatSerial(der, serialStart, serialEnd) };
 }
 
 /** The identities of one role's peers: certificates read once, trust domain checked every time. */

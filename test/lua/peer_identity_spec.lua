@@ -30,14 +30,14 @@ local function trust_domains(answer, err)
 end
 
 describe("PeerIdentities", function()
-  it("verifies a service of this cluster and keeps where its serial is", function()
+  it("verifies a service of this cluster and can say its serial as Consul writes it", function()
     local identities = peers.newPeerIdentities(peers.CLIENT_ROLE, trust_domains(TD))
     local reading, problem, kind = identities:verify(web_der)
     assert.are.equal("", problem)
     assert.are.equal("", kind)
     assert.are.equal(WEB, reading.identity.uri)
     assert.are.equal("web", reading.identity.service)
-    assert.are.equal("c0:ff:ee", ch.der.formatSerial(web_der, reading.serialStart, reading.serialEnd))
+    assert.are.equal("c0:ff:ee", reading.serialOf())
   end)
 
   it("names the missing certificate as its role says", function()
