@@ -21,16 +21,19 @@ import * as agent from "./agent";
 import * as authorizer from "./authorizer";
 import * as trust from "./trust";
 import * as config from "./config";
-import * as action from "./action";
-import * as cli from "./cli";
-import * as upstream from "./upstream";
+import * as sanitize from "./sanitize";
+import * as peerIdentity from "./peer-identity";
+import * as failClosed from "./fail-closed";
+import * as authorizeAction from "./authorize-action";
+import * as statsCommands from "./stats-commands";
+import * as verifyUpstreamAction from "./verify-upstream-action";
 
 export const version = "0.1.0";
-export { der, spiffe, json, http, lru, agent, authorizer, trust, config, action, cli, upstream };
+export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, failClosed, authorizeAction, statsCommands, verifyUpstreamAction };
 
 export interface Installed {
-  context: action.ActionContext;
-  upstreamContext: upstream.UpstreamContext;
+  context: authorizeAction.AuthorizeContext;
+  upstreamContext: verifyUpstreamAction.VerifyUpstreamContext;
   /** The trust-domain refresh loop (what the registered task runs). */
   refreshTask: (this: void) => void;
 }
@@ -74,14 +77,19 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random(), stopping: () => core.get_info().get("Stopping") === 1 },
     waitLimitMs,
   );
-  const context: action.ActionContext = { config: settings, authorizer: verdicts, trustDomains, identities: action.newIdentityCache() };
+  const context: authorizeAction.AuthorizeContext = {
+    config: settings,
+    authorizer: verdicts,
+    trustDomains,
+    identities: new peerIdentity.PeerIdentities(peerIdentity.CLIENT_ROLE, trustDomains),
+  };
 
-  core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => action.authorizeTransaction(context, txn, target), 1);
-  core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => action.authorizeTransaction(context, txn, undefined), 0);
+  core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);
+  core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => authorizeAction.authorizeTransaction(context, txn, undefined), 0);
   // Same trust domain as the authorizer; no agent call.
-  const upstreamContext: upstream.UpstreamContext = { trustDomains, identities: upstream.newServerIdentityCache() };
-  core.register_action("connect_verify_upstream", ["tcp-res", "http-res"], (txn, service) => upstream.verifyUpstreamTransaction(upstreamContext, txn, service), 1);
-  cli.registerCommands(core, context);
+  const upstreamContext: verifyUpstreamAction.VerifyUpstreamContext = { identities: new peerIdentity.PeerIdentities(peerIdentity.SERVER_ROLE, trustDomains) };
+  core.register_action("connect_verify_upstream", ["tcp-res", "http-res"], (txn, service) => verifyUpstreamAction.verifyUpstreamTransaction(upstreamContext, txn, service), 1);
+  statsCommands.registerCommands(core, context);
   const refreshTask = (): void => {
     if (settings.agentAddressError === undefined) trustDomains.runForever();
   };

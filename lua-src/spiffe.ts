@@ -5,6 +5,8 @@
 // an extra segment. Agent, server and mesh-gateway IDs are refused: only
 // services are clients of a sidecar.
 
+import { quoted } from "./sanitize";
+
 const sub = string.sub;
 const find = string.find;
 const match = string.match;
@@ -39,11 +41,8 @@ function decodeSegment(segment: string): string | undefined {
   return decoded;
 }
 
-function sanitize(text: string): string {
-  const short = text.length > 200 ? sub(text, 1, 200) + "…" : text;
-  const [clean] = gsub(short, "[%c\"\\]", "?");
-  return clean;
-}
+/** How much of a rejected ID a reason quotes. */
+const QUOTED_ID_BYTES = 200;
 
 /**
  * Parses a URI SAN as a Consul service identity. Returns the identity, or
@@ -51,16 +50,16 @@ function sanitize(text: string): string {
  */
 export function parseServiceIdentity(uri: string): LuaMultiReturn<[ServiceIdentity | undefined, string | undefined]> {
   if (uri.length > MAX_ID_LENGTH) return $multi(undefined, "SPIFFE ID too long");
-  if (lower(sub(uri, 1, 9)) !== "spiffe://") return $multi(undefined, `not a SPIFFE ID (wrong scheme): "${sanitize(uri)}"`);
+  if (lower(sub(uri, 1, 9)) !== "spiffe://") return $multi(undefined, `not a SPIFFE ID (wrong scheme): ${quoted(uri, QUOTED_ID_BYTES)}`);
   if (find(uri, "[%s%c?#]")[0] !== undefined) {
-    return $multi(undefined, `SPIFFE ID must not contain spaces, control characters, a query or a fragment: "${sanitize(uri)}"`);
+    return $multi(undefined, `SPIFFE ID must not contain spaces, control characters, a query or a fragment: ${quoted(uri, QUOTED_ID_BYTES)}`);
   }
   const [slash] = find(uri, "/", 10, true);
-  if (slash === undefined) return $multi(undefined, `SPIFFE ID has no path: "${sanitize(uri)}"`);
+  if (slash === undefined) return $multi(undefined, `SPIFFE ID has no path: ${quoted(uri, QUOTED_ID_BYTES)}`);
   const trustDomain = lower(sub(uri, 10, slash - 1));
   // SPIFFE: trust domain names are [a-z0-9.-_]; no userinfo, no port.
   if (trustDomain === "" || find(trustDomain, "[^%w%.%-_]")[0] !== undefined) {
-    return $multi(undefined, `SPIFFE ID has an invalid trust domain: "${sanitize(uri)}"`);
+    return $multi(undefined, `SPIFFE ID has an invalid trust domain: ${quoted(uri, QUOTED_ID_BYTES)}`);
   }
   const path = sub(uri, slash);
 
@@ -71,12 +70,12 @@ export function parseServiceIdentity(uri: string): LuaMultiReturn<[ServiceIdenti
     [rawPartition, namespace, datacenter, service] = match(path, "^/ap/([^/]+)/ns/([^/]+)/dc/([^/]+)/svc/([^/]+)$");
     if (rawPartition === undefined) {
       if (find(path, "^/ap/[^/]+/agent/")[0] !== undefined || find(path, "^/agent/")[0] !== undefined) {
-        return $multi(undefined, `SPIFFE ID names a Consul agent, not a service: "${sanitize(uri)}"`);
+        return $multi(undefined, `SPIFFE ID names a Consul agent, not a service: ${quoted(uri, QUOTED_ID_BYTES)}`);
       }
       if (find(path, "^/ap/[^/]+/gateway/")[0] !== undefined || find(path, "^/gateway/")[0] !== undefined) {
-        return $multi(undefined, `SPIFFE ID names a mesh gateway, not a service: "${sanitize(uri)}"`);
+        return $multi(undefined, `SPIFFE ID names a mesh gateway, not a service: ${quoted(uri, QUOTED_ID_BYTES)}`);
       }
-      return $multi(undefined, `SPIFFE ID is not a Consul service identity: "${sanitize(uri)}"`);
+      return $multi(undefined, `SPIFFE ID is not a Consul service identity: ${quoted(uri, QUOTED_ID_BYTES)}`);
     }
     partition = decodeSegment(rawPartition);
   }
@@ -84,7 +83,7 @@ export function parseServiceIdentity(uri: string): LuaMultiReturn<[ServiceIdenti
   const decodedDatacenter = decodeSegment(datacenter);
   const decodedService = decodeSegment(service);
   if (partition === undefined || decodedNamespace === undefined || decodedDatacenter === undefined || decodedService === undefined) {
-    return $multi(undefined, `SPIFFE ID has a malformed percent-encoding: "${sanitize(uri)}"`);
+    return $multi(undefined, `SPIFFE ID has a malformed percent-encoding: ${quoted(uri, QUOTED_ID_BYTES)}`);
   }
   return $multi(
     { uri, trustDomain, partition, namespace: decodedNamespace, datacenter: decodedDatacenter, service: decodedService },

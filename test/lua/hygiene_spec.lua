@@ -54,7 +54,7 @@ describe("the bundle", function()
   it("only exports its modules when there is no HAProxy", function()
     local ch = dofile("dist/connect-haproxy.lua")
     assert.is_nil(ch.installed)
-    for _, name in ipairs({ "der", "spiffe", "json", "http", "lru", "agent", "authorizer", "trust", "config", "action", "cli", "upstream" }) do
+    for _, name in ipairs({ "der", "spiffe", "json", "http", "lru", "agent", "authorizer", "trust", "config", "sanitize", "peerIdentity", "failClosed", "authorizeAction", "statsCommands", "verifyUpstreamAction" }) do
       assert.is_table(ch[name], name)
     end
     assert.is_function(ch.install)

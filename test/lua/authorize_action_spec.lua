@@ -4,9 +4,10 @@
 local ch = dofile("dist/connect-haproxy.lua")
 local stub = require("test.lua.support.haproxy_stub")
 local certs = require("test.lua.support.certs")
+local bundle = require("test.lua.support.installed_bundle")
 
-local TD = "11111111-2222-3333-4444-555555555555.consul"
-local WEB = "spiffe://" .. TD .. "/ns/default/dc/dc1/svc/web"
+local TD, WEB = bundle.TD, bundle.WEB
+local haproxy = bundle.haproxy
 
 local dir, ca, web_der, web_pem, foreign_der, agent_der, two_uri_der, dns_only_der
 setup(function()
@@ -19,51 +20,6 @@ setup(function()
   dns_only_der = certs.leaf(dir, ca, { extensions = "subjectAltName=DNS:web.example" })
 end)
 teardown(function() certs.remove(dir) end)
-
--- A stubbed HAProxy with the bundle installed. `policy(body)` answers authorize calls.
-local function haproxy(env, policy)
-  local world = { authorize_bodies = {} }
-  world.agent = stub.agent(function(request)
-    local path = request:match("^%u+ (%S+)")
-    if path:find("^/v1/agent/connect/ca/roots") then
-      return 200, '{"ActiveRootID":"x","TrustDomain":"' .. TD .. '","Roots":[]}', { ["X-Consul-Index"] = "12" }
-    end
-    assert.are.equal("/v1/agent/connect/authorize", path)
-    local body = request:match("\r\n\r\n(.*)$")
-    world.authorize_bodies[#world.authorize_bodies + 1] = body
-    return (policy or function() return 200, '{"Authorized":true,"Reason":"Matched L4 intention: web => db (allow)"}' end)(body, request)
-  end)
-  world.core = stub.core(world.agent)
-  world.installed = ch.install(world.core, stub.env(env or {}))
-  function world.run(der, opts, target, action_name)
-    local txn = stub.txn(der, opts)
-    local action = world.core.actions[action_name or "connect_authorize"]
-    local result = action.fn(txn, target)
-    assert.is_nil(result, "the action returns nothing (act.CONTINUE)")
-    return txn
-  end
-  return world
-end
-
-describe("install()", function()
-  it("registers both actions for tcp-req and http-req, the CLI commands and the roots task", function()
-    local world = haproxy()
-    local named = world.core.actions.connect_authorize
-    assert.are.same({ "tcp-req", "http-req" }, named.where)
-    assert.are.equal(1, named.nargs)
-    assert.are.equal(0, world.core.actions.connect_authorize_default.nargs)
-    for _, command in ipairs({ "connect cache flush", "connect cache stats", "connect show config" }) do
-      assert.is_function(world.core.clis[command])
-    end
-    assert.are.equal(1, #world.core.tasks)
-    assert.matches("agent 127%.0%.0%.1:8500, token not set", world.core.logs[#world.core.logs].message)
-  end)
-
-  it("registers no task when the trust domain is configured", function()
-    local world = haproxy({ CONNECT_TRUST_DOMAIN = TD })
-    assert.are.equal(0, #world.core.tasks)
-  end)
-end)
 
 describe("connect_authorize", function()
   it("allows web when the agent says so, and publishes the verified identity", function()
@@ -223,133 +179,5 @@ describe("connect_authorize", function()
     assert_denied(world.run(web_der, nil, "db"), "configuration error: .*only http://", "Warning")
     world.core.tasks[1]() -- the roots task has nothing to talk to: it returns at once
     assert.are.equal(0, #world.agent.requests)
-  end)
-end)
-
-describe("CLI commands", function()
-  it("flushes the cache so the next connection asks the agent again", function()
-    local verdict = true
-    local world = haproxy({ CONNECT_TRUST_DOMAIN = TD }, function()
-      return 200, '{"Authorized":' .. tostring(verdict) .. ',"Reason":"r"}'
-    end)
-    assert.are.equal(1, world.run(web_der, nil, "db").vars["txn.connect_allowed"])
-    verdict = false
-    assert.are.equal(1, world.run(web_der, nil, "db").vars["txn.connect_allowed"], "cached")
-    assert.are.equal("flushed 1 cached verdicts\n", stub.cli(world.core, "connect cache flush"))
-    assert.are.equal(0, world.run(web_der, nil, "db").vars["txn.connect_allowed"])
-  end)
-
-  it("reports cache statistics", function()
-    local world = haproxy({ CONNECT_TRUST_DOMAIN = TD })
-    world.run(web_der, nil, "db")
-    world.run(web_der, nil, "db")
-    world.run(web_der, nil, "api")
-    world.agent.down = true
-    world.run(web_der, nil, "web")
-    local stats = stub.cli(world.core, "connect cache stats")
-    assert.matches("entries: 2\n", stats)
-    assert.matches("hits: 1\n", stats)
-    assert.matches("misses: 3\n", stats)
-    assert.matches("agent_calls: 3\n", stats)
-    assert.matches("errors: 1\n", stats)
-    assert.matches("capacity: 10000\n", stats)
-  end)
-
-  it("reads each distinct certificate once (identity cache), bad ones included", function()
-    local world = haproxy({ CONNECT_TRUST_DOMAIN = TD })
-    for _ = 1, 3 do
-      assert.are.equal(1, world.run(web_der:sub(1), nil, "db").vars["txn.connect_allowed"])
-      local txn = world.run(two_uri_der:sub(1), nil, "db")
-      assert.are.equal(0, txn.vars["txn.connect_allowed"])
-      assert.matches("2 URI subjectAltNames", txn.vars["txn.connect_reason"])
-    end
-    assert.matches("certificates_cached: 2\n", stub.cli(world.core, "connect cache stats"))
-    -- The cached identity is still checked against the trust domain and the cache of verdicts.
-    world.installed.context.authorizer:flush()
-    assert.are.equal(1, world.run(web_der, nil, "db").vars["txn.connect_allowed"])
-    assert.are.equal(2, #world.authorize_bodies)
-  end)
-
-  it("shows the configuration without the token", function()
-    local world = haproxy({
-      CONSUL_HTTP_ADDR = "http://127.0.0.1:18500/", CONSUL_HTTP_TOKEN = "super-secret-token", CONNECT_ALLOW_TTL = "30s",
-      CONNECT_DENY_TTL = "500ms", CONNECT_CACHE_SIZE = "77", CONNECT_AGENT_DOWN_GRACE = "1h", CONNECT_DEFAULT_TARGET = "db",
-      CONNECT_AGENT_READ_TIMEOUT = "soon",
-    })
-    local text = stub.cli(world.core, "connect show config")
-    assert.is_nil(text:find("super-secret-token", 1, true))
-    assert.matches("token: set %(from CONSUL_HTTP_TOKEN%)\n", text)
-    assert.matches("agent: 127%.0%.0%.1:18500\n", text)
-    assert.matches("allow_ttl_ms: 30000\n", text)
-    assert.matches("deny_ttl_ms: 500\n", text)
-    assert.matches("cache_size: 77\n", text)
-    assert.matches("agent_down_grace_ms: 300000\n", text, "capped at 5 minutes")
-    assert.matches("agent_read_timeout_ms: 2000\n", text, "bad value: default")
-    assert.matches("warning: CONNECT_AGENT_READ_TIMEOUT=\"soon\" is not a duration", text)
-    assert.matches("default_target: db\n", text)
-    assert.matches("trust_domain: unknown %(not fetched yet%)\n", text)
-    assert.matches("token: not set\n", stub.cli(haproxy().core, "connect show config"))
-  end)
-end)
-
-describe("the trust-domain task", function()
-  it("learns the trust domain, then long-polls with the index, pausing between queries", function()
-    local world = haproxy()
-    local task = coroutine.create(world.core.tasks[1])
-    assert(coroutine.resume(task))
-    assert.matches("^GET /v1/agent/connect/ca/roots HTTP/1%.1", world.agent.requests[1])
-    assert.matches("trust_domain: " .. TD:gsub("%p", "%%%0") .. " %(learned from the agent%)", stub.cli(world.core, "connect show config"))
-    assert(coroutine.resume(task))
-    assert.matches("^GET /v1/agent/connect/ca/roots%?index=12&wait=5s HTTP/1%.1", world.agent.requests[2])
-    assert.are.equal("suspended", coroutine.status(task), "it runs forever")
-  end)
-
-  it("ends once HAProxy is stopping, so that a soft stop or a reload is not held up", function()
-    local world = haproxy()
-    local task = coroutine.create(world.core.tasks[1])
-    assert(coroutine.resume(task))
-    assert(coroutine.resume(task))
-    assert.are.equal("suspended", coroutine.status(task))
-    local queries = #world.agent.requests
-    world.core.stopping = 1
-    for _ = 1, 10 do
-      if coroutine.status(task) ~= "suspended" then break end
-      assert(coroutine.resume(task))
-    end
-    assert.are.equal("dead", coroutine.status(task))
-    assert.is_true(#world.agent.requests <= queries + 1, "no new query once stopping")
-  end)
-
-  it("makes connections wait for its first query instead of denying them at start-up", function()
-    local world = haproxy()
-    world.agent.yield_on_call = true
-    local task = coroutine.create(world.core.tasks[1])
-    assert(coroutine.resume(task)) -- parked inside its first roots query
-    local txn
-    local connection = coroutine.create(function() txn = world.run(web_der, nil, "db") end)
-    assert(coroutine.resume(connection)) -- waits for the task's answer
-    assert.is_nil(txn)
-    assert(coroutine.resume(task)) -- the roots reply arrives
-    while coroutine.status(connection) ~= "dead" do assert(coroutine.resume(connection)) end
-    assert.are.equal(1, txn.vars["txn.connect_allowed"])
-    local roots = 0
-    for _, request in ipairs(world.agent.requests) do if request:find("/ca/roots", 1, true) then roots = roots + 1 end end
-    assert.are.equal(1, roots, "the connection did not query the roots itself")
-  end)
-
-  it("backs off while the agent is down, and recovers", function()
-    local world = haproxy()
-    world.agent.down = true
-    local task = coroutine.create(world.core.tasks[1])
-    local before = world.core.clock_ms
-    for _ = 1, 8 do assert(coroutine.resume(task)) end
-    local waited = world.core.clock_ms - before
-    assert.is_true(waited >= 500 + 1000 + 2000 + 4000 + 8000 + 15000, "exponential backoff: " .. waited)
-    local warnings = 0
-    for _, entry in ipairs(world.core.logs) do if entry.level == "Warning" then warnings = warnings + 1 end end
-    assert.are.equal(1, warnings, "the first failure is logged, not every retry")
-    world.agent.down = false
-    assert(coroutine.resume(task))
-    assert.matches("learned from the agent", stub.cli(world.core, "connect show config"))
   end)
 end)

@@ -6,17 +6,17 @@
 // shared state) that is the whole process.
 
 import type { CliApplet, Core } from "./haproxy";
-import type { ActionContext } from "./action";
+import type { AuthorizeContext } from "./authorize-action";
 import { describeConfig } from "./config";
 
 const format = string.format;
 
-export function flushCommand(context: ActionContext): string {
+export function flushCommand(context: AuthorizeContext): string {
   const dropped = context.authorizer.flush();
   return format("flushed %d cached verdicts\n", dropped);
 }
 
-export function statsCommand(context: ActionContext): string {
+export function statsCommand(context: AuthorizeContext): string {
   const stats = context.authorizer.stats();
   return format(
     "entries: %d\ncapacity: %d\nhits: %d\nmisses: %d\nshared: %d\nagent_calls: %d\nerrors: %d\ngrace_allows: %d\nevictions: %d\ninflight: %d\nflushes: %d\ntrust_domain_lookups: %d\ncertificates_cached: %d\n",
@@ -25,16 +25,16 @@ export function statsCommand(context: ActionContext): string {
   );
 }
 
-export function configCommand(context: ActionContext): string {
+export function configCommand(context: AuthorizeContext): string {
   return describeConfig(context.config, context.trustDomains.describe());
 }
 
-function answer(applet: CliApplet, produce: (this: void, context: ActionContext) => string, context: ActionContext): void {
+function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext) => string, context: AuthorizeContext): void {
   const [ok, text] = pcall(produce, context);
   applet.send(ok ? text : "error: " + tostring(text) + "\n");
 }
 
-export function registerCommands(core: Core, context: ActionContext): void {
+export function registerCommands(core: Core, context: AuthorizeContext): void {
   core.register_cli(["connect", "cache", "flush"], "connect cache flush : drop every cached authorization verdict", (applet) =>
     answer(applet, flushCommand, context));
   core.register_cli(["connect", "cache", "stats"], "connect cache stats : authorization cache counters", (applet) =>
