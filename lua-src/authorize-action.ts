@@ -2,6 +2,16 @@
 // a verdict, published in txn variables for haproxy.cfg to enforce:
 //
 //   tcp-request content reject unless { var(txn.connect_allowed) -m bool }
+//   http-request deny unless { var(txn.connect_allowed) -m bool }
+//
+// Two paths. On a TCP stream, once per connection, the agent's authorize
+// endpoint decides (through the verdict cache). On an HTTP stream (txn.http
+// is set), every request is decided here, from the destination's intention
+// list (intention-watch.ts) with no agent call: the first intention whose
+// source matches governs; an L4 one by its action, an L7 one by its first
+// matching permission, else the default policy (no fall-through to
+// lower-precedence intentions). The path matched must be in normal form
+// (request-path.ts): it is then the path forwarded.
 //
 // Fail closed (fail-closed.ts): every path, errors included, ends with
 // txn.connect_allowed set to 1 or 0.
@@ -10,13 +20,17 @@
 // CONNECT_LOG_ALLOWED=1); deny at info; a deny caused by our side (agent
 // unreachable, configuration, internal error) at warning.
 
-import type { Txn } from "./haproxy";
+import type { HttpMessage, Txn } from "./haproxy";
 import type { Authorizer } from "./authorizer";
 import type { Config } from "./config";
 import type { TrustDomainSource } from "./trust";
 import type { ServiceIdentity } from "./spiffe";
+import type { IntentionWatch } from "./intention-watch";
+import type { ConnectionRegistry } from "./connection-registry";
+import { decidingPermission, governingIntention } from "./intentions";
+import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
-import { quoted } from "./sanitize";
+import { quoted, sanitize } from "./sanitize";
 import { INTERNAL_ORIGIN, runFailClosed, type Verdict } from "./fail-closed";
 
 const format = string.format;
@@ -26,7 +40,11 @@ export interface AuthorizeContext {
   authorizer: Authorizer;
   trustDomains: TrustDomainSource;
   identities: PeerIdentities;
+  intentions: IntentionWatch;
+  connections: ConnectionRegistry;
 }
+
+const find = string.find;
 
 /** Origins that mean "our side failed", logged at warning. */
 const TROUBLE = new LuaTable<string, boolean>();
@@ -35,6 +53,72 @@ TROUBLE.set("wait-timeout", true);
 TROUBLE.set(INTERNAL_ORIGIN, true);
 TROUBLE.set("config", true);
 TROUBLE.set(TRUST_DOMAIN_PROBLEM, true);
+TROUBLE.set("intentions", true);
+
+/** What the agent says about an L7 intention, which it cannot evaluate. */
+const AGENT_L7_REASON = "^Matched L7 intention";
+
+/**
+ * Texts derived from a few distinct inputs (reasons), made once: these run on
+ * every decision. Bounded: cleared when full.
+ */
+class TextMemo {
+  private texts = new LuaTable<string, string>();
+  private count = 0;
+
+  get(key: string): string | undefined {
+    return this.texts.get(key);
+  }
+
+  remember(key: string, text: string): string {
+    if (this.count >= 256) {
+      this.texts = new LuaTable();
+      this.count = 0;
+    }
+    this.texts.set(key, text);
+    this.count++;
+    return text;
+  }
+}
+
+const noIntentionReasons = new TextMemo();
+const noPermissionReasons = new TextMemo();
+const quotedReasons = new TextMemo();
+
+/** "no intention matched: <default reason>". */
+function noIntentionReason(defaultReason: string): string {
+  return noIntentionReasons.get(defaultReason) ?? noIntentionReasons.remember(defaultReason, "no intention matched: " + defaultReason);
+}
+
+/** "<intention reason>: <default reason>". */
+function noPermissionReason(intentionReason: string, defaultReason: string): string {
+  const key = intentionReason + "\n" + defaultReason;
+  return noPermissionReasons.get(key) ?? noPermissionReasons.remember(key, intentionReason + ": " + defaultReason);
+}
+
+/** Per request on an HTTP stream: the decision from the destination's intention list. */
+function decideRequest(context: AuthorizeContext, txn: Txn, target: string, identity: ServiceIdentity, certificate: CertificateReading): Verdict {
+  const [rules, loadProblem] = context.intentions.rulesFor(target);
+  if (loadProblem !== "") return $multi(false, loadProblem, "intentions", identity);
+  const fetches = txn.f;
+  const path = fetches.path();
+  const problem = pathProblem(path);
+  if (problem !== "") return $multi(false, problem, "path", identity);
+  const intention = governingIntention(rules.list!, identity.service, identity.namespace, identity.partition);
+  if (intention === undefined) {
+    const defaultAllow = rules.defaultAllow;
+    if (defaultAllow !== undefined) return $multi(defaultAllow, noIntentionReason(rules.defaultReason), "default", identity);
+    // The agent answers a source no intention matches with the default policy itself.
+    const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
+    return $multi(allowed, reason, origin, identity);
+  }
+  if (intention.problem !== undefined) return $multi(false, intention.reason, "intention", identity);
+  if (intention.permissions === undefined) return $multi(intention.allow, intention.reason, "intention", identity);
+  const headers = intention.usesHeaders ? (txn.http as HttpMessage).req_get_headers() : undefined;
+  const permission = decidingPermission(intention, fetches.method() ?? "", path as string, headers);
+  if (permission !== undefined) return $multi(permission.problem === undefined && permission.allow, permission.reason, "permission", identity);
+  return $multi(rules.defaultAllow === true, noPermissionReason(intention.reason, rules.defaultReason), "default", identity);
+}
 
 /**
  * Steps 1-7 of a decision. Returns allowed, reason, origin and the verified
@@ -61,10 +145,16 @@ function evaluate(context: AuthorizeContext, txn: Txn, targetArgument: string | 
   const certificate = read as CertificateReading;
   const identity = certificate.identity as ServiceIdentity;
 
-  // 6. Intentions, through the cache.
-  const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
+  // 6. HTTP: every request decided here, from the intention list.
+  if (txn.http !== undefined) return decideRequest(context, txn, target, identity, certificate);
 
-  // 7. The identity is verified whatever the verdict: publish it.
+  // 7. TCP: the agent, through the cache; the list is watched for `connect revoked`.
+  context.intentions.watch(target);
+  let [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
+  if (!allowed && find(reason, AGENT_L7_REASON)[0] !== undefined) reason = "L7 intention on a TCP service (permissions need protocol http): " + reason;
+  if (allowed) context.connections.record(fetches.src() ?? "?", tostring(fetches.src_port() ?? "?"), fetches.fe_name() ?? "?", target, identity);
+
+  // The identity is verified whatever the verdict: publish it.
   return $multi(allowed, reason, origin, identity);
 }
 
@@ -78,28 +168,22 @@ function publish(txn: Txn, allowed: boolean, reason: string, identity: ServiceId
   txn.set_var("txn.connect_allowed", allowed ? 1 : 0);
 }
 
-/** Quoted reasons, memoized: there are few distinct ones and this runs on every decision. */
-let quotedReasons = new LuaTable<string, string>();
-let quotedCount = 0;
-
+/** Quoted reasons for log lines. */
 function quoteReason(text: string): string {
-  const known = quotedReasons.get(text);
-  if (known !== undefined) return known;
-  const quotedText = quoted(text);
-  if (quotedCount >= 256) {
-    quotedReasons = new LuaTable();
-    quotedCount = 0;
-  }
-  quotedReasons.set(text, quotedText);
-  quotedCount++;
-  return quotedText;
+  return quotedReasons.get(text) ?? quotedReasons.remember(text, quoted(text));
 }
 
 function logDecision(context: AuthorizeContext, txn: Txn, target: string, allowed: boolean, reason: string, origin: string, identity: ServiceIdentity | undefined): void {
+  const http = txn.http !== undefined;
+  // One line per refused request; allowed requests only when asked (the access log has them).
+  if (allowed && http && !context.config.logAllowed) return;
+  let request = "";
+  if (http) request = " method=" + sanitize(txn.f.method() ?? "-", 32) + " path=" + quoted(txn.f.path() ?? "-", 512);
   const line =
     "connect_authorize: " + (allowed ? "allow" : "deny") +
     " target=" + target +
     " client=" + (identity !== undefined ? identity.uri : "-") +
+    request +
     " reason=" + quoteReason(reason) +
     " via=" + origin;
   if (allowed) {

@@ -95,10 +95,25 @@ export interface Fetches {
   /** 1 if the front connection is SSL. */
   ssl_fc(): number | undefined;
   src(): string | undefined;
+  src_port(): number | undefined;
+  /** The frontend's name. */
+  fe_name(): string | undefined;
+  /** HTTP only: the request's path, without the query (after normalize-uri rules that ran before). */
+  path(): string | undefined;
+  /** HTTP only: the request's method. */
+  method(): string | undefined;
+}
+
+/** `txn.http`: present (non-nil) only on an HTTP stream (a `mode http` proxy). */
+export interface HttpMessage {
+  /** Header names lowercased → their values, in a 0-based array. */
+  req_get_headers(): LuaTable<string, LuaTable<number, string>>;
 }
 
 export interface Txn {
   readonly f: Fetches;
+  /** nil unless the stream is HTTP (hlua.c: IS_HTX_STRM), whichever rule set runs the action. */
+  readonly http: HttpMessage | undefined;
   /** Stores a variable; `name` is scoped, e.g. "txn.connect_allowed". */
   set_var(name: string, value: string | number | boolean): void;
   get_var(name: string): string | number | boolean | undefined;
@@ -130,4 +145,15 @@ export interface Socket {
 /** The applet given to a CLI handler (an AppletTCP bound to the stats socket). */
 export interface CliApplet {
   send(text: string): void;
+}
+
+/** HAProxy's global `Regex` class (PCRE2 in Debian's build): `Regex.new(pattern, caseSensitive)`. */
+export interface RegexClass {
+  /** Returns true and the regex, or false and why (dot-called). */
+  new: (this: void, pattern: string, caseSensitive: boolean) => LuaMultiReturn<[boolean, RegexObject | string]>;
+}
+
+/** A compiled HAProxy regex; `exec` is colon-called and searches (anchor the pattern for a full match). */
+export interface RegexObject {
+  exec(subject: string): boolean;
 }

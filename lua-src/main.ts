@@ -11,7 +11,7 @@
 //   lua.connect_authorize_default      target from CONNECT_DEFAULT_TARGET
 //   lua.connect_verify_upstream <svc>  (tcp-res, http-res) the server's certificate names <svc>
 
-import type { Core } from "./haproxy";
+import type { Core, RegexClass, RegexObject } from "./haproxy";
 import * as der from "./der";
 import * as spiffe from "./spiffe";
 import * as json from "./json";
@@ -27,15 +27,36 @@ import * as failClosed from "./fail-closed";
 import * as authorizeAction from "./authorize-action";
 import * as statsCommands from "./stats-commands";
 import * as verifyUpstreamAction from "./verify-upstream-action";
+import * as intentions from "./intentions";
+import * as intentionWatch from "./intention-watch";
+import * as requestPath from "./request-path";
+import * as connectionRegistry from "./connection-registry";
 
 export const version = "0.1.0";
-export { der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, failClosed, authorizeAction, statsCommands, verifyUpstreamAction };
+export {
+  der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, failClosed, authorizeAction, statsCommands, verifyUpstreamAction,
+  intentions, intentionWatch, requestPath, connectionRegistry,
+};
 
 export interface Installed {
   context: authorizeAction.AuthorizeContext;
   upstreamContext: verifyUpstreamAction.VerifyUpstreamContext;
   /** The trust-domain refresh loop (what the registered task runs). */
   refreshTask: (this: void) => void;
+}
+
+/**
+ * HAProxy's `Regex` class as a compiler for intentions.ts (case-sensitive;
+ * patterns arrive anchored). Without one, regex rules cannot be enforced and
+ * refuse the requests they would decide.
+ */
+function regexCompiler(regexClass: RegexClass | undefined): intentions.RegexCompiler {
+  return (pattern) => {
+    if (regexClass === undefined) return $multi(undefined, "this HAProxy has no Regex class");
+    const [ok, compiled] = regexClass.new(pattern, true);
+    if (ok !== true) return $multi(undefined, tostring(compiled));
+    return $multi(compiled as RegexObject, undefined);
+  };
 }
 
 /** Builds everything from `getenv` and registers it with `core`. */
@@ -77,11 +98,29 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random(), stopping: () => core.get_info().get("Stopping") === 1 },
     waitLimitMs,
   );
+  const watch = new intentionWatch.IntentionWatch(
+    {
+      fetchIntentions: client.intentionsFor,
+      defaultPolicy: client.defaultPolicy,
+      authorize: client.authorize,
+      trustDomain: () => trustDomains.current(),
+      compileRegex: regexCompiler((_G as unknown as { Regex?: RegexClass }).Regex),
+      now, sleep, log,
+      random: () => math.random(),
+      stopping: () => core.get_info().get("Stopping") === 1,
+      startTask: (body) => core.register_task(body),
+      // New TCP connections see a change at once, not after a cached verdict expires.
+      onChange: () => verdicts.flush(),
+    },
+    waitLimitMs,
+  );
   const context: authorizeAction.AuthorizeContext = {
     config: settings,
     authorizer: verdicts,
     trustDomains,
     identities: new peerIdentity.PeerIdentities(peerIdentity.CLIENT_ROLE, trustDomains),
+    intentions: watch,
+    connections: new connectionRegistry.ConnectionRegistry(settings.cacheSize),
   };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);
@@ -94,6 +133,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     if (settings.agentAddressError === undefined) trustDomains.runForever();
   };
   if (settings.trustDomain === undefined) core.register_task(refreshTask);
+  if (settings.defaultTarget !== undefined && settings.agentAddressError === undefined) watch.watch(settings.defaultTarget);
 
   for (const warning of settings.warnings) core.Warning("connect-haproxy: " + warning);
   core.Info(

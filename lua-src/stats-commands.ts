@@ -2,12 +2,15 @@
 //   connect cache flush   drop every cached verdict (the controller calls it when intentions change)
 //   connect cache stats   entries, hits, misses, agent calls, errors, ...
 //   connect show config   the settings in effect; the token only as set / not set
+//   connect intentions    each watched destination: index, intentions, default policy, last error
+//   connect revoked       recorded TCP connections whose source the current intentions deny
 // The numbers are those of the Lua state that answers: with lua-load (one
 // shared state) that is the whole process.
 
 import type { CliApplet, Core } from "./haproxy";
 import type { AuthorizeContext } from "./authorize-action";
 import { describeConfig } from "./config";
+import { revokedCommand as listRevoked } from "./connection-registry";
 
 const format = string.format;
 
@@ -29,6 +32,26 @@ export function configCommand(context: AuthorizeContext): string {
   return describeConfig(context.config, context.trustDomains.describe());
 }
 
+export function intentionsCommand(context: AuthorizeContext): string {
+  const lines: string[] = [];
+  for (const rules of context.intentions.all()) {
+    lines.push(format(
+      "%s: %s, index %d, %d changes, default %s%s",
+      rules.target,
+      rules.list !== undefined ? format("%d intentions", rules.list.intentions.length) : "not loaded",
+      rules.index, rules.changes,
+      rules.defaultReason,
+      rules.lastError !== undefined ? ", last error: " + rules.lastError : "",
+    ));
+  }
+  lines.push(format("recorded_connections: %d", context.connections.size()));
+  return table.concat(lines, "\n") + "\n";
+}
+
+export function revokedCommand(context: AuthorizeContext): string {
+  return listRevoked(context.connections, context.intentions);
+}
+
 function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext) => string, context: AuthorizeContext): void {
   const [ok, text] = pcall(produce, context);
   applet.send(ok ? text : "error: " + tostring(text) + "\n");
@@ -41,4 +64,8 @@ export function registerCommands(core: Core, context: AuthorizeContext): void {
     answer(applet, statsCommand, context));
   core.register_cli(["connect", "show", "config"], "connect show config : the authorizer's settings (never the token)", (applet) =>
     answer(applet, configCommand, context));
+  core.register_cli(["connect", "intentions"], "connect intentions : watched destinations, their intention lists and default policy", (applet) =>
+    answer(applet, intentionsCommand, context));
+  core.register_cli(["connect", "revoked"], "connect revoked : recorded TCP connections whose source the current intentions deny", (applet) =>
+    answer(applet, revokedCommand, context));
 }

@@ -115,7 +115,10 @@ end
 -- A transaction whose client presented `der` (nil: no certificate).
 -- opts: used (default 1 when der is given), verify (default 0),
 -- server_der (what ssl_s_der returns: the upstream server's certificate),
--- server_der_error (ssl_s_der raises it).
+-- server_der_error (ssl_s_der raises it), src/src_port/fe_name (the client
+-- address and the frontend), http = { method, path, headers = { name = { v1, ... } } }
+-- for an HTTP stream (txn.http set; header names lowercased, values 0-based
+-- as HAProxy's req_get_headers hands them).
 function M.txn(der, opts)
   opts = opts or {}
   local txn = { vars = {}, logs = {} }
@@ -126,7 +129,29 @@ function M.txn(der, opts)
     ssl_c_verify = function(self) assert(self == txn.f); if opts.verify == nil then return 0 end return opts.verify end,
     ssl_c_der = function(self) assert(self == txn.f); if opts.der_error then error(opts.der_error) end return der end,
     ssl_s_der = function(self) assert(self == txn.f); if opts.server_der_error then error(opts.server_der_error) end return opts.server_der end,
+    src = function(self) assert(self == txn.f); return opts.src or "127.0.0.1" end,
+    src_port = function(self) assert(self == txn.f); return opts.src_port or 40000 end,
+    fe_name = function(self) assert(self == txn.f); return opts.fe_name or "public" end,
   }
+  if opts.http then
+    local request = opts.http
+    txn.header_reads = 0
+    function txn.f.method(self) assert(self == txn.f); return request.method or "GET" end
+    function txn.f.path(self) assert(self == txn.f); return request.path or "/" end
+    txn.http = {}
+    function txn.http.req_get_headers(self)
+      assert(self == txn.http, "req_get_headers is called with a colon")
+      txn.header_reads = txn.header_reads + 1
+      local headers = {}
+      for name, values in pairs(request.headers or {}) do
+        local zero_based = {}
+        if type(values) == "string" then values = { values } end
+        for i, value in ipairs(values) do zero_based[i - 1] = value end
+        headers[name:lower()] = zero_based
+      end
+      return headers
+    end
+  end
   function txn:set_var(name, value)
     assert(self == txn, "set_var is called with a colon")
     assert(value ~= nil, "set_var with nil")
@@ -150,6 +175,26 @@ function M.cli(core, command)
   for word in command:gmatch("%S+") do words[#words + 1] = word end
   handler(applet, table.unpack(words))
   return table.concat(applet.output)
+end
+
+-- HAProxy's global Regex class, on a real regex engine (PCRE2, as Debian's
+-- HAProxy is built with: lua-rex-pcre2). Regex.new(pattern, case_sensitive)
+-- returns true and an object whose exec searches, or false and why.
+function M.regex_class()
+  local rex = require("rex_pcre2")
+  local Regex = {}
+  function Regex.new(pattern, case_sensitive)
+    assert(type(case_sensitive) == "boolean", "Regex.new needs a boolean")
+    local ok, compiled = pcall(rex.new, pattern, case_sensitive and 0 or "i")
+    if not ok then return false, tostring(compiled) end
+    local object = {}
+    function object.exec(self, subject)
+      assert(self == object, "exec is called with a colon")
+      return compiled:exec(subject) ~= nil
+    end
+    return true, object
+  end
+  return Regex
 end
 
 -- An environment for install().

@@ -1,8 +1,10 @@
 -- The bundle installed on a stub HAProxy (haproxy_stub) with a scripted
 -- agent that knows the trust domain TD and answers authorize calls, as the
 -- specs of the actions, the stats-socket commands and the roots task use it.
-local ch = dofile("dist/connect-haproxy.lua")
 local stub = require("test.lua.support.haproxy_stub")
+-- HAProxy's global Regex class (what install() compiles intention regexes with).
+rawset(_G, "Regex", rawget(_G, "Regex") or stub.regex_class())
+local ch = dofile("dist/connect-haproxy.lua")
 local assert = require("luassert")
 
 local M = {}
