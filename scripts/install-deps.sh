@@ -34,6 +34,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The busted specs give the stub of HAProxy's Regex class a real PCRE2 engine.
+if ! lua5.3 -e 'require("rex_pcre2")' >/dev/null 2>&1; then
+  say "installing Debian package: lua-rex-pcre2"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends lua-rex-pcre2 >/dev/null
+fi
+
 # HAProxy must be 2.6+ and built with Lua.
 haproxy_build=$(haproxy -vv 2>&1)
 if ! grep -q 'Built with Lua version' <<<"$haproxy_build"; then

@@ -12,13 +12,54 @@ local M = {}
 M.TD = "11111111-2222-3333-4444-555555555555.consul"
 M.WEB = "spiffe://" .. M.TD .. "/ns/default/dc/dc1/svc/web"
 
+-- A small JSON encoder for intention lists written as Lua tables in specs
+-- (arrays are tables with [1]; objects are the rest; json_null for null).
+M.json_null = setmetatable({}, { __tostring = function() return "null" end })
+function M.json(value)
+  local kind = type(value)
+  if value == M.json_null then return "null" end
+  if kind == "string" then return string.format("%q", value) end -- ASCII without newlines: valid JSON
+  if kind == "number" or kind == "boolean" then return tostring(value) end
+  if kind == "table" then
+    if value[1] ~= nil then
+      local parts = {}
+      for i, item in ipairs(value) do parts[i] = M.json(item) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for key in pairs(value) do keys[#keys + 1] = key end
+    table.sort(keys)
+    local parts = {}
+    for i, key in ipairs(keys) do parts[i] = M.json(key) .. ":" .. M.json(value[key]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  error("cannot encode " .. kind)
+end
+
 -- A stubbed HAProxy with the bundle installed. `policy(body)` answers authorize calls.
+-- world.intentions[target] (a Lua list of intentions) answers the match
+-- endpoint, with world.intentions_index as X-Consul-Index; world.self answers
+-- /v1/agent/self: nil → 403, else { DefaultIntentionPolicy = "", ACLsEnabled = false, ACLDefaultPolicy = "allow" }.
 function M.haproxy(env, policy)
-  local world = { authorize_bodies = {} }
+  local world = { authorize_bodies = {}, intentions = {}, intentions_index = 7, intention_queries = {} }
   world.agent = stub.agent(function(request)
     local path = request:match("^%u+ (%S+)")
     if path:find("^/v1/agent/connect/ca/roots") then
       return 200, '{"ActiveRootID":"x","TrustDomain":"' .. M.TD .. '","Roots":[]}', { ["X-Consul-Index"] = "12" }
+    end
+    if path:find("^/v1/connect/intentions/match") then
+      world.intention_queries[#world.intention_queries + 1] = path
+      local name = path:match("[?&]name=([^&]+)")
+      local list = world.intentions[name]
+      local body = list == nil and "{}" or ("{" .. M.json(name) .. ":" .. (#list == 0 and "[]" or M.json(list)) .. "}")
+      if world.intentions_status then return world.intentions_status, "Permission denied" end
+      return 200, body, { ["X-Consul-Index"] = tostring(world.intentions_index) }
+    end
+    if path == "/v1/agent/self" then
+      if world.self == nil then return 403, "Permission denied: token lacks agent:read" end
+      return 200, '{"Config":{},"DebugConfig":{"DefaultIntentionPolicy":' .. M.json(world.self.DefaultIntentionPolicy or "")
+        .. ',"ACLResolverSettings":{"ACLsEnabled":' .. tostring(world.self.ACLsEnabled == true) .. ',"ACLDefaultPolicy":'
+        .. M.json(world.self.ACLDefaultPolicy or "allow") .. '}}}'
     end
     assert.are.equal("/v1/agent/connect/authorize", path)
     local body = request:match("\r\n\r\n(.*)$")
@@ -27,6 +68,24 @@ function M.haproxy(env, policy)
   end)
   world.core = stub.core(world.agent)
   world.installed = ch.install(world.core, stub.env(env or {}))
+  -- Runs the task watching `target`'s intentions once (one query), starting it if needed.
+  function world.poll(target)
+    world.watch_tasks = world.watch_tasks or {}
+    local task = world.watch_tasks[target]
+    if task == nil then
+      -- Call before any request for `target`: its task is then the last one registered.
+      world.installed.context.intentions:watch(target)
+      task = coroutine.create(world.core.tasks[#world.core.tasks])
+      world.watch_tasks[target] = task
+    end
+    assert(coroutine.resume(task))
+  end
+  -- An HTTP request through connect_authorize on an HTTP stream.
+  function world.request(der, target, http, opts)
+    opts = opts or {}
+    opts.http = http
+    return world.run(der, opts, target)
+  end
   function world.run(der, opts, target, action_name)
     local txn = stub.txn(der, opts)
     local action = world.core.actions[action_name or "connect_authorize"]

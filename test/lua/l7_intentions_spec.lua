@@ -1,0 +1,348 @@
+-- L7 intentions decided per request by connect_authorize on an HTTP stream:
+-- the built bundle installed on a stub core, the destination's intention list
+-- served by a scripted agent (match endpoint, /v1/agent/self, authorize), real
+-- certificates, and regexes on a real PCRE2 engine (lua-rex-pcre2).
+local certs = require("test.lua.support.certs")
+local bundle = require("test.lua.support.installed_bundle")
+
+local TD, WEB = bundle.TD, bundle.WEB
+
+local dir, web_der, admin_der
+setup(function()
+  dir = certs.tmpdir()
+  local ca = certs.ca(dir)
+  web_der = certs.leaf(dir, ca, { extensions = "subjectAltName=URI:" .. WEB })
+  admin_der = certs.leaf(dir, ca, { extensions = "subjectAltName=URI:spiffe://" .. TD .. "/ns/default/dc/dc1/svc/admin" })
+end)
+teardown(function() certs.remove(dir) end)
+
+local function l7(source, permissions, precedence)
+  return { SourceName = source, SourceNS = "default", SourcePartition = "default", DestinationName = "api", DestinationNS = "default",
+    SourceType = "consul", Action = "", Permissions = permissions, Precedence = precedence or 9 }
+end
+local function l4(source, action, precedence)
+  return { SourceName = source, SourceNS = "default", DestinationName = "api", DestinationNS = "default", SourceType = "consul",
+    Action = action, Precedence = precedence or (source == "*" and 8 or 9) }
+end
+local function allow(http) return { Action = "allow", HTTP = http } end
+local function deny(http) return { Action = "deny", HTTP = http } end
+
+-- A world where `api` has `list` as intentions and the default policy is `default_policy`
+-- ("allow" | "deny", read from /v1/agent/self), its list loaded by one task query.
+local function world_with(list, default_policy, env)
+  local world = bundle.haproxy(env or { CONNECT_TRUST_DOMAIN = TD }, function()
+    return 200, '{"Authorized":false,"Reason":"Default intention policy"}'
+  end)
+  world.intentions.api = list
+  world.self = { DefaultIntentionPolicy = default_policy or "deny" }
+  world.poll("api")
+  return world
+end
+
+local function decide(world, http, der)
+  local txn = world.request(der or web_der, "api", http)
+  return txn.vars["txn.connect_allowed"], txn.vars["txn.connect_reason"], txn
+end
+
+local function allowed(world, http, der) return (decide(world, http, der)) == 1 end
+
+describe("L7 intentions", function()
+  describe("paths", function()
+    it("PathExact, PathPrefix and PathRegex (whole path), without the query", function()
+      local world = world_with({ l7("web", {
+        allow({ PathExact = "/exact" }),
+        allow({ PathPrefix = "/prefix/" }),
+        allow({ PathRegex = "/items/[0-9]+" }),
+      }) })
+      assert.is_true(allowed(world, { path = "/exact" }))
+      assert.is_false(allowed(world, { path = "/exact/more" }))
+      assert.is_false(allowed(world, { path = "/EXACT" }), "paths are case-sensitive")
+      assert.is_true(allowed(world, { path = "/prefix/a/b" }))
+      assert.is_false(allowed(world, { path = "/prefix" }))
+      assert.is_true(allowed(world, { path = "/items/42" }))
+      assert.is_false(allowed(world, { path = "/items/42/edit" }), "a regex matches the whole path")
+      assert.is_false(allowed(world, { path = "/x/items/42" }), "a regex matches the whole path")
+      -- HAProxy's `path` fetch carries no query; a regex that would need one never sees it.
+      assert.is_true(allowed(world, { path = "/exact" }))
+    end)
+
+    it("a regex ending the path does not accept a trailing newline (PCRE2's $ would)", function()
+      local world = world_with({ l7("web", { allow({ PathRegex = "/a" }) }) })
+      assert.is_false(allowed(world, { path = "/a\n" }))
+    end)
+  end)
+
+  describe("methods", function()
+    it("allows only the listed methods", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/", Methods = { "GET", "HEAD" } }) }) })
+      assert.is_true(allowed(world, { method = "GET", path = "/" }))
+      assert.is_true(allowed(world, { method = "HEAD", path = "/" }))
+      assert.is_false(allowed(world, { method = "POST", path = "/" }))
+      assert.is_false(allowed(world, { method = "get", path = "/" }), "methods are case-sensitive")
+    end)
+  end)
+
+  describe("headers", function()
+    local cases = {
+      -- rule, value (nil: header missing), expected
+      { { Name = "X-T", Present = true }, "any", true },
+      { { Name = "X-T", Present = true }, nil, false },
+      { { Name = "X-T", Present = true, Invert = true }, nil, true },
+      { { Name = "X-T", Present = true, Invert = true }, "any", false },
+      { { Name = "X-T", Exact = "Abc" }, "Abc", true },
+      { { Name = "X-T", Exact = "Abc" }, "abc", false },
+      { { Name = "X-T", Exact = "Abc", IgnoreCase = true }, "aBC", true },
+      { { Name = "X-T", Exact = "Abc", Invert = true }, "abc", true },
+      { { Name = "X-T", Exact = "Abc", Invert = true }, nil, false },
+      { { Name = "X-T", Prefix = "Bear" }, "Bearer x", true },
+      { { Name = "X-T", Prefix = "Bear" }, "bearer x", false },
+      { { Name = "X-T", Prefix = "BEAR", IgnoreCase = true }, "bearer x", true },
+      { { Name = "X-T", Prefix = "Bear", Invert = true }, "Token", true },
+      { { Name = "X-T", Suffix = ".json" }, "a.json", true },
+      { { Name = "X-T", Suffix = ".json" }, "a.JSON", false },
+      { { Name = "X-T", Suffix = ".json", IgnoreCase = true }, "a.JSON", true },
+      { { Name = "X-T", Suffix = "toolongsuffix" }, "short", false },
+      { { Name = "X-T", Contains = "mid" }, "a-mid-b", true },
+      { { Name = "X-T", Contains = "MID", IgnoreCase = true }, "a-mid-b", true },
+      { { Name = "X-T", Contains = "m.d" }, "a-mid-b", false, "Contains is literal, not a pattern" },
+      { { Name = "X-T", Contains = "mid", Invert = true }, "nope", true },
+      { { Name = "X-T", Regex = "v[0-9]+" }, "v12", true },
+      { { Name = "X-T", Regex = "v[0-9]+" }, "xv12", false, "a regex matches the whole value" },
+      { { Name = "X-T", Regex = "v[0-9]+" }, "V12", false },
+      { { Name = "X-T", Regex = "v[0-9]+", IgnoreCase = true }, "V12", false, "IgnoreCase does not apply to regexes (Envoy)" },
+      { { Name = "X-T", Regex = "v[0-9]+", Invert = true }, "beta", true },
+      { { Name = "X-T", Regex = "v[0-9]+", Invert = true }, nil, false, "Invert on a missing header matches only Present" },
+    }
+    for i, case in ipairs(cases) do
+      local rule, value, expected, note = case[1], case[2], case[3], case[4]
+      it(string.format("case %d: %s%s%s on %s → %s", i, rule.Exact and "Exact" or rule.Prefix and "Prefix" or rule.Suffix and "Suffix"
+        or rule.Contains and "Contains" or rule.Regex and "Regex" or "Present", rule.IgnoreCase and " IgnoreCase" or "",
+        rule.Invert and " Invert" or "", value == nil and "a missing header" or string.format("%q", value), tostring(expected)), function()
+        local world = world_with({ l7("web", { allow({ Header = { rule } }) }) })
+        local headers = {}
+        if value ~= nil then headers["x-t"] = value end
+        assert.are.equal(expected, allowed(world, { path = "/", headers = headers }), note)
+      end)
+    end
+
+    it("matches all values of a repeated header joined with a comma, and needs every rule", function()
+      local world = world_with({ l7("web", { allow({ Header = { { Name = "x-a", Exact = "1,2" }, { Name = "x-b", Present = true } } }) }) })
+      assert.is_true(allowed(world, { path = "/", headers = { ["x-a"] = { "1", "2" }, ["x-b"] = "" } }))
+      assert.is_false(allowed(world, { path = "/", headers = { ["x-a"] = { "1", "2" } } }), "every rule must hold")
+    end)
+
+    it("reads the headers only when the governing intention has a header rule", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/" }) }) })
+      local _, _, txn = decide(world, { path = "/", headers = { ["x-a"] = "1" } })
+      assert.are.equal(0, txn.header_reads)
+    end)
+  end)
+
+  describe("precedence", function()
+    it("the first permission that matches decides, in order", function()
+      local world = world_with({ l7("web", { deny({ PathPrefix = "/admin" }), allow({ PathPrefix = "/" }) }) })
+      local verdict, reason = decide(world, { path = "/admin/users" })
+      assert.are.equal(0, verdict)
+      assert.matches("L7 intention default/web => default/api %(precedence 9%), permission 1: deny", reason)
+      verdict, reason = decide(world, { path = "/public" })
+      assert.are.equal(1, verdict)
+      assert.matches("permission 2: allow", reason)
+      local reversed = world_with({ l7("web", { allow({ PathPrefix = "/" }), deny({ PathPrefix = "/admin" }) }) })
+      assert.is_true(allowed(reversed, { path = "/admin/users" }), "an earlier allow wins")
+    end)
+
+    it("no permission matched: the default policy, with no fall-through to a lower wildcard intention", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/api/" }) }), l4("*", "allow") }, "deny")
+      local verdict, reason = decide(world, { path = "/other" })
+      assert.are.equal(0, verdict)
+      assert.matches("no permission matched: Default intention policy %(deny, from /v1/agent/self%)", reason)
+      assert.is_true(allowed(world, { path = "/other" }, admin_der), "the wildcard applies to other sources")
+    end)
+
+    it("default allow: a request no permission matches is allowed", function()
+      local world = world_with({ l7("web", { deny({ PathPrefix = "/admin" }) }) }, "allow")
+      assert.is_true(allowed(world, { path = "/anything" }))
+      assert.is_false(allowed(world, { path = "/admin" }))
+    end)
+
+    it("CVE-2021-36213: a single L7 deny intention under default deny allows nothing else", function()
+      local world = world_with({ l7("web", { deny({ PathExact = "/admin" }) }) }, "deny")
+      for _, path in ipairs({ "/", "/admin", "/public", "/admin/x" }) do
+        assert.is_false(allowed(world, { path = path }), path)
+      end
+      assert.is_false(allowed(world, { path = "/" }, admin_der), "a source no intention matches: default deny")
+    end)
+
+    it("L4 intentions decide every request on an HTTP stream, exact source before wildcard", function()
+      local world = world_with({ l4("web", "deny", 9), l4("*", "allow", 8) }, "allow")
+      local verdict, reason = decide(world, { path = "/" })
+      assert.are.equal(0, verdict)
+      assert.matches("L4 intention default/web => default/api %(precedence 9%): deny", reason)
+      assert.is_true(allowed(world, { path = "/" }, admin_der))
+    end)
+
+    it("a source no intention matches gets the default policy", function()
+      local world = world_with({ l4("web", "allow") }, "deny")
+      local verdict, reason = decide(world, { path = "/" }, admin_der)
+      assert.are.equal(0, verdict)
+      assert.matches("no intention matched: Default intention policy %(deny", reason)
+    end)
+
+    it("intentions for a peer, another namespace or another partition do not match a local client", function()
+      local peered = l4("web", "allow"); peered.SourcePeer = "other-cluster"
+      local elsewhere = l4("web", "allow"); elsewhere.SourceNS = "team"
+      local partitioned = l4("web", "allow"); partitioned.SourcePartition = "p1"
+      local wildcard_ns = l4("web", "allow"); wildcard_ns.SourceNS = "*"
+      local world = world_with({ peered, elsewhere, partitioned }, "deny")
+      assert.is_false(allowed(world, { path = "/" }))
+      assert.is_true(allowed(world_with({ peered, wildcard_ns }, "deny"), { path = "/" }))
+    end)
+  end)
+
+  describe("fails closed", function()
+    it("refuses requests a permission with an unknown match type or a bad regex would decide", function()
+      local world = world_with({ l7("web", {
+        deny({ PathExact = "/blocked" }),
+        allow({ PathPrefix = "/", QueryExact = "x" }),
+        allow({ PathPrefix = "/" }),
+      }) }, "allow")
+      assert.is_false(allowed(world, { path = "/blocked" }), "an earlier permission still decides")
+      local verdict, reason = decide(world, { path = "/x" })
+      assert.are.equal(0, verdict)
+      assert.matches("permission 2 cannot be enforced here: unknown HTTP match \"QueryExact\"", reason)
+      local bad = world_with({ l7("web", { allow({ PathRegex = "([a-z" }) }) }, "allow")
+      verdict, reason = decide(bad, { path = "/x" })
+      assert.are.equal(0, verdict)
+      assert.matches("path regex .* cannot be compiled", reason)
+    end)
+
+    it("refuses header rules with no or an unknown match type, JWT requirements and unknown actions", function()
+      local function refused(permission, intention_extra)
+        local intention = l7("web", { permission })
+        for key, value in pairs(intention_extra or {}) do intention[key] = value end
+        return not allowed(world_with({ intention }, "allow"), { path = "/", headers = { ["x-a"] = "1" } })
+      end
+      assert.is_true(refused(allow({ Header = { { Name = "x-a" } } })))
+      assert.is_true(refused(allow({ Header = { { Name = "x-a", Matches = "1" } } })))
+      assert.is_true(refused({ Action = "allow", HTTP = { PathPrefix = "/" }, JWT = { Providers = {} } }))
+      assert.is_true(refused({ Action = "audit", HTTP = { PathPrefix = "/" } }))
+      assert.is_true(refused(allow({ PathPrefix = "/" }), { JWT = { Providers = {} } }))
+      assert.is_false(refused(allow({ PathPrefix = "/", Header = { { Name = "x-a", Exact = "1" } } })))
+    end)
+
+    it("refuses every request while the list cannot be read, then decides once it is", function()
+      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+      world.self = { DefaultIntentionPolicy = "allow" }
+      world.intentions_status = 403
+      world.poll("api")
+      local verdict, reason = decide(world, { path = "/" })
+      assert.are.equal(0, verdict)
+      assert.matches("intentions for api not loaded yet: permission denied", reason)
+      world.intentions_status = nil
+      world.intentions.api = { l4("web", "allow") }
+      world.poll("api")
+      assert.is_true(allowed(world, { path = "/" }))
+    end)
+
+    it("waits a bounded time for the first list, then refuses", function()
+      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+      local before = world.core.clock_ms
+      local verdict, reason = decide(world, { path = "/" })
+      assert.are.equal(0, verdict)
+      assert.are.equal("intentions for api not loaded yet", reason)
+      assert.is_true(world.core.clock_ms - before >= 3000, "waited for the task")
+    end)
+  end)
+
+  describe("keeping current", function()
+    it("applies a changed list at the next query, and flushes cached TCP verdicts", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/" }) }) })
+      assert.is_true(allowed(world, { path = "/admin" }))
+      world.intentions.api = { l7("web", { deny({ PathPrefix = "/admin" }), allow({ PathPrefix = "/" }) }) }
+      world.intentions_index = 8
+      world.poll("api")
+      assert.is_false(allowed(world, { path = "/admin" }))
+      assert.matches("index=7&wait=4s", world.intention_queries[2], nil, true)
+      local stats = require("test.lua.support.haproxy_stub").cli(world.core, "connect cache stats")
+      assert.matches("flushes: 1\n", stats)
+    end)
+
+    it("ends its task once HAProxy is stopping", function()
+      local world = world_with({ l4("web", "allow") })
+      world.core.stopping = 1
+      world.poll("api")
+      assert.are.equal("dead", coroutine.status(world.watch_tasks.api))
+    end)
+  end)
+
+  describe("the default policy", function()
+    it("comes from /v1/agent/self: DefaultIntentionPolicy, else the ACL default, else allow", function()
+      local function default_reason(self)
+        local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+        world.intentions.api = {}
+        world.self = self
+        world.poll("api")
+        local verdict, reason = decide(world, { path = "/" })
+        return verdict, reason
+      end
+      local verdict, reason = default_reason({ DefaultIntentionPolicy = "deny" })
+      assert.are.equal(0, verdict); assert.matches("Default intention policy %(deny", reason)
+      verdict, reason = default_reason({ ACLsEnabled = true, ACLDefaultPolicy = "deny" })
+      assert.are.equal(0, verdict); assert.matches("Default behavior configured by ACLs %(deny", reason)
+      verdict, reason = default_reason({ ACLsEnabled = false })
+      assert.are.equal(1, verdict); assert.matches("Default behavior configured by ACLs %(allow", reason)
+    end)
+
+    it("without agent:read, asks the authorize endpoint about a probe source when no `*` intention hides it", function()
+      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body)
+        assert.matches("connect%-haproxy%-default%-policy%-probe", body)
+        return 200, '{"Authorized":false,"Reason":"Default behavior configured by ACLs"}'
+      end)
+      world.intentions.api = { l7("web", { allow({ PathPrefix = "/api/" }) }) }
+      world.poll("api")
+      local verdict, reason = decide(world, { path = "/other" })
+      assert.are.equal(0, verdict)
+      assert.matches("Default behavior configured by ACLs %(deny, from the agent's authorize endpoint%)", reason)
+    end)
+
+    it("unknown (no agent:read, a `*` intention): denies what it would decide and warns once, naming agent:read", function()
+      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+      world.intentions.api = { l7("web", { allow({ PathPrefix = "/api/" }) }), l4("*", "allow") }
+      world.poll("api")
+      local verdict, reason = decide(world, { path = "/other" })
+      assert.are.equal(0, verdict)
+      assert.matches("default policy unknown", reason)
+      assert.is_true(allowed(world, { path = "/api/x" }))
+      local warnings = 0
+      for _, entry in ipairs(world.core.logs) do
+        if entry.level == "Warning" and entry.message:find("agent:read", 1, true) then warnings = warnings + 1 end
+      end
+      assert.are.equal(1, warnings)
+    end)
+  end)
+
+  describe("logging", function()
+    it("one line per refused request with the client, method, path and what decided; allowed requests are not logged", function()
+      local world = world_with({ l7("web", { deny({ PathPrefix = "/admin" }), allow({ PathPrefix = "/" }) }) })
+      local _, _, txn = decide(world, { method = "DELETE", path = "/admin/x" })
+      assert.are.equal(1, #txn.logs)
+      assert.are.equal("Info", txn.logs[1].level)
+      assert.are.equal('connect_authorize: deny target=api client=' .. WEB .. ' method=DELETE path="/admin/x" reason="L7 intention default/web => default/api (precedence 9), permission 1: deny" via=permission', txn.logs[1].message)
+      _, _, txn = decide(world, { path = "/ok" })
+      assert.are.equal(0, #txn.logs)
+      assert.are.equal("web", txn.vars["txn.connect_source"])
+      assert.are.equal(WEB, txn.vars["txn.connect_spiffe"])
+    end)
+  end)
+
+  describe("on a TCP stream", function()
+    it("keeps the agent's verdict per connection and says when an L7 intention is the reason", function()
+      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function()
+        return 200, '{"Authorized":false,"Reason":"Matched L7 intention: default/web => default/db (ID: x, Precedence: 9)"}'
+      end)
+      local txn = world.run(web_der, nil, "db")
+      assert.are.equal(0, txn.vars["txn.connect_allowed"])
+      assert.matches("^L7 intention on a TCP service %(permissions need protocol http%): Matched L7 intention", txn.vars["txn.connect_reason"])
+    end)
+  end)
+end)
