@@ -71,6 +71,9 @@ function fetches.ssl_c_verify() return 0 end
 -- A fresh string each time, as HAProxy pushes one per connection (so the
 -- identity cache pays for hashing and comparing the bytes, as it would there).
 function fetches.ssl_c_der() return DER:sub(1) end
+function fetches.src() return "127.0.0.1" end
+function fetches.src_port() return 40000 end
+function fetches.fe_name() return "db_mesh" end
 local txn = { f = fetches }
 function txn.set_var() end
 function txn.Debug() end
@@ -120,3 +123,37 @@ for b = 1, BATCHES do
 end
 table.sort(per_parse)
 print(string.format("%-42s p50 %7.2f us   p99 %7.2f us", "  of which: DER walk", percentile(per_parse, 0.5), percentile(per_parse, 0.99)))
+
+-- L7: one request decision on an HTTP stream for a 10-permission intention
+-- (whole action: identity, path check, governing intention, permissions, set_var x4).
+-- The request matches the 10th permission (the worst case before the default).
+do
+  rawset(_G, "Regex", rawget(_G, "Regex") or require("test.lua.support.haproxy_stub").regex_class())
+  local compile = function(pattern)
+    local ok, regex = _G.Regex.new(pattern, true)
+    if ok then return regex end
+    return nil, regex
+  end
+  local permissions = {}
+  for i = 1, 9 do
+    permissions[i] = string.format('{"Action":"deny","HTTP":{"PathPrefix":"/p%d/","Methods":["POST"],"Header":[{"Name":"x-v","Regex":"v[0-9]+"}]}}', i)
+  end
+  permissions[10] = '{"Action":"allow","HTTP":{"PathPrefix":"/api/","Methods":["GET","HEAD"],"Header":[{"Name":"x-v","Regex":"v[0-9]+"}]}}'
+  local body = '{"db":[{"SourceName":"web","SourceNS":"default","DestinationName":"db","Precedence":9,"SourceType":"consul","Permissions":['
+    .. table.concat(permissions, ",") .. ']}]}'
+  local rules = installed.context.intentions:watch("db")
+  rules.list = assert(ch.intentions.compileIntentionList(assert(ch.json.decode(body)), "db", compile))
+  rules.defaultAllow, rules.defaultReason = false, "Default intention policy (deny, from bench)"
+  fetches.method = function() return "GET" end
+  fetches.path = function() return "/api/items/42" end
+  local headers = { ["x-v"] = { [0] = "v2" }, host = { [0] = "db" } }
+  txn.http = { req_get_headers = function() return headers end }
+  local vars = {}
+  local probe = { f = fetches, http = txn.http, set_var = function(_, k, v) vars[k] = v end, Debug = txn.Debug, Info = txn.Info, Warning = txn.Warning }
+  action(probe, "db")
+  assert(vars["txn.connect_allowed"] == 1, "L7 warm-up decision was not an allow: " .. tostring(vars["txn.connect_reason"]))
+  measure("L7 request, 10 permissions (whole action)")
+  fetches.path = function() return "/other" end
+  measure("L7 request, no permission matches (default)")
+  txn.http = nil
+end

@@ -27,7 +27,7 @@ import type { TrustDomainSource } from "./trust";
 import type { ServiceIdentity } from "./spiffe";
 import type { IntentionWatch } from "./intention-watch";
 import type { ConnectionRegistry } from "./connection-registry";
-import { decidingPermission, governingIntention } from "./intentions";
+import { decidingPermission, governingIntention, type Intention } from "./intentions";
 import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
 import { quoted, sanitize } from "./sanitize";
@@ -82,7 +82,6 @@ class TextMemo {
 }
 
 const noIntentionReasons = new TextMemo();
-const noPermissionReasons = new TextMemo();
 const quotedReasons = new TextMemo();
 
 /** "no intention matched: <default reason>". */
@@ -90,10 +89,13 @@ function noIntentionReason(defaultReason: string): string {
   return noIntentionReasons.get(defaultReason) ?? noIntentionReasons.remember(defaultReason, "no intention matched: " + defaultReason);
 }
 
-/** "<intention reason>: <default reason>". */
-function noPermissionReason(intentionReason: string, defaultReason: string): string {
-  const key = intentionReason + "\n" + defaultReason;
-  return noPermissionReasons.get(key) ?? noPermissionReasons.remember(key, intentionReason + ": " + defaultReason);
+/** "<intention reason>: <default reason>", kept on the intention while the default reason stays the same. */
+function noPermissionReason(intention: Intention, defaultReason: string): string {
+  if (intention.defaultReasonSeen !== defaultReason) {
+    intention.defaultReasonSeen = defaultReason;
+    intention.noPermissionReason = intention.reason + ": " + defaultReason;
+  }
+  return intention.noPermissionReason;
 }
 
 /** Per request on an HTTP stream: the decision from the destination's intention list. */
@@ -117,7 +119,7 @@ function decideRequest(context: AuthorizeContext, txn: Txn, target: string, iden
   const headers = intention.usesHeaders ? (txn.http as HttpMessage).req_get_headers() : undefined;
   const permission = decidingPermission(intention, fetches.method() ?? "", path as string, headers);
   if (permission !== undefined) return $multi(permission.problem === undefined && permission.allow, permission.reason, "permission", identity);
-  return $multi(rules.defaultAllow === true, noPermissionReason(intention.reason, rules.defaultReason), "default", identity);
+  return $multi(rules.defaultAllow === true, noPermissionReason(intention, rules.defaultReason), "default", identity);
 }
 
 /**

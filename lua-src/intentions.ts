@@ -90,6 +90,9 @@ export interface Intention {
   label: string;
   /** Reason of its L4 verdict, or of "no permission matched" (the default policy's words are added). */
   reason: string;
+  /** The last default-policy reason seen, and `reason` + it: made once per default, not per request. */
+  defaultReasonSeen: string;
+  noPermissionReason: string;
 }
 
 export interface IntentionList {
@@ -263,6 +266,7 @@ function compileIntention(raw: LuaTable<string, unknown>, compile: RegexCompiler
     sourceName, sourceNamespace: sourceNamespace === "" ? "default" : sourceNamespace,
     sourcePartition: sourcePartition === "" ? "default" : sourcePartition,
     remoteOnly, allow: false, precedence, permissions: undefined, usesHeaders: false, problem: undefined, label, reason: "",
+    defaultReasonSeen: "", noPermissionReason: "",
   };
   if (sourceName === "") {
     intention.problem = "an intention without a SourceName";
