@@ -16,6 +16,14 @@ const concat = table.concat;
 
 const MAX_LINE = 8192;
 const MAX_HEAD = 32768;
+/**
+ * The most one receive(n) asks for: HAProxy's cosocket can only hold
+ * tune.bufsize (16 kB by default), so a larger n is satisfied only by the
+ * connection's end. (Not the whole story: on 2.6.12 an 18 kB chunked reply of
+ * /v1/agent/self still intermittently completes only at the read timeout;
+ * see intention-watch.ts, which reads it rarely for that reason.)
+ */
+const MAX_READ = 8192;
 
 const STATUS_LINE = 1;
 const HEADER_LINE = 2;
@@ -56,8 +64,8 @@ export class HttpReplyParser {
   /** What the socket should read next: "*l" (a line), a byte count, or 0 when finished. */
   want(): "*l" | number {
     const state = this.state;
-    if (state === BODY_BY_LENGTH || state === CHUNK_DATA) return this.remaining;
-    if (state === BODY_UNTIL_CLOSE) return this.maxBody - this.bodyLength + 1;
+    if (state === BODY_BY_LENGTH || state === CHUNK_DATA) return Math.min(this.remaining, MAX_READ);
+    if (state === BODY_UNTIL_CLOSE) return Math.min(this.maxBody - this.bodyLength + 1, MAX_READ);
     if (state === DONE || state === FAILED) return 0;
     return "*l";
   }

@@ -1,6 +1,6 @@
 // Keeps each destination's intention list current: one task per destination
-// (started the first time the action sees it, or at load for
-// CONNECT_DEFAULT_TARGET) long-polls
+// (taken by one of WORKERS tasks registered at load, the first time the action
+// sees the destination or at load for CONNECT_DEFAULT_TARGET) long-polls
 // /v1/connect/intentions/match?by=destination&name=<target> with the last
 // X-Consul-Index and a short wait, compiles each new list once
 // (intentions.ts), and learns the default policy.
@@ -36,6 +36,18 @@ const MAX_BACKOFF_MS = 10000;
 const DEFAULT_REFRESH_MS = 30000;
 /** After a 403 from /v1/agent/self, try it again this much later (a token can gain agent:read). */
 const SELF_RETRY_MS = 300000;
+
+/**
+ * Tasks registered at load that take destinations as they appear. Not one task
+ * registered from the action per destination: on HAProxy 2.6.12 a task
+ * registered at run time from an action did not see its blocking query's
+ * reply until the read timeout (tried: test/integration/authorizer.test.ts,
+ * "enforces the same verdicts in HTTP mode"), while tasks registered at load
+ * did. A sidecar protects one service; more destinations than workers are
+ * refused with "not loaded yet" and a warning.
+ */
+export const WORKERS = 4;
+const IDLE_POLL_MS = 50;
 
 /** The source the authorize probe asks about; an intention naming it makes the probe unusable. */
 export const PROBE_SERVICE = "connect-haproxy-default-policy-probe";
@@ -81,6 +93,12 @@ export class IntentionWatch {
   /** When /v1/agent/self last answered 403 (nil: never). */
   private selfDeniedAt: number | undefined = undefined;
   private warnedUnknownDefault = false;
+  /** What /v1/agent/self said, read by its own task (its large reply can stall for the read timeout). */
+  private agentDefault: DefaultPolicyAnswer | undefined = undefined;
+  /** Destinations waiting for a worker, oldest first. */
+  private pending: DestinationRules[] = [];
+  private idleWorkers = 0;
+  private warnedNoWorker = false;
 
   constructor(
     private readonly deps: IntentionWatchDeps,
@@ -98,8 +116,33 @@ export class IntentionWatch {
     };
     this.destinations.set(target, rules);
     this.count++;
-    this.deps.startTask(() => this.run(rules));
+    this.pending.push(rules);
+    if (this.idleWorkers < this.pending.length && !this.warnedNoWorker) {
+      this.warnedNoWorker = true;
+      this.deps.log("warning", format("connect-haproxy: more destinations than intention workers (%d): %s waits for one", WORKERS, target));
+    }
     return rules;
+  }
+
+  /** Registers the default-policy task and the workers (at load: see WORKERS). */
+  startTasks(): void {
+    this.deps.startTask(() => this.runDefaultPolicy());
+    for (let i = 0; i < WORKERS; i++) this.deps.startTask(() => this.runWorker());
+  }
+
+  /** A worker: waits for a destination, then watches it until HAProxy stops. */
+  runWorker(): void {
+    this.idleWorkers++;
+    while (!this.deps.stopping()) {
+      const rules = this.pending.shift();
+      if (rules !== undefined) {
+        this.idleWorkers--;
+        this.run(rules);
+        return;
+      }
+      this.deps.sleep(IDLE_POLL_MS);
+    }
+    this.idleWorkers--;
   }
 
   /**
@@ -175,6 +218,7 @@ export class IntentionWatch {
           rules.changes++;
           this.deps.onChange(rules.target);
         }
+        // The probe's answer can change with the list (a `*` intention).
         this.refreshDefault(rules, true);
       }
     }
@@ -191,20 +235,48 @@ export class IntentionWatch {
     }
   }
 
+  /** One read of /v1/agent/self; applies it to every destination. Returns the pause before the next. */
+  refreshAgentDefault(): number {
+    const now = this.deps.now();
+    if (this.selfDeniedAt !== undefined && now - this.selfDeniedAt < SELF_RETRY_MS) return DEFAULT_REFRESH_MS;
+    const [ok, answer, failure] = protect(this.deps.defaultPolicy);
+    if (ok && answer !== undefined) {
+      this.selfDeniedAt = undefined;
+      this.agentDefault = answer as DefaultPolicyAnswer;
+      for (const [, rules] of pairs(this.destinations)) this.setDefault(rules, this.agentDefault.allow, this.agentDefault.reason, "/v1/agent/self");
+      return DEFAULT_REFRESH_MS;
+    }
+    if (ok && failure === PERMISSION_DENIED) {
+      this.selfDeniedAt = now;
+      // The probe (in each destination's task) takes over.
+      for (const [, rules] of pairs(this.destinations)) rules.defaultCheckedAt = -1e18;
+      return DEFAULT_REFRESH_MS;
+    }
+    return 5000;
+  }
+
+  /** The body of the default-policy task: reads /v1/agent/self now and then, until HAProxy stops. */
+  runDefaultPolicy(): void {
+    while (!this.deps.stopping()) {
+      const pause = this.refreshAgentDefault();
+      // Short sleeps, so that a soft stop is noticed at once.
+      const until = this.deps.now() + pause;
+      while (!this.deps.stopping() && this.deps.now() < until) this.deps.sleep(Math.min(1000, until - this.deps.now()));
+    }
+  }
+
   private refreshDefault(rules: DestinationRules, force: boolean): void {
     const now = this.deps.now();
-    if (!force && now - rules.defaultCheckedAt < DEFAULT_REFRESH_MS) return;
-    rules.defaultCheckedAt = now;
-    // 1. The agent's configuration, when the token may read it.
-    if (this.selfDeniedAt === undefined || now - this.selfDeniedAt >= SELF_RETRY_MS) {
-      const [ok, answer, failure] = protect(this.deps.defaultPolicy);
-      if (ok && answer !== undefined) {
-        this.selfDeniedAt = undefined;
-        this.setDefault(rules, (answer as DefaultPolicyAnswer).allow, (answer as DefaultPolicyAnswer).reason, "/v1/agent/self");
-        return;
-      }
-      if (ok && failure === PERMISSION_DENIED) this.selfDeniedAt = now;
+    // 1. The agent's configuration, read by its own task.
+    const agentDefault = this.agentDefault;
+    if (agentDefault !== undefined && this.selfDeniedAt === undefined) {
+      this.setDefault(rules, agentDefault.allow, agentDefault.reason, "/v1/agent/self");
+      return;
     }
+    if (!force && now - rules.defaultCheckedAt < DEFAULT_REFRESH_MS) return;
+    // Before /v1/agent/self answered once, leave it a chance (the probe costs an agent call).
+    if (this.selfDeniedAt === undefined && agentDefault === undefined && rules.defaultAllow === undefined && now - rules.defaultCheckedAt < 0) return;
+    rules.defaultCheckedAt = now;
     // 2. The agent's own answer for a source no intention matches.
     const list = rules.list;
     if (list !== undefined && !list.hasLocalWildcard && governingIntention(list, PROBE_SERVICE, "default", "default") === undefined) {
@@ -217,6 +289,8 @@ export class IntentionWatch {
     }
     // 3. Unknown. Keep a value learned before: the default policy changes only with the agent's configuration.
     if (rules.defaultAllow !== undefined) return;
+    // Not known to be unreadable yet: wait for the default-policy task before warning.
+    if (this.selfDeniedAt === undefined) return;
     rules.defaultReason = "default policy unknown: the token cannot read /v1/agent/self (agent:read) and a `*` intention hides it from the authorize endpoint";
     if (!this.warnedUnknownDefault) {
       this.warnedUnknownDefault = true;

@@ -133,7 +133,10 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     if (settings.agentAddressError === undefined) trustDomains.runForever();
   };
   if (settings.trustDomain === undefined) core.register_task(refreshTask);
-  if (settings.defaultTarget !== undefined && settings.agentAddressError === undefined) watch.watch(settings.defaultTarget);
+  if (settings.agentAddressError === undefined) {
+    watch.startTasks();
+    if (settings.defaultTarget !== undefined) watch.watch(settings.defaultTarget);
+  }
 
   for (const warning of settings.warnings) core.Warning("connect-haproxy: " + warning);
   core.Info(

@@ -8,6 +8,7 @@ local ch = dofile("dist/connect-haproxy.lua")
 local assert = require("luassert")
 
 local M = {}
+M.ch = ch
 
 M.TD = "11111111-2222-3333-4444-555555555555.consul"
 M.WEB = "spiffe://" .. M.TD .. "/ns/default/dc/dc1/svc/web"
@@ -73,9 +74,18 @@ function M.haproxy(env, policy)
     world.watch_tasks = world.watch_tasks or {}
     local task = world.watch_tasks[target]
     if task == nil then
-      -- Call before any request for `target`: its task is then the last one registered.
+      -- The tasks install() registered: [roots task,] the default-policy task, then the workers.
+      local tasks = world.core.tasks
+      local workers = ch.intentionWatch.WORKERS
+      local first_worker = #tasks - workers + 1
+      if world.default_task == nil then
+        world.default_task = coroutine.create(tasks[first_worker - 1])
+        assert(coroutine.resume(world.default_task))
+        world.next_worker = first_worker
+      end
       world.installed.context.intentions:watch(target)
-      task = coroutine.create(world.core.tasks[#world.core.tasks])
+      task = coroutine.create(tasks[world.next_worker])
+      world.next_worker = world.next_worker + 1
       world.watch_tasks[target] = task
     end
     assert(coroutine.resume(task))
