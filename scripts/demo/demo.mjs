@@ -179,13 +179,13 @@ async function main() {
   webPort = webAppPort;
 
   say("Starting db-1 (a TCP service on 127.0.0.1) and its connect-haproxy sidecar");
-  start("db-1 app", process.execPath, [join(root, "scripts/demo/db-app.mjs"), "--port", String(db1Port), "--name", "db-1"]).required = true;
+  start("db-1 app", process.execPath, [join(root, "test/apps/db-app.mjs"), "--port", String(db1Port), "--name", "db-1"]).required = true;
   await registerDb("db-1", db1Port, db1SidecarPort);
   const db1Sidecar = startSidecar("db-1");
   detail(`db-1 listens on 127.0.0.1:${db1Port}; its sidecar's public mTLS listener on :${db1SidecarPort}`);
 
   say("Starting web (an HTTP service) and its sidecar, with db as an upstream");
-  start("web app", process.execPath, [join(root, "scripts/demo/web-app.mjs"), "--port", String(webAppPort), "--db", `127.0.0.1:${upstreamPort}`]).required = true;
+  start("web app", process.execPath, [join(root, "test/apps/web-app.mjs"), "--port", String(webAppPort), "--db", `127.0.0.1:${upstreamPort}`]).required = true;
   await consul("PUT", "/v1/agent/service/register", {
     ID: "web",
     Name: "web",
@@ -233,7 +233,7 @@ async function main() {
 
   say("5. A second db instance comes up: web's sidecar adds it through HAProxy's runtime API, no reload");
   const reloadsBefore = await reloadsOf(webConfigDir).catch(() => undefined);
-  start("db-2 app", process.execPath, [join(root, "scripts/demo/db-app.mjs"), "--port", String(db2Port), "--name", "db-2"]).required = true;
+  start("db-2 app", process.execPath, [join(root, "test/apps/db-app.mjs"), "--port", String(db2Port), "--name", "db-2"]).required = true;
   await registerDb("db-2", db2Port, db2SidecarPort);
   sidecarLogs.push(startSidecar("db-2"));
   await waitFor("db-2's sidecar", () => tcpOpen(db2SidecarPort));

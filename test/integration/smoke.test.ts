@@ -4,7 +4,8 @@ import { X509Certificate } from "node:crypto";
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { startHaproxy, luaBundlePath } from "../harness/haproxy.js";
+import { startHaproxy } from "../harness/haproxy.js";
+import { luaBundlePath } from "../harness/paths.js";
 import { freePort } from "../harness/ports.js";
 
 interface CaRoots {
