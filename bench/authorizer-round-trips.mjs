@@ -10,10 +10,10 @@ import { existsSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { consulBinary, startConsulDev } from "../dist/test/harness/consul.js";
-import { haproxyBinary, startHaproxy } from "../dist/test/harness/haproxy.js";
+import { haproxyBinary, luaLoadConfig, startHaproxy } from "../dist/test/harness/haproxy.js";
 import { luaBundlePath, repoRoot } from "../dist/test/harness/paths.js";
 import { freePort } from "../dist/test/harness/ports.js";
-import { installCleanupHandlers, stopAll, waitFor } from "../dist/test/harness/processes.js";
+import { installCleanupHandlers, runProgram, waitFor } from "../dist/test/harness/processes.js";
 
 const firstLine = (command, args) => execFileSync(command, args, { encoding: "utf8" }).split("\n")[0].trim();
 
@@ -37,27 +37,15 @@ async function main() {
     const clientUri = (await consul.api("GET", "/v1/agent/connect/ca/leaf/web")).ServiceURI;
     const port = await freePort();
     console.log(`== Real round trips: ${firstLine(haproxyBinary(), ["-v"]).split(" ").slice(0, 3).join(" ")}, ${firstLine(consulBin, ["version"])}, ${cpus().length} CPUs`);
-    haproxy = await startHaproxy(
-      `global
-    lua-load ${join(repoRoot, "bench", "authorizer-haproxy.lua")}
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 5s
-    timeout server 5s
-frontend idle
-    bind 127.0.0.1:${port}
-`,
-      {
-        env: {
-          CONSUL_HTTP_ADDR: consul.httpAddr,
-          CH_BUNDLE: luaBundlePath,
-          BENCH_CLIENT_URI: clientUri,
-          BENCH_TARGET: "db",
-          BENCH_ITERATIONS: process.env.BENCH_ITERATIONS ?? "2000",
-        },
+    haproxy = await startHaproxy(luaLoadConfig(join(repoRoot, "bench", "authorizer-haproxy.lua"), port), {
+      env: {
+        CONSUL_HTTP_ADDR: consul.httpAddr,
+        CH_BUNDLE: luaBundlePath,
+        BENCH_CLIENT_URI: clientUri,
+        BENCH_TARGET: "db",
+        BENCH_ITERATIONS: process.env.BENCH_ITERATIONS ?? "2000",
       },
-    );
+    });
     const output = await waitFor("the authorizer's figures", async () => (/^BENCH /m.test(haproxy.process.output()) ? haproxy.process.output() : undefined), {
       timeoutMs: Number(process.env.BENCH_WAIT_TENTHS ?? 1200) * 100,
       intervalMs: 100,
@@ -76,11 +64,4 @@ frontend idle
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (err) => {
-    console.error(`bench: ${err.stack ?? err}`);
-    await stopAll();
-    process.exit(1);
-  },
-);
+runProgram("bench", main);

@@ -16,7 +16,7 @@ import { barChartSvg } from "./lib/chart.mjs";
 import { startConsulDev } from "../dist/test/harness/consul.js";
 import { controllerCli, luaBundlePath, repoRoot } from "../dist/test/harness/paths.js";
 import { freePorts } from "../dist/test/harness/ports.js";
-import { installCleanupHandlers, onInterrupt, runCommand, stopAll } from "../dist/test/harness/processes.js";
+import { installCleanupHandlers, onInterrupt, runCommand, runProgram, stopAll } from "../dist/test/harness/processes.js";
 import { measureSetup } from "./lib/measure.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
 import { chartPanels, checkTargets, markdownReport, ratios, summarize } from "./lib/report.mjs";
@@ -279,11 +279,4 @@ async function main() {
   return failures.length ? 1 : 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (err) => {
-    console.error(`bench: ${err.stack ?? err}`);
-    await stopAll();
-    process.exit(1);
-  },
-);
+runProgram("bench", main);

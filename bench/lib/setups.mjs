@@ -99,6 +99,26 @@ async function startPlainPair(ctx, { name, extraGlobal = [] }) {
   };
 }
 
+/**
+ * Two sidecar processes from `start(service, cpu)`: db's on CPU B, web's on
+ * CPU A; resolves once a request through web's upstream listener gets the
+ * application's answer, and fails at once if either exits.
+ */
+async function startPair(ctx, what, start, { stopSignal, graceMs }) {
+  const db = start("db", ctx.cpu.b);
+  const web = start("web", ctx.cpu.a);
+  const stop = async () => {
+    await Promise.all([web.stop(stopSignal, graceMs), db.stop(stopSignal, graceMs)]);
+  };
+  try {
+    await waitForPath(ctx.ports.upstream, what, [web, db]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { entryPort: ctx.ports.upstream, sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])], stop };
+}
+
 /** Two sidecars run by the controller, as an operator would run them. */
 async function startControllerPair(ctx, { env = {} }) {
   const dir = join(ctx.runDir, `controller-${ctx.runCounter++}`);
@@ -112,52 +132,18 @@ async function startControllerPair(ctx, { env = {} }) {
       args: ["--haproxy-bin", ctx.haproxyBin],
     }).process;
   };
-  const db = start("db", ctx.cpu.b);
-  const web = start("web", ctx.cpu.a);
-  const stop = async () => {
-    await Promise.all([web.stop("SIGTERM", 10000), db.stop("SIGTERM", 10000)]);
-  };
-  try {
-    await waitForPath(ctx.ports.upstream, "controller pair (web)", web);
-    if (db.exited()) throw new Error(`db's controller exited:\n${db.output(4000)}`);
-  } catch (err) {
-    await stop();
-    throw err;
-  }
+  const pair = await startPair(ctx, "controller pair", start, { stopSignal: "SIGTERM", graceMs: 10000 });
   const dbSocket = join(dir, "db", "stats.sock");
-  return {
-    entryPort: ctx.ports.upstream,
-    sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])],
-    authorizes: true,
-    dbStatsSocket: () => dbSocket,
-    details: () => sidecarDetails(dbSocket, true),
-    stop,
-  };
+  return { ...pair, authorizes: true, dbStatsSocket: () => dbSocket, details: () => sidecarDetails(dbSocket, true) };
 }
 
+/** Consul's built-in proxy as both sidecars. */
 async function startBuiltinPair(ctx) {
   const dir = join(ctx.runDir, "builtin-pair");
   mkdirSync(dir, { recursive: true });
   const start = (service, cpu) => startConsulProxy(service, ctx.consul.httpAddr, { launch: pinnedLauncher(cpu, join(dir, `${service}.log`)), logLevel: "warn" }).process;
-  const db = start("db", ctx.cpu.b);
-  const web = start("web", ctx.cpu.a);
-  const stop = async () => {
-    await Promise.all([web.stop("SIGINT", 5000), db.stop("SIGINT", 5000)]);
-  };
-  try {
-    await waitForPath(ctx.ports.upstream, "built-in proxy pair", web);
-    if (db.exited()) throw new Error(`db's built-in proxy exited:\n${db.output(4000)}`);
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return {
-    entryPort: ctx.ports.upstream,
-    sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])],
-    authorizes: true,
-    details: async () => ({}),
-    stop,
-  };
+  const pair = await startPair(ctx, "built-in proxy pair", start, { stopSignal: "SIGINT", graceMs: 5000 });
+  return { ...pair, authorizes: true, details: async () => ({}) };
 }
 
 /** Starts one set-up; resolves with { entryPort, sidecars: ProcessGroup[], details(), stop() }. */

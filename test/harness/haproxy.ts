@@ -38,6 +38,20 @@ export function parseKeyValues(text: string): Record<string, string | number> {
   return values;
 }
 
+/** The smallest configuration that runs `luaFile`: lua-load, and an idle TCP frontend on `port` (HAProxy starts no process without a proxy). */
+export function luaLoadConfig(luaFile: string, port: number): string {
+  return `global
+    lua-load ${luaFile}
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+frontend idle
+    bind 127.0.0.1:${port}
+`;
+}
+
 export interface HaproxyInstance {
   readonly name: string;
   readonly dir: string;

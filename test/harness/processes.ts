@@ -213,6 +213,18 @@ export function installCleanupHandlers(log: (message: string) => void = console.
   process.on("SIGTERM", onSignal("SIGTERM", 143));
 }
 
+/** For programs: runs `main` and exits with the code it resolves to; if it throws, says so, stops every process still registered and exits 1. */
+export function runProgram(program: string, main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    async (err: unknown) => {
+      console.error(`${program}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      await stopAll();
+      process.exit(1);
+    },
+  );
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
