@@ -17,7 +17,7 @@ import { startConnectHaproxy } from "../dist/test/harness/mesh.js";
 import { controllerCli } from "../dist/test/harness/paths.js";
 import { freePorts } from "../dist/test/harness/ports.js";
 import { peakRssKb, rssKb } from "../dist/test/harness/process-stats.js";
-import { installCleanupHandlers, sleep, stopAll, waitFor } from "../dist/test/harness/processes.js";
+import { installCleanupHandlers, sleep, stopAll, waitUntil } from "../dist/test/harness/processes.js";
 
 const USAGE = `usage: node bench/controller-latency.mjs [--rounds N] [--rotations N]
   --rounds N      instance changes and intention flips measured (default 10)
@@ -53,8 +53,8 @@ if (!existsSync(controllerCli)) {
 installCleanupHandlers(console.error, "controller-latency");
 const now = () => performance.now();
 
-/** Polls `probe` until it is truthy, every `intervalMs` (short: the interval bounds the measurement's resolution). */
-const waitUntil = (what, probe, timeoutMs = 60_000, intervalMs = 5) => waitFor(what, async () => (await probe()) || undefined, { timeoutMs, intervalMs });
+/** Short polling intervals: they bound the measurements' resolution. */
+const every = (intervalMs, timeoutMs = 60_000) => ({ intervalMs, timeoutMs });
 
 function exchange(port, payload = "x") {
   return new Promise((resolve) => {
@@ -118,8 +118,8 @@ try {
       .split("\n")
       .map((l) => l.split(" "))
       .filter((c) => c.length > 18 && /^\d+$/.test(c[0]) && (Number(c[6]) & 0x21) === 0).length;
-  await waitUntil("both db instances in web's backend", async () => (await readySlots()) === 2, 60_000, 50);
-  await waitUntil("traffic", () => exchange(upstream), 30_000, 50);
+  await waitUntil("both db instances in web's backend", async () => (await readySlots()) === 2, every(50));
+  await waitUntil("traffic", () => exchange(upstream), every(50, 30_000));
   console.error("setup done; measuring");
 
   // 1. Instance changes: maintenance mode on db-2's sidecar takes it out of ?passing.
@@ -128,12 +128,12 @@ try {
   for (let i = 0; i < rounds; i++) {
     let t0 = now();
     await api("PUT", "/v1/agent/service/maintenance/db-2-sidecar-proxy?enable=true&reason=bench");
-    await waitUntil("slot removed", async () => (await readySlots()) === 1);
+    await waitUntil("slot removed", async () => (await readySlots()) === 1, every(5));
     removals.push(now() - t0);
     await sleep(200);
     t0 = now();
     await api("PUT", "/v1/agent/service/maintenance/db-2-sidecar-proxy?enable=false");
-    await waitUntil("slot added", async () => (await readySlots()) === 2);
+    await waitUntil("slot added", async () => (await readySlots()) === 2, every(5));
     additions.push(now() - t0);
     await sleep(200);
   }
@@ -144,11 +144,11 @@ try {
   for (let i = 0; i < rounds; i++) {
     let t0 = now();
     await api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "deny" });
-    await waitUntil("denied", async () => !(await exchange(upstream)), 10_000, 1);
+    await waitUntil("denied", async () => !(await exchange(upstream)), every(1, 10_000));
     denies.push(now() - t0);
     t0 = now();
     await api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
-    await waitUntil("allowed", () => exchange(upstream), 10_000, 1);
+    await waitUntil("allowed", () => exchange(upstream), every(1, 10_000));
     allows.push(now() - t0);
   }
 
@@ -175,7 +175,7 @@ try {
         break;
       }
     }
-    await waitUntil("renewed leaf served", async () => (await servedSerial(db1Public, webLeaf())) === serial, 60_000, 5);
+    await waitUntil("renewed leaf served", async () => (await servedSerial(db1Public, webLeaf())) === serial, every(5));
     leafApplied.push(now() - issuedAt);
     endToEnd.push(now() - t0);
     await sleep(3000);

@@ -13,7 +13,7 @@ import { consulBinary, startConsulDev } from "../../dist/test/harness/consul.js"
 import { sendRuntimeCommand } from "../../dist/test/harness/haproxy.js";
 import { startConnectHaproxy, startDbApp, startWebApp } from "../../dist/test/harness/mesh.js";
 import { freePorts, tcpOpen } from "../../dist/test/harness/ports.js";
-import { installCleanupHandlers, onInterrupt, waitFor as waitForValue } from "../../dist/test/harness/processes.js";
+import { installCleanupHandlers, onInterrupt, waitFor as waitForValue, waitUntil as waitUntilTrue } from "../../dist/test/harness/processes.js";
 
 try {
   consulBinary();
@@ -33,8 +33,9 @@ const say = (text) => console.log(`\n▶ ${text}`);
 const detail = (text) => console.log(`    ${text}`);
 const need = (started) => (required.push(started), started);
 
-/** Waits until `probe` returns something truthy (polled every 100 ms), failing early if a required process exits. */
-const waitFor = (what, probe, timeoutMs = 30_000) => waitForValue(what, async () => (await probe()) || undefined, { timeoutMs, intervalMs: 100, process: required });
+// Polled every 100 ms; a wait fails at once when a required process exits.
+const waitFor = (what, probe, timeoutMs = 30_000) => waitForValue(what, probe, { timeoutMs, intervalMs: 100, process: required });
+const waitUntil = (what, condition, timeoutMs = 30_000) => waitUntilTrue(what, condition, { timeoutMs, intervalMs: 100, process: required });
 
 async function stopEverything() {
   // Sidecars and apps first, then Consul, which the sidecars talk to.
@@ -121,9 +122,9 @@ async function main() {
   });
   const webSidecar = startSidecar("web");
   detail(`web listens on 127.0.0.1:${webAppPort} and reaches db at 127.0.0.1:${upstreamPort}, web's upstream listener`);
-  await waitFor("both sidecars to listen", async () => (await tcpOpen(db1SidecarPort)) && (await tcpOpen(upstreamPort)));
+  await waitUntil("both sidecars to listen", async () => (await tcpOpen(db1SidecarPort)) && (await tcpOpen(upstreamPort)));
   const webConfigDir = join(workDir, "sidecar-web");
-  await waitFor("db-1 to pass its health check and join web's upstream", async () => (await upstreamServersUp(webConfigDir)) === 1);
+  await waitUntil("db-1 to pass its health check and join web's upstream", async () => (await upstreamServersUp(webConfigDir)) === 1);
 
   const sidecarLogs = [db1Sidecar];
   const mark = () => new Map(sidecarLogs.map((sidecar) => [sidecar, sidecar.output().length]));
@@ -162,9 +163,9 @@ async function main() {
   need(startDbApp(db2Port, "db-2"));
   await registerDb("db-2", db2Port, db2SidecarPort);
   sidecarLogs.push(startSidecar("db-2"));
-  await waitFor("db-2's sidecar", () => tcpOpen(db2SidecarPort));
+  await waitUntil("db-2's sidecar", () => tcpOpen(db2SidecarPort));
   const served = new Map();
-  await waitFor(
+  await waitUntil(
     "requests to reach both db instances",
     async () => {
       const r = await callWeb();

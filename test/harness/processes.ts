@@ -213,6 +213,15 @@ export function installCleanupHandlers(log: (message: string) => void = console.
   process.on("SIGTERM", onSignal("SIGTERM", 143));
 }
 
+/** waitFor for a yes/no condition: polls until `condition` holds. */
+export async function waitUntil(
+  what: string,
+  condition: () => Promise<boolean>,
+  options: { timeoutMs?: number; intervalMs?: number; process?: StartedProcess | readonly StartedProcess[] } = {},
+): Promise<void> {
+  await waitFor(what, async () => ((await condition()) ? true : undefined), options);
+}
+
 /** For programs: runs `main` and exits with the code it resolves to; if it throws, says so, stops every process still registered and exits 1. */
 export function runProgram(program: string, main: () => Promise<number>): void {
   main().then(
