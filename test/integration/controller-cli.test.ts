@@ -6,12 +6,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { checkHaproxyConfig, repoRoot } from "../harness/haproxy.js";
+import { checkHaproxyConfig } from "../harness/haproxy.js";
+import { controllerCli as cli } from "../harness/paths.js";
 import { freePort, freePorts } from "../harness/ports.js";
 import { startProcess, waitFor } from "../harness/processes.js";
 import { exitCodes, run } from "../../controller/run.js";
 
-const cli = join(repoRoot, "dist", "controller", "cli.js");
 
 function capture() {
   const sink = { text: "", write: (s: string) => ((sink.text += s), true) };

@@ -158,7 +158,54 @@ describe("renderHaproxyConfig", () => {
     expect(queryBackend).not.toMatch(/connect_verify_upstream/);
   });
 
-  it("is accepted by haproxy -c (with a stand-in for the Lua actions)", async () => {
+  describe("without authorization (the benchmark's plain pair)", () => {
+    // The lines of the Lua authorizer, and nothing else.
+    const authorizerLine = (line: string) =>
+      /^    (setenv CONNECT_TRUST_DOMAIN |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed\) -m bool|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
+    const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
+    const lua = "    lua-load /opt/connect-haproxy/dist/connect-haproxy.lua";
+
+    it.each([
+      [
+        "TCP, one service upstream",
+        "agent-service-web-sidecar-proxy",
+        [
+          `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+          lua,
+          "    tcp-request inspect-delay 5s",
+          "    tcp-request content lua.connect_authorize web",
+          "    tcp-request content reject unless { var(txn.connect_allowed) -m bool }",
+          "    tcp-response inspect-delay 5s",
+          "    tcp-response content lua.connect_verify_upstream db",
+          "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
+        ],
+      ],
+      [
+        "HTTP, service and prepared-query upstreams",
+        "agent-service-api-sidecar-proxy",
+        [
+          `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+          lua,
+          "    http-request lua.connect_authorize api",
+          "    http-request deny unless { var(txn.connect_allowed) -m bool }",
+          "    http-response lua.connect_verify_upstream web",
+          "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
+          "    tcp-response inspect-delay 5s",
+          "    tcp-response content lua.connect_verify_upstream db",
+          "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
+        ],
+      ],
+    ])("differs from the full render by exactly the authorizer's lines (%s)", (_, proxy, authorizerLines) => {
+      const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), paths);
+      const full = renderHaproxyConfig(state).split("\n");
+      const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
+      expect(full.filter(authorizerLine)).toEqual(authorizerLines);
+      expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
+      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok)|CONNECT_TRUST_DOMAIN|inspect-delay/);
+    });
+  });
+
+  it("is accepted by haproxy -c (with a stand-in for the Lua actions; without authorization, with no Lua)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "ch-render-"));
     const local = {
       ...paths,
@@ -179,6 +226,9 @@ describe("renderHaproxyConfig", () => {
       writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
       writeFileSync(local.caRootsFile, state.caRootsPem);
       writeFileSync(local.configFile, renderHaproxyConfig(state));
+      await checkHaproxyConfig(local.configFile);
+      // No Lua loaded at all: nothing in the plain render may refer to it.
+      writeFileSync(local.configFile, renderHaproxyConfig(state, { authorization: false }));
       await checkHaproxyConfig(local.configFile);
     }
   });
