@@ -101,7 +101,6 @@ describe("connect-haproxy CLI with a real Consul agent", () => {
       expect(code).toBe(0);
     } finally {
       await controller.stop("SIGTERM", 40_000);
-      relay?.closeAllConnections?.();
       await new Promise((resolve) => (relay ? relay.close(resolve) : resolve(undefined)));
       rmSync(dir, { recursive: true, force: true });
     }
