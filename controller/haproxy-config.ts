@@ -14,6 +14,20 @@ export const authorizeInspectDelay = "5s";
 /** Consul's proxies close idle TCP connections after an hour. */
 const tcpIdleTimeout = "1h";
 
+/**
+ * The path the L7 intentions see is the path forwarded: normalized first, in
+ * this order (the authorizer refuses a path these lines left unnormalized,
+ * lua-src/request-path.ts). Beyond Consul's defaults for Envoy: duplicate
+ * slashes are merged too, so `//admin` cannot pass a deny on `/admin`.
+ */
+export const pathNormalization = [
+  "http-request normalize-uri percent-decode-unreserved strict",
+  "http-request normalize-uri percent-to-uppercase strict",
+  "http-request normalize-uri path-merge-slashes",
+  "http-request normalize-uri path-strip-dot",
+  "http-request normalize-uri path-strip-dotdot full",
+];
+
 const tcpLogFormat =
   '"%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq client=%[var(txn.connect_spiffe)] allowed=%[var(txn.connect_allowed)] reason=%{+Q}[var(txn.connect_reason)]"';
 const httpLogFormat =
@@ -60,6 +74,8 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     "    stats timeout 2m",
     `    hard-stop-after ${hardStopAfterSeconds}s`,
     "    ssl-server-verify required",
+    // normalize-uri is "experimental" in 2.6 (a keyword flag, not a behaviour warning).
+    ...(mode(pub.protocol) === "http" ? ["    expose-experimental-directives"] : []),
     // Read by the authorizer when it loads (so before lua-load): with the trust
     // domain given, it runs no background query of its own, which would hold
     // every soft stop and reload until the query ends.
@@ -86,9 +102,10 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     `    bind ${hostPort(pub.bindAddress, pub.bindPort)} ${meshTls}${pubMode === "http" ? " alpn h2,http/1.1" : ""}`,
   );
   if (pubMode === "http") {
-    add(`    log-format ${httpLogFormat}`, `    timeout http-request ${authorizeInspectDelay}`);
+    add(`    log-format ${httpLogFormat}`, `    timeout http-request ${authorizeInspectDelay}`, ...pathNormalization.map((line) => `    ${line}`));
+    // Every request is decided (L4 and L7 intentions alike), so a kept-alive or pooled connection never carries one past a deny.
     if (authorization) {
-      add(`    http-request lua.connect_authorize ${pub.destinationServiceName}`, "    http-request deny unless { var(txn.connect_allowed) -m bool }");
+      add(`    http-request lua.connect_authorize ${pub.destinationServiceName}`, "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }");
     }
   } else {
     add(`    log-format ${tcpLogFormat}`);

@@ -6,7 +6,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consulBinary } from "./consul.js";
-import { controllerCli, dbApp, webApp } from "./paths.js";
+import { controllerCli, dbApp, httpEchoApp, webApp } from "./paths.js";
 import { startProcess, type StartedProcess } from "./processes.js";
 
 /** How to start a process: on this host, inside a test host's namespace, or pinned and logged to a file (benchmarks). */
@@ -21,6 +21,11 @@ export function startDbApp(port: number, name: string, launch: Launcher = onThis
 /** web (test/apps/web-app.mjs): an HTTP service that asks db at `dbAddress` (its upstream listener) on every request. */
 export function startWebApp(port: number, dbAddress: string, launch: Launcher = onThisHost): StartedProcess {
   return launch("web app", process.execPath, [webApp, "--port", String(port), "--db", dbAddress]);
+}
+
+/** An HTTP service (test/apps/http-echo-app.mjs) answering `<name> <method> <path>`. */
+export function startHttpEchoApp(port: number, name: string, launch: Launcher = onThisHost): StartedProcess {
+  return launch(`http app ${name}`, process.execPath, [httpEchoApp, "--port", String(port), "--name", name]);
 }
 
 export interface SidecarProcess {

@@ -19,4 +19,5 @@ export const controllerCli = join(repoRoot, "dist", "controller", "cli.js");
 export const appsDir = join(repoRoot, "test", "apps");
 export const dbApp = join(appsDir, "db-app.mjs");
 export const webApp = join(appsDir, "web-app.mjs");
+export const httpEchoApp = join(appsDir, "http-echo-app.mjs");
 export const trafficClient = join(appsDir, "traffic-client.mjs");

@@ -138,8 +138,14 @@ describe("renderHaproxyConfig", () => {
     const api = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-api-sidecar-proxy"), paths));
     expect(api).toContain("bind 127.0.0.1:21500 ssl crt");
     expect(api).toContain("http-request lua.connect_authorize api");
-    expect(api).toContain("http-request deny unless { var(txn.connect_allowed) -m bool }");
+    expect(api).toContain("http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }");
     expect(api).not.toContain("tcp-request content lua.connect_authorize");
+    // The path is normalized before the decision, so the path matched is the path forwarded.
+    const publicListener = api.slice(api.indexOf("frontend public_listener"), api.indexOf("backend local_app"));
+    expect(publicListener.indexOf("normalize-uri path-strip-dotdot full")).toBeGreaterThan(0);
+    expect(publicListener.indexOf("normalize-uri percent-decode-unreserved strict")).toBeLessThan(publicListener.indexOf("normalize-uri path-strip-dotdot full"));
+    expect(publicListener.indexOf("normalize-uri path-strip-dotdot full")).toBeLessThan(publicListener.indexOf("lua.connect_authorize"));
+    expect(api).toContain("    expose-experimental-directives");
     expect(api).toContain("timeout connect 2500ms");
     expect(api).toContain("timeout server 30000ms");
     expect(api).toContain("server app 127.0.0.2:7000");
@@ -187,7 +193,7 @@ describe("renderHaproxyConfig", () => {
           `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
           lua,
           "    http-request lua.connect_authorize api",
-          "    http-request deny unless { var(txn.connect_allowed) -m bool }",
+          "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }",
           "    http-response lua.connect_verify_upstream web",
           "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
           "    tcp-response inspect-delay 5s",
