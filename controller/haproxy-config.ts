@@ -15,10 +15,10 @@ export const authorizeInspectDelay = "5s";
 const tcpIdleTimeout = "1h";
 
 /**
- * The path the L7 intentions see is the path forwarded: normalized first, in
- * this order (the authorizer refuses a path these lines left unnormalized,
- * lua-src/request-path.ts). Beyond Consul's defaults for Envoy: duplicate
- * slashes are merged too, so `//admin` cannot pass a deny on `/admin`.
+ * The path a request is decided on is the path forwarded: normalized first,
+ * in this order, as Consul's mesh RequestNormalization does for Envoy (dot
+ * segments, percent-encoded unreserved characters); beyond it, duplicate
+ * slashes are merged too, so `//admin` cannot pass a rule on `/admin`.
  */
 export const pathNormalization = [
   "http-request normalize-uri percent-decode-unreserved strict",
