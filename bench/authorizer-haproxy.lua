@@ -1,4 +1,4 @@
--- Loaded by HAProxy (see bench/authorizer.sh): installs the authorizer from
+-- Loaded by HAProxy (bench/authorizer-round-trips.mjs, run by bench/authorizer.sh): installs the authorizer from
 -- the bundle, then a task times decisions against a real Consul agent.
 --   miss: flush, then one decision = one POST /v1/agent/connect/authorize
 --         round trip on loopback (wall time from core.now(), which HAProxy

@@ -5,70 +5,56 @@
 //   - leaf rotation: Consul serves a renewed leaf -> db's listener serves it
 //   - intention flip: allow <-> deny written -> the next connection follows it
 // and each controller's resident memory. Not a test: it prints figures.
-// Usage: CONSUL_BIN=/path/to/consul node bench/controller-latency.mjs [--rounds N] [--rotations N]
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+// Usage: CONSUL_BIN=/path/to/consul node bench/controller-latency.mjs [--rounds N] [--rotations N] (--help)
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
-import { connect as tlsConnect } from "node:tls";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect as tlsConnect } from "node:tls";
 import { parseArgs } from "node:util";
+import { startConsulDev } from "../dist/test/harness/consul.js";
+import { sendRuntimeCommand } from "../dist/test/harness/haproxy.js";
+import { startConnectHaproxy } from "../dist/test/harness/mesh.js";
+import { controllerCli } from "../dist/test/harness/paths.js";
+import { freePorts } from "../dist/test/harness/ports.js";
+import { peakRssKb, rssKb } from "../dist/test/harness/process-stats.js";
+import { installCleanupHandlers, sleep, stopAll, waitUntil } from "../dist/test/harness/processes.js";
 
-const { values: options } = parseArgs({ options: { rounds: { type: "string", default: "10" }, rotations: { type: "string", default: "2" } } });
-const rounds = Number(options.rounds);
-const rotations = Number(options.rotations);
-const consulBin = process.env.CONSUL_BIN;
-if (!consulBin) {
-  console.error("controller-latency: set CONSUL_BIN to a consul binary");
+const USAGE = `usage: node bench/controller-latency.mjs [--rounds N] [--rotations N]
+  --rounds N      instance changes and intention flips measured (default 10)
+  --rotations N   CA rotations measured, each about 5 s (default 2)
+environment: CONSUL_BIN (required: a consul binary; npm run bench finds or builds one), HAPROXY_BIN (default haproxy)
+Prints a JSON summary (milliseconds) on stdout; exit 0 done, 1 a measurement failed, 2 bad usage.`;
+
+let options;
+try {
+  ({ values: options } = parseArgs({ options: { rounds: { type: "string", default: "10" }, rotations: { type: "string", default: "2" }, help: { type: "boolean", short: "h" } } }));
+} catch (err) {
+  console.error(`controller-latency: ${err.message}\n${USAGE}`);
   process.exit(2);
 }
-const repo = new URL("..", import.meta.url).pathname;
-const cli = join(repo, "dist", "controller", "cli.js");
-const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+if (options.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const rounds = Number(options.rounds);
+const rotations = Number(options.rotations);
+if (!process.env.CONSUL_BIN) {
+  console.error(`controller-latency: set CONSUL_BIN to a consul binary\n${USAGE}`);
+  process.exit(2);
+}
+if (!(rounds >= 1) || !(rotations >= 0)) {
+  console.error(`controller-latency: --rounds must be at least 1 and --rotations at least 0\n${USAGE}`);
+  process.exit(2);
+}
+if (!existsSync(controllerCli)) {
+  console.error(`controller-latency: ${controllerCli} is missing: run npm run build`);
+  process.exit(2);
+}
+installCleanupHandlers(console.error, "controller-latency");
 const now = () => performance.now();
 
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-
-function start(name, command, args, env = {}) {
-  const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let output = "";
-  child.stdout.on("data", (c) => (output += c));
-  child.stderr.on("data", (c) => (output += c));
-  const entry = { name, child, output: () => output };
-  children.push(entry);
-  return entry;
-}
-
-function stats(socketPath, command) {
-  return new Promise((resolve, reject) => {
-    const socket = createConnection(socketPath);
-    let answer = "";
-    socket.on("connect", () => socket.end(`${command}\n`));
-    socket.on("data", (c) => (answer += c));
-    socket.on("error", reject);
-    socket.on("close", () => resolve(answer));
-  });
-}
-
-async function waitUntil(what, probe, timeoutMs = 60_000, intervalMs = 5) {
-  const deadline = now() + timeoutMs;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch {}
-    if (now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(intervalMs);
-  }
-}
+/** Short polling intervals: they bound the measurements' resolution. */
+const every = (intervalMs, timeoutMs = 60_000) => ({ intervalMs, timeoutMs });
 
 function exchange(port, payload = "x") {
   return new Promise((resolve) => {
@@ -104,32 +90,17 @@ const summary = (samples) => {
 };
 
 function rssOf(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0);
-  return { rssMB: +(kb("VmRSS") / 1024).toFixed(1), peakMB: +(kb("VmHWM") / 1024).toFixed(1) };
+  return { rssMB: +((rssKb(pid) ?? 0) / 1024).toFixed(1), peakMB: +((peakRssKb(pid) ?? 0) / 1024).toFixed(1) };
 }
 
-const dataDir = mkdtempSync(join(tmpdir(), "ch-bench-ctl-"));
+let consul;
+const echo = createServer((s) => s.pipe(s));
 try {
-  const [http, serfLan, serfWan, server] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  writeFileSync(
-    join(dataDir, "agent.json"),
-    JSON.stringify({ node_name: "bench", bind_addr: "127.0.0.1", client_addr: "127.0.0.1", advertise_addr: "127.0.0.1", log_level: "warn", ports: { http, dns: -1, serf_lan: serfLan, serf_wan: serfWan, server, grpc: -1, grpc_tls: -1 } }),
-  );
-  start("consul", consulBin, ["agent", "-dev", "-config-file", join(dataDir, "agent.json")]);
-  const httpAddr = `127.0.0.1:${http}`;
-  const api = async (method, path, body) => {
-    const res = await fetch(`http://${httpAddr}${path}`, { method, body: body === undefined ? undefined : JSON.stringify(body) });
-    const text = await res.text();
-    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-    return text ? JSON.parse(text) : undefined;
-  };
-  await waitUntil("consul", async () => (await api("GET", "/v1/agent/connect/ca/roots")).Roots?.length > 0, 30_000, 100);
+  consul = await startConsulDev({ nodeName: "bench" });
+  const { httpAddr, api } = consul;
 
-  const echo = createServer((s) => s.pipe(s));
-  const appPort = await freePort();
+  const [appPort, db1Public, db2Public, webPublic, upstream] = await freePorts(5);
   await new Promise((r) => echo.listen(appPort, "127.0.0.1", r));
-  const [db1Public, db2Public, webPublic, upstream] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const registerWithSidecar = (id, name, publicPort, upstreams = []) =>
     api("PUT", "/v1/agent/service/register", {
       ID: id, Name: name, Port: appPort, Address: "127.0.0.1",
@@ -138,20 +109,17 @@ try {
   await registerWithSidecar("db-1", "db", db1Public);
   await registerWithSidecar("db-2", "db", db2Public);
   await registerWithSidecar("web-1", "web", webPublic, [{ DestinationName: "db", LocalBindPort: upstream }]);
-  const dirs = {};
   const controllers = {};
-  for (const id of ["db-1", "db-2", "web-1"]) {
-    dirs[id] = mkdtempSync(join(tmpdir(), `ch-bench-${id}-`));
-    controllers[id] = start(id, process.execPath, [cli, "--sidecar-for", id, "--config-dir", dirs[id]], { CONSUL_HTTP_ADDR: httpAddr });
-  }
+  for (const id of ["db-1", "db-2", "web-1"]) controllers[id] = startConnectHaproxy(id, httpAddr, { logLevel: "info" });
+  const dirs = Object.fromEntries(Object.entries(controllers).map(([id, c]) => [id, c.configDir]));
   const webStats = join(dirs["web-1"], "stats.sock");
   const readySlots = async () =>
-    (await stats(webStats, "show servers state upstream_db"))
+    (await sendRuntimeCommand(webStats, "show servers state upstream_db"))
       .split("\n")
       .map((l) => l.split(" "))
       .filter((c) => c.length > 18 && /^\d+$/.test(c[0]) && (Number(c[6]) & 0x21) === 0).length;
-  await waitUntil("both db instances in web's backend", async () => (await readySlots()) === 2, 60_000, 50);
-  await waitUntil("traffic", () => exchange(upstream), 30_000, 50);
+  await waitUntil("both db instances in web's backend", async () => (await readySlots()) === 2, every(50));
+  await waitUntil("traffic", () => exchange(upstream), every(50, 30_000));
   console.error("setup done; measuring");
 
   // 1. Instance changes: maintenance mode on db-2's sidecar takes it out of ?passing.
@@ -160,12 +128,12 @@ try {
   for (let i = 0; i < rounds; i++) {
     let t0 = now();
     await api("PUT", "/v1/agent/service/maintenance/db-2-sidecar-proxy?enable=true&reason=bench");
-    await waitUntil("slot removed", async () => (await readySlots()) === 1);
+    await waitUntil("slot removed", async () => (await readySlots()) === 1, every(5));
     removals.push(now() - t0);
     await sleep(200);
     t0 = now();
     await api("PUT", "/v1/agent/service/maintenance/db-2-sidecar-proxy?enable=false");
-    await waitUntil("slot added", async () => (await readySlots()) === 2);
+    await waitUntil("slot added", async () => (await readySlots()) === 2, every(5));
     additions.push(now() - t0);
     await sleep(200);
   }
@@ -176,11 +144,11 @@ try {
   for (let i = 0; i < rounds; i++) {
     let t0 = now();
     await api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "deny" });
-    await waitUntil("denied", async () => !(await exchange(upstream)), 10_000, 1);
+    await waitUntil("denied", async () => !(await exchange(upstream)), every(1, 10_000));
     denies.push(now() - t0);
     t0 = now();
     await api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
-    await waitUntil("allowed", () => exchange(upstream), 10_000, 1);
+    await waitUntil("allowed", () => exchange(upstream), every(1, 10_000));
     allows.push(now() - t0);
   }
 
@@ -207,13 +175,13 @@ try {
         break;
       }
     }
-    await waitUntil("renewed leaf served", async () => (await servedSerial(db1Public, webLeaf())) === serial, 60_000, 5);
+    await waitUntil("renewed leaf served", async () => (await servedSerial(db1Public, webLeaf())) === serial, every(5));
     leafApplied.push(now() - issuedAt);
     endToEnd.push(now() - t0);
     await sleep(3000);
   }
 
-  const memory = Object.fromEntries(Object.entries(controllers).map(([id, c]) => [id, rssOf(c.child.pid)]));
+  const memory = Object.fromEntries(Object.entries(controllers).map(([id, c]) => [id, rssOf(c.process.pid)]));
   const results = {
     date: new Date().toISOString(),
     instanceRemovedMs: summary(removals),
@@ -226,12 +194,14 @@ try {
   };
   console.log(JSON.stringify(results, null, 2));
   // The controllers' own account of each reload (haproxy -c and reload timings).
-  for (const id of ["db-1", "web-1"]) console.error(controllers[id].output().split("\n").filter((l) => l.includes(" reload (")).join("\n"));
-  for (const id of Object.keys(controllers)) controllers[id].child.kill("SIGTERM");
-  await Promise.all(Object.values(controllers).map((c) => new Promise((r) => (c.child.exitCode !== null ? r() : c.child.once("exit", r)))));
-  echo.close();
+  for (const id of ["db-1", "web-1"]) console.error(controllers[id].process.output().split("\n").filter((l) => l.includes(" reload (")).join("\n"));
+  await Promise.all(Object.values(controllers).map((c) => c.stop()));
   for (const dir of Object.values(dirs)) rmSync(dir, { recursive: true, force: true });
+} catch (err) {
+  console.error(`controller-latency: ${err.stack ?? err}`);
+  process.exitCode = 1;
 } finally {
-  for (const c of children) if (c.child.exitCode === null) c.child.kill("SIGKILL");
-  rmSync(dataDir, { recursive: true, force: true });
+  echo.close();
+  await stopAll();
+  await consul?.stop();
 }

@@ -13,14 +13,15 @@ import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync
 import { cpus, tmpdir } from "node:os";
 import { basename, dirname, join, relative } from "node:path";
 import { barChartSvg } from "./lib/chart.mjs";
-import { caRootsPem, meshCertificates, registerMesh, startConsulDev } from "./lib/consul.mjs";
+import { startConsulDev } from "../dist/test/harness/consul.js";
+import { controllerCli, luaBundlePath, repoRoot } from "../dist/test/harness/paths.js";
+import { freePorts } from "../dist/test/harness/ports.js";
+import { installCleanupHandlers, onInterrupt, runCommand, runProgram, stopAll } from "../dist/test/harness/processes.js";
 import { measureSetup } from "./lib/measure.mjs";
-import { freePorts } from "./lib/ports.mjs";
-import { installCleanupHandlers, onInterrupt, runCommand, stopAll } from "./lib/processes.mjs";
+import { registerMesh } from "./lib/mesh.mjs";
 import { chartPanels, checkTargets, markdownReport, ratios, summarize } from "./lib/report.mjs";
-import { DEFAULT_SETUPS, SETUPS, controllerAvailable } from "./lib/setups.mjs";
+import { DEFAULT_SETUPS, SETUPS } from "./lib/setups.mjs";
 
-const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const log = (message) => console.error(message);
 
 const USAGE = `usage: node bench/run.mjs [options]
@@ -176,20 +177,19 @@ async function main() {
     return 2;
   }
   const haproxyBin = process.env.HAPROXY_BIN ?? "haproxy";
-  const luaBundle = join(repoRoot, "dist", "connect-haproxy.lua");
-  if (!existsSync(luaBundle)) {
-    console.error(`bench: ${luaBundle} is missing: run npm run build`);
-    return 2;
+  for (const built of [luaBundlePath, controllerCli]) {
+    if (!existsSync(built)) {
+      console.error(`bench: ${built} is missing: run npm run build`);
+      return 2;
+    }
   }
-  installCleanupHandlers(log);
+  installCleanupHandlers(log, "bench");
   const startedAt = new Date();
   const machine = describeMachine(consulBin, haproxyBin);
   const cpu = cpuPlan();
   const runDir = mkdtempSync(join(tmpdir(), "ch-bench-run-"));
   if (!options.keep) onInterrupt(() => rmSync(runDir, { recursive: true, force: true }));
-  const controller = controllerAvailable(repoRoot);
   log(`bench: run directory ${runDir}`);
-  log(`bench: connect-haproxy set-up: ${controller.available ? "sidecars run by the controller" : `hand-written HAProxy config + the authorizer (${controller.why})`}`);
 
   const s = options.seconds;
   const plan = {
@@ -206,15 +206,11 @@ async function main() {
   const rounds = Object.fromEntries(options.setups.map((id) => [id, []]));
   const failures = [];
   try {
-    consul = await startConsulDev({ consulBin, dir: runDir, cpu: cpu.b });
+    consul = await startConsulDev({ nodeName: "bench", cpu: cpu.b, logFile: join(runDir, "consul.log") });
     const [app, dbPublic, webPublic, webApp, upstream] = await freePorts(5);
     const ports = { app, dbPublic, webPublic, webApp, upstream };
     await registerMesh(consul, ports);
-    const files = { webPem: join(runDir, "web.pem"), dbPem: join(runDir, "db.pem"), roots: join(runDir, "roots.pem") };
-    writeFileSync(files.webPem, (await meshCertificates(consul, "web")).pem, { mode: 0o600 });
-    writeFileSync(files.dbPem, (await meshCertificates(consul, "db")).pem, { mode: 0o600 });
-    writeFileSync(files.roots, (await caRootsPem(consul)).pem);
-    const ctx = { runDir, consul, consulBin, haproxyBin, luaBundle, ports, files, cpu, controller, runCounter: 0 };
+    const ctx = { runDir, consul, haproxyBin, ports, cpu, runCounter: 0 };
 
     for (let round = 0; round < options.rounds; round++) {
       // Rotate the order each round so that no set-up always runs first or last.
@@ -251,11 +247,6 @@ async function main() {
       extras.notes.push(`the authorizer micro-benchmark failed: ${err.message}`);
     }
   }
-  if (!controller.available) {
-    extras.notes.push(
-      `connect-haproxy set-up: the controller was not available (${controller.why}), so its two HAProxy sidecars were configured by hand like the plain pair plus the Lua authorizer (lua-load dist/connect-haproxy.lua, lua.connect_authorize on the public listener, enforced by a reject rule). The controller's own process is therefore not in its CPU and RSS figures.`,
-    );
-  }
   for (const f of failures) extras.notes.push(`FAILED: ${f}`);
 
   const dirty = firstLine("git", ["-C", repoRoot, "status", "--porcelain", "--untracked-files=no"]) !== "";
@@ -270,14 +261,13 @@ async function main() {
     plan,
     noCachePlan,
     cpu,
-    connectHaproxyMode: controller.available ? "controller" : "hand-configured HAProxy + authorizer",
     method: [
       `new connections: \`wrk -t1 -c${plan.newConn.connections} -d${s}s -H "Connection: close"\`, so every request opens a new connection through both sidecars and a new TLS handshake between them (HAProxy resumes TLS sessions: TLS 1.3 tickets; Consul's proxy keeps no client session cache, so it does a full handshake and one agent authorize call per connection), after a ${plan.warmupSeconds} s warm-up that also fills the verdict cache`,
       `kept-alive, saturated: \`wrk -t1 -c${plan.keepAlive.connections} -d${s}s\` (as many requests as the path carries; its p99 mostly measures queueing and CPU scheduling); light steady load: the same with ${plan.paced.connections} connections that each wait ${plan.paced.delayMs} ms after a reply before the next request (wrk's \`delay()\`; about 3,000 req/s), so latency shows what the proxies add rather than the queue`,
       `bulk: \`iperf3 -c -t ${s} -O 1 -P 1\` (one stream; the control and data connections both cross the sidecars in TCP mode)`,
       "application: HAProxy answering `200 ok` to every request (`http-request return`), replaced by `iperf3 -s` on the same port for the bulk phase",
       `CPU: utime+stime from /proc/<pid>/stat before and after each phase, for every process of each sidecar (controller, HAProxy master and workers, or the Go proxy), the application and the Consul agent; the client's from bash \`times\`. Peak RSS: VmHWM of every process of a sidecar, summed. ${cpu.note}`,
-      "plain HAProxy pair: the configuration the controller renders, without lua-load and the three authorization rules; the same leaf certificates, roots and verify required both ways",
+      "plain HAProxy pair: the configuration the controller renders for the same registrations (`renderHaproxyConfig(state, { authorization: false })`), without exactly the authorizer's lines (setenv CONNECT_TRUST_DOMAIN, lua-load, the connect_authorize and connect_verify_upstream rules and their inspect-delays); the same leaf certificates, roots and verify required both ways",
       `rounds: ${options.rounds}; the set-up order rotates each round; figures are medians`,
     ],
   };
@@ -289,11 +279,4 @@ async function main() {
   return failures.length ? 1 : 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (err) => {
-    console.error(`bench: ${err.stack ?? err}`);
-    await stopAll();
-    process.exit(1);
-  },
-);
+runProgram("bench", main);

@@ -14,6 +14,20 @@ export const authorizeInspectDelay = "5s";
 /** Consul's proxies close idle TCP connections after an hour. */
 const tcpIdleTimeout = "1h";
 
+/**
+ * The path a request is decided on is the path forwarded: normalized first,
+ * in this order, as Consul's mesh RequestNormalization does for Envoy (dot
+ * segments, percent-encoded unreserved characters); beyond it, duplicate
+ * slashes are merged too, so `//admin` cannot pass a rule on `/admin`.
+ */
+export const pathNormalization = [
+  "http-request normalize-uri percent-decode-unreserved strict",
+  "http-request normalize-uri percent-to-uppercase strict",
+  "http-request normalize-uri path-merge-slashes",
+  "http-request normalize-uri path-strip-dot",
+  "http-request normalize-uri path-strip-dotdot full",
+];
+
 const tcpLogFormat =
   '"%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq client=%[var(txn.connect_spiffe)] allowed=%[var(txn.connect_allowed)] reason=%{+Q}[var(txn.connect_reason)]"';
 const httpLogFormat =
@@ -34,7 +48,18 @@ function meshAlpn(protocol: ProxyProtocol): string {
   return "";
 }
 
-export function renderHaproxyConfig(state: DesiredState): string {
+export interface RenderOptions {
+  /**
+   * false leaves out exactly the Lua authorizer's lines: setenv
+   * CONNECT_TRUST_DOMAIN, lua-load, the connect_authorize rules and the
+   * connect_verify_upstream rules with their inspect-delays. The benchmark's
+   * plain HAProxy pair is this render, so the difference it measures is the
+   * authorizer (test/unit/controller-render.test.ts proves the line set).
+   */
+  authorization?: boolean;
+}
+
+export function renderHaproxyConfig(state: DesiredState, { authorization = true }: RenderOptions = {}): string {
   const { paths, publicListener: pub } = state;
   const lines: string[] = [];
   const add = (...more: string[]) => lines.push(...more);
@@ -49,11 +74,12 @@ export function renderHaproxyConfig(state: DesiredState): string {
     "    stats timeout 2m",
     `    hard-stop-after ${hardStopAfterSeconds}s`,
     "    ssl-server-verify required",
+    // normalize-uri is "experimental" in 2.6 (a keyword flag, not a behaviour warning).
+    ...(mode(pub.protocol) === "http" ? ["    expose-experimental-directives"] : []),
     // Read by the authorizer when it loads (so before lua-load): with the trust
     // domain given, it runs no background query of its own, which would hold
     // every soft stop and reload until the query ends.
-    `    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`,
-    `    lua-load ${paths.luaBundle}`,
+    ...(authorization ? [`    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`, `    lua-load ${paths.luaBundle}`] : []),
     "",
     "defaults",
     "    log global",
@@ -76,19 +102,20 @@ export function renderHaproxyConfig(state: DesiredState): string {
     `    bind ${hostPort(pub.bindAddress, pub.bindPort)} ${meshTls}${pubMode === "http" ? " alpn h2,http/1.1" : ""}`,
   );
   if (pubMode === "http") {
-    add(
-      `    log-format ${httpLogFormat}`,
-      `    timeout http-request ${authorizeInspectDelay}`,
-      `    http-request lua.connect_authorize ${pub.destinationServiceName}`,
-      "    http-request deny unless { var(txn.connect_allowed) -m bool }",
-    );
+    add(`    log-format ${httpLogFormat}`, `    timeout http-request ${authorizeInspectDelay}`, ...pathNormalization.map((line) => `    ${line}`));
+    // Every request is decided (L4 and L7 intentions alike), so a kept-alive or pooled connection never carries one past a deny.
+    if (authorization) {
+      add(`    http-request lua.connect_authorize ${pub.destinationServiceName}`, "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }");
+    }
   } else {
-    add(
-      `    log-format ${tcpLogFormat}`,
-      `    tcp-request inspect-delay ${authorizeInspectDelay}`,
-      `    tcp-request content lua.connect_authorize ${pub.destinationServiceName}`,
-      "    tcp-request content reject unless { var(txn.connect_allowed) -m bool }",
-    );
+    add(`    log-format ${tcpLogFormat}`);
+    if (authorization) {
+      add(
+        `    tcp-request inspect-delay ${authorizeInspectDelay}`,
+        `    tcp-request content lua.connect_authorize ${pub.destinationServiceName}`,
+        "    tcp-request content reject unless { var(txn.connect_allowed) -m bool }",
+      );
+    }
   }
   add(`    default_backend ${localAppBackendName}`, "");
 
@@ -101,11 +128,11 @@ export function renderHaproxyConfig(state: DesiredState): string {
     "",
   );
 
-  for (const upstream of state.upstreams) add(...renderUpstream(upstream, meshTls));
+  for (const upstream of state.upstreams) add(...renderUpstream(upstream, meshTls, authorization));
   return lines.join("\n");
 }
 
-function renderUpstream(upstream: UpstreamState, meshTls: string): string[] {
+function renderUpstream(upstream: UpstreamState, meshTls: string, authorization: boolean): string[] {
   const upstreamMode = mode(upstream.protocol);
   const target = upstream.datacenter ? `${upstream.destinationName} in ${upstream.datacenter}` : upstream.destinationName;
   return [
@@ -121,7 +148,7 @@ function renderUpstream(upstream: UpstreamState, meshTls: string): string[] {
     // roundrobin is dynamic: slots can change address and state at run time.
     "    balance roundrobin",
     `    timeout connect ${upstream.connectTimeoutMs}ms`,
-    ...upstreamIdentityRules(upstream, upstreamMode),
+    ...(authorization ? upstreamIdentityRules(upstream, upstreamMode) : []),
     ...upstream.slots.map((slot) =>
       slot.instance
         ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`

@@ -7,10 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
-CONSUL_BIN=$(bash scripts/install-consul.sh)
-export CONSUL_BIN
-npm run --silent build
+source scripts/prepare.sh
+prepare
 # The harness's pure parts (parsers, medians, ratios, chart) first: a second.
 node --test --test-reporter=dot bench/test/
 exec node bench/run.mjs "$@"

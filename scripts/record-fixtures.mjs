@@ -2,55 +2,29 @@
 // Records the Consul replies the controller's unit tests render from, from a
 // REAL `consul agent -dev` (CONSUL_BIN), into test/fixtures/consul/*.json.
 // Usage: CONSUL_BIN=/path/to/consul node scripts/record-fixtures.mjs
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+// The test harness's Consul dev agent (npm run build compiles it to dist/test/harness).
+import { consulBinary, startConsulDev } from "../dist/test/harness/consul.js";
+import { sleep } from "../dist/test/harness/processes.js";
 
-const consulBin = process.env.CONSUL_BIN;
-if (!consulBin) {
+try {
+  consulBinary();
+} catch {
   console.error("record-fixtures: set CONSUL_BIN to a consul binary");
   process.exit(2);
 }
 const outDir = new URL("../test/fixtures/consul/", import.meta.url).pathname;
 mkdirSync(outDir, { recursive: true });
 
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-
-const [http, serfLan, serfWan, server] = [await freePort(), await freePort(), await freePort(), await freePort()];
-const dataDir = mkdtempSync(join(tmpdir(), "ch-record-"));
-writeFileSync(
-  join(dataDir, "agent.json"),
-  JSON.stringify({
-    node_name: "fixture-node",
-    datacenter: "dc1",
-    bind_addr: "127.0.0.1",
-    client_addr: "127.0.0.1",
-    advertise_addr: "127.0.0.1",
-    log_level: "warn",
-    ports: { http, dns: -1, serf_lan: serfLan, serf_wan: serfWan, server, grpc: -1, grpc_tls: -1 },
-  }),
-);
-const agent = spawn(consulBin, ["agent", "-dev", "-config-file", join(dataDir, "agent.json")], { stdio: "ignore" });
-const base = `http://127.0.0.1:${http}`;
-
-async function call(method, path, body) {
-  const res = await fetch(base + path, { method, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return { res, text };
-}
+// The node name and datacenter are in the recorded replies (instance IDs are node/service).
+const agent = await startConsulDev({ nodeName: "fixture-node", config: { datacenter: "dc1" } });
+const call = (method, path, body) => agent.api(method, path, body);
 
 async function record(name, path) {
-  const { res, text } = await call("GET", path);
+  const res = await agent.fetch("GET", path);
+  const text = await res.text();
+  if (!res.ok) throw new Error(`GET ${path}: ${res.status} ${text}`);
   const fixture = {
     request: path,
     status: res.status,
@@ -61,17 +35,7 @@ async function record(name, path) {
   console.log(`recorded ${name}.json  <- GET ${path}`);
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 try {
-  for (let i = 0; ; i++) {
-    try {
-      const { text } = await call("GET", "/v1/agent/connect/ca/roots");
-      if (JSON.parse(text).Roots?.length) break;
-    } catch {}
-    if (i > 300) throw new Error("consul did not come up");
-    await sleep(100);
-  }
-
   // db: a TCP service with a plain sidecar.
   await call("PUT", "/v1/agent/service/register", {
     Name: "db", ID: "db-1", Port: 9001, Address: "127.0.0.1",
@@ -124,7 +88,5 @@ try {
   await record("query-db-query-execute", "/v1/query/db-query/execute?connect=true");
   await record("intentions-match-db", "/v1/connect/intentions/match?by=destination&name=db");
 } finally {
-  agent.kill("SIGTERM");
-  await new Promise((r) => agent.once("exit", r));
-  rmSync(dataDir, { recursive: true, force: true });
+  await agent.stop();
 }

@@ -10,12 +10,10 @@ rm -rf "$results"; mkdir -p "$results"
 
 fail_setup() { echo "test: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 
-bash scripts/install-deps.sh || fail_setup "installing dependencies failed (see above)"
-CONSUL_BIN=$(bash scripts/install-consul.sh) || fail_setup "no Consul binary: the build failed (see above); set CONSUL_BIN to use an existing one"
-export CONSUL_BIN
+source scripts/prepare.sh
+prepare || fail_setup "preparing failed (see above)"
 echo "test: using $("$CONSUL_BIN" version | head -1) at $CONSUL_BIN"
 echo "test: using $(haproxy -v | head -1)"
-npm run --silent build || fail_setup "the build failed (see above)"
 
 # Suites run one after another; each writes a machine-readable result.
 npx vitest run --reporter=default --reporter=json --outputFile.json="$results/vitest.json" "$@"

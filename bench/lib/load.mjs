@@ -2,7 +2,7 @@
 // Both run under bash so that `times` reports their exact CPU use after they
 // exit (the children line), pinned with taskset.
 import { join } from "node:path";
-import { runCommand } from "./processes.mjs";
+import { runCommand } from "../../dist/test/harness/processes.js";
 
 const benchDir = new URL("..", import.meta.url).pathname;
 export const wrkScript = join(benchDir, "wrk-report.lua");

@@ -1,17 +1,22 @@
 // One set-up, measured: the application, the set-up's proxies, then each
 // phase with CPU accounted for every process involved.
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { appConfig, parseKeyValues, runtimeCommand, startHaproxy } from "./haproxy.mjs";
+import { parseKeyValues, sendRuntimeCommand, startHaproxy } from "../../dist/test/harness/haproxy.js";
+import { appsDir } from "../../dist/test/harness/paths.js";
+import { ProcessGroup, cpuBetween, machineCpu } from "../../dist/test/harness/process-stats.js";
+import { sleep, startProcess, waitFor } from "../../dist/test/harness/processes.js";
 import { runWrk, runIperf3 } from "./load.mjs";
-import { ProcessGroup, cpuBetween, machineCpu } from "./proc-stats.mjs";
-import { sleep, startProcess, waitFor } from "./processes.mjs";
 import { startSetup } from "./setups.mjs";
 
+/** The application: test/apps/http-ok.cfg, HAProxy answering 200 to every request, so it is never the bottleneck. */
 async function startApp(ctx) {
-  return startHaproxy("app", appConfig({ port: ctx.ports.app, statsSocket: join(ctx.runDir, "app.sock") }), {
+  return startHaproxy(readFileSync(join(appsDir, "http-ok.cfg"), "utf8"), {
     dir: ctx.runDir,
+    name: "app",
     cpu: ctx.cpu.b,
-    haproxyBin: ctx.haproxyBin,
+    env: { APP_PORT: String(ctx.ports.app) },
+    logToFile: true,
   });
 }
 
@@ -40,7 +45,7 @@ function tlsFigures(showInfo) {
 async function authorizerStats(setup) {
   if (!setup.authorizes || !setup.dbStatsSocket) return undefined;
   try {
-    return parseKeyValues(await runtimeCommand(setup.dbStatsSocket(), "connect cache stats"));
+    return parseKeyValues(await sendRuntimeCommand(setup.dbStatsSocket(), "connect cache stats"));
   } catch {
     return undefined;
   }
@@ -112,7 +117,7 @@ export async function measureSetup(id, ctx, plan, log) {
     if (plan.newConn) {
       // HAProxy's TLS figures are rates over the last second: read them midway.
       const midway = setup.dbStatsSocket
-        ? { afterMs: (plan.newConn.seconds * 1000) / 2, sample: async (ms) => (await sleep(ms), tlsFigures(await runtimeCommand(setup.dbStatsSocket(), "show info"))) }
+        ? { afterMs: (plan.newConn.seconds * 1000) / 2, sample: async (ms) => (await sleep(ms), tlsFigures(await sendRuntimeCommand(setup.dbStatsSocket(), "show info"))) }
         : undefined;
       const statsBefore = await authorizerStats(setup);
       result.newConn = await phase(groups, () => runWrk({ port, ...plan.newConn, close: true, cpu: client }), { midway });

@@ -8,12 +8,14 @@
 // Consul agent, which the built-in proxy and the authorizer ask on db's side).
 // Every set-up gets the same two cores; HAProxy sees one CPU and runs one
 // thread, Go's runtime sets GOMAXPROCS=1, as each would on a one-core host.
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { execFileSync } from "node:child_process";
-import { sidecarConfig, startHaproxy, parseKeyValues, runtimeCommand } from "./haproxy.mjs";
-import { startProcess, waitFor } from "./processes.mjs";
-import { ProcessGroup } from "./proc-stats.mjs";
+import { renderHaproxyConfig } from "../../dist/controller/haproxy-config.js";
+import { parseKeyValues, sendRuntimeCommand, startHaproxy } from "../../dist/test/harness/haproxy.js";
+import { startConnectHaproxy, startConsulProxy } from "../../dist/test/harness/mesh.js";
+import { ProcessGroup } from "../../dist/test/harness/process-stats.js";
+import { startProcess, waitFor } from "../../dist/test/harness/processes.js";
+import { sidecarState } from "./mesh.mjs";
 import { httpStatus } from "./probe.mjs";
 
 export const SETUPS = {
@@ -39,18 +41,9 @@ export const SETUPS = {
 
 export const DEFAULT_SETUPS = Object.keys(SETUPS).filter((id) => !SETUPS[id].optIn);
 
-/** Does dist/ hold a controller that runs sidecars? (It is being written while this benchmark is.) */
-export function controllerAvailable(repoRoot) {
-  const cli = join(repoRoot, "dist", "controller", "cli.js");
-  if (!existsSync(cli)) return { available: false, why: "dist/controller/cli.js does not exist" };
-  try {
-    const help = execFileSync(process.execPath, [cli, "--help"], { encoding: "utf8", timeout: 10000, stdio: ["ignore", "pipe", "pipe"] });
-    if (!help.includes("--sidecar-for")) return { available: false, why: "dist/controller/cli.js --help does not offer --sidecar-for" };
-    return { available: true, cli };
-  } catch (err) {
-    return { available: false, why: `dist/controller/cli.js --help failed: ${(err.stderr || err.message).toString().trim().split("\n")[0]}` };
-  }
-}
+/** Starts processes pinned to `cpu`, logging to `logFile`, and stops what they leave behind. */
+const pinnedLauncher = (cpu, logFile, env = {}) => (name, command, args) =>
+  startProcess(name, command, args, { cpu, logFile, env: { ...process.env, ...env }, stopDescendants: true });
 
 /** Waits until an HTTP request through `port` gets the application's 200. */
 async function waitForPath(port, what, watched) {
@@ -63,40 +56,32 @@ async function waitForPath(port, what, watched) {
 
 /** Counters read from db's HAProxy at the end of a set-up. */
 async function sidecarDetails(statsSocket, authorizes) {
-  const info = parseKeyValues(await runtimeCommand(statsSocket, "show info"));
+  const info = parseKeyValues(await sendRuntimeCommand(statsSocket, "show info"));
   const out = { dbCumulatedSslConnections: info.CumSslConns, dbSslCacheLookups: info.SslCacheLookups, dbSslCacheMisses: info.SslCacheMisses };
-  if (authorizes) out.authorizerStats = parseKeyValues(await runtimeCommand(statsSocket, "connect cache stats"));
+  if (authorizes) out.authorizerStats = parseKeyValues(await sendRuntimeCommand(statsSocket, "connect cache stats"));
   return out;
 }
 
-/** A pair of HAProxy processes configured by hand, with or without the Lua authorizer. */
-async function startHandConfiguredPair(ctx, { authorize, env = {}, name = authorize ? "authz-pair" : "plain-pair", extraGlobal }) {
+/**
+ * Two HAProxy processes on what the controller would render for web's and db's
+ * sidecars, without the authorizer's lines (renderHaproxyConfig's
+ * `authorization: false`); `extraGlobal`: lines added to `global` (the tuning candidates).
+ */
+async function startPlainPair(ctx, { name, extraGlobal = [] }) {
   const dir = join(ctx.runDir, name);
   mkdirSync(dir, { recursive: true });
-  const common = { caFile: ctx.files.roots, luaBundle: authorize ? ctx.luaBundle : undefined, extraGlobal };
-  const dbConfig = sidecarConfig({
-    ...common,
-    service: "db",
-    statsSocket: join(dir, "db.sock"),
-    crt: ctx.files.dbPem,
-    publicPort: ctx.ports.dbPublic,
-    appPort: ctx.ports.app,
-  });
-  const webConfig = sidecarConfig({
-    ...common,
-    service: "web",
-    statsSocket: join(dir, "web.sock"),
-    crt: ctx.files.webPem,
-    publicPort: ctx.ports.webPublic,
-    appPort: ctx.ports.webApp,
-    upstream: { name: "db", bindPort: ctx.ports.upstream, serverPort: ctx.ports.dbPublic },
-  });
-  const haproxyEnv = authorize ? { CONSUL_HTTP_ADDR: ctx.consul.httpAddr, ...env } : {};
-  const db = await startHaproxy("db-sidecar", dbConfig, { dir, cpu: ctx.cpu.b, env: haproxyEnv, haproxyBin: ctx.haproxyBin });
+  const start = async (service, cpu) => {
+    const state = await sidecarState(ctx.consul, service, dir);
+    writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
+    writeFileSync(state.paths.caRootsFile, state.caRootsPem);
+    const config = renderHaproxyConfig(state, { authorization: false }).replace(/^global$/m, ["global", ...extraGlobal.map((line) => `    ${line}`)].join("\n"));
+    return startHaproxy(config, { dir, name: `${service}-sidecar`, cpu, logToFile: true });
+  };
+  const db = await start("db", ctx.cpu.b);
   let web;
   try {
-    web = await startHaproxy("web-sidecar", webConfig, { dir, cpu: ctx.cpu.a, env: haproxyEnv, haproxyBin: ctx.haproxyBin });
-    await waitForPath(ctx.ports.upstream, "hand-configured pair", db.process);
+    web = await start("web", ctx.cpu.a);
+    await waitForPath(ctx.ports.upstream, "plain pair", db.process);
   } catch (err) {
     await web?.stop();
     await db.stop();
@@ -105,13 +90,33 @@ async function startHandConfiguredPair(ctx, { authorize, env = {}, name = author
   return {
     entryPort: ctx.ports.upstream,
     sidecars: [new ProcessGroup("web sidecar", [web.process]), new ProcessGroup("db sidecar", [db.process])],
-    authorizes: authorize,
+    authorizes: false,
     dbStatsSocket: () => db.statsSocket,
-    details: () => sidecarDetails(db.statsSocket, authorize),
+    details: () => sidecarDetails(db.statsSocket, false),
     async stop() {
       await Promise.all([web.stop(), db.stop()]);
     },
   };
+}
+
+/**
+ * Two sidecar processes from `start(service, cpu)`: db's on CPU B, web's on
+ * CPU A; resolves once a request through web's upstream listener gets the
+ * application's answer, and fails at once if either exits.
+ */
+async function startPair(ctx, what, start, { stopSignal, graceMs }) {
+  const db = start("db", ctx.cpu.b);
+  const web = start("web", ctx.cpu.a);
+  const stop = async () => {
+    await Promise.all([web.stop(stopSignal, graceMs), db.stop(stopSignal, graceMs)]);
+  };
+  try {
+    await waitForPath(ctx.ports.upstream, what, [web, db]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { entryPort: ctx.ports.upstream, sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])], stop };
 }
 
 /** Two sidecars run by the controller, as an operator would run them. */
@@ -120,64 +125,25 @@ async function startControllerPair(ctx, { env = {} }) {
   const start = (service, cpu) => {
     const configDir = join(dir, service);
     mkdirSync(configDir, { recursive: true });
-    return startProcess(
-      `connect-haproxy ${service}`,
-      process.execPath,
-      [ctx.controller.cli, "--sidecar-for", service, "--http-addr", ctx.consul.httpAddr, "--config-dir", configDir, "--haproxy-bin", ctx.haproxyBin],
-      { cpu, env: { ...process.env, ...env }, logFile: join(dir, `${service}.log`) },
-    );
+    return startConnectHaproxy(service, ctx.consul.httpAddr, {
+      launch: pinnedLauncher(cpu, join(dir, `${service}.log`), env),
+      configDir,
+      logLevel: "info",
+      args: ["--haproxy-bin", ctx.haproxyBin],
+    }).process;
   };
-  const db = start("db", ctx.cpu.b);
-  const web = start("web", ctx.cpu.a);
-  const stop = async () => {
-    await Promise.all([web.stop("SIGTERM", 10000), db.stop("SIGTERM", 10000)]);
-  };
-  try {
-    await waitForPath(ctx.ports.upstream, "controller pair (web)", web);
-    if (db.exited()) throw new Error(`db's controller exited:\n${db.output()}`);
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  // The controller keeps HAProxy's stats socket in its --config-dir.
-  const dbSocket = () => ["stats.sock", "haproxy.sock", "admin.sock"].map((n) => join(dir, "db", n)).find((p) => existsSync(p));
-  return {
-    entryPort: ctx.ports.upstream,
-    sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])],
-    authorizes: true,
-    dbStatsSocket: dbSocket,
-    details: async () => (dbSocket() ? sidecarDetails(dbSocket(), true) : { note: "db's stats socket not found in its --config-dir" }),
-    stop,
-  };
+  const pair = await startPair(ctx, "controller pair", start, { stopSignal: "SIGTERM", graceMs: 10000 });
+  const dbSocket = join(dir, "db", "stats.sock");
+  return { ...pair, authorizes: true, dbStatsSocket: () => dbSocket, details: () => sidecarDetails(dbSocket, true) };
 }
 
+/** Consul's built-in proxy as both sidecars. */
 async function startBuiltinPair(ctx) {
   const dir = join(ctx.runDir, "builtin-pair");
   mkdirSync(dir, { recursive: true });
-  const start = (service, cpu) =>
-    startProcess(`consul connect proxy ${service}`, ctx.consulBin, ["connect", "proxy", "-sidecar-for", service, "-http-addr", ctx.consul.httpAddr, "-log-level", "warn"], {
-      cpu,
-      logFile: join(dir, `${service}.log`),
-    });
-  const db = start("db", ctx.cpu.b);
-  const web = start("web", ctx.cpu.a);
-  const stop = async () => {
-    await Promise.all([web.stop("SIGINT", 5000), db.stop("SIGINT", 5000)]);
-  };
-  try {
-    await waitForPath(ctx.ports.upstream, "built-in proxy pair", web);
-    if (db.exited()) throw new Error(`db's built-in proxy exited:\n${db.output()}`);
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return {
-    entryPort: ctx.ports.upstream,
-    sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])],
-    authorizes: true,
-    details: async () => ({}),
-    stop,
-  };
+  const start = (service, cpu) => startConsulProxy(service, ctx.consul.httpAddr, { launch: pinnedLauncher(cpu, join(dir, `${service}.log`)), logLevel: "warn" }).process;
+  const pair = await startPair(ctx, "built-in proxy pair", start, { stopSignal: "SIGINT", graceMs: 5000 });
+  return { ...pair, authorizes: true, details: async () => ({}) };
 }
 
 /** Starts one set-up; resolves with { entryPort, sidecars: ProcessGroup[], details(), stop() }. */
@@ -186,20 +152,18 @@ export async function startSetup(id, ctx) {
     case "direct":
       return { entryPort: ctx.ports.app, sidecars: [], details: async () => ({}), stop: async () => {} };
     case "plain":
-      return startHandConfiguredPair(ctx, { authorize: false });
+      return startPlainPair(ctx, { name: "plain-pair" });
     case "connect":
-      return ctx.controller.available ? startControllerPair(ctx, {}) : startHandConfiguredPair(ctx, { authorize: true });
-    case "connectNoCache": {
+      return startControllerPair(ctx, {});
+    case "connectNoCache":
       // An allow TTL of 0 caches nothing: every connection asks the agent
       // (connections for the same client arriving during a call share it).
-      const env = { CONNECT_ALLOW_TTL: "0", CONNECT_DENY_TTL: "0" };
-      return ctx.controller.available ? startControllerPair(ctx, { env }) : startHandConfiguredPair(ctx, { authorize: true, env });
-    }
+      return startControllerPair(ctx, { env: { CONNECT_ALLOW_TTL: "0", CONNECT_DENY_TTL: "0" } });
     case "builtin":
       return startBuiltinPair(ctx);
     case "plainBigBuffers":
     case "plainTls12":
-      return startHandConfiguredPair(ctx, { authorize: false, name: id, extraGlobal: SETUPS[id].extraGlobal });
+      return startPlainPair(ctx, { name: id, extraGlobal: SETUPS[id].extraGlobal });
     default:
       throw new Error(`unknown set-up ${id}`);
   }

@@ -1,12 +1,15 @@
 // Pure parts of the benchmark: parsers, medians, ratios, targets, the chart.
-//   node --test bench/test/
+//   node --test bench/test/   (after npm run build)
+// The plain pair's configuration is the controller's render without authorization:
+// test/unit/controller-render.test.ts proves what that leaves out.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseTimes, parseWrkJson } from "../lib/load.mjs";
-import { parseKeyValues, sidecarConfig } from "../lib/haproxy.mjs";
 import { median, summarize, ratios, checkTargets, markdownReport } from "../lib/report.mjs";
 import { barChartSvg, formatNumber } from "../lib/chart.mjs";
-import { cpuBetween } from "../lib/proc-stats.mjs";
+// The harness's pure parts the benchmark relies on (built by npm run build).
+import { parseKeyValues } from "../../dist/test/harness/haproxy.js";
+import { cpuBetween } from "../../dist/test/harness/process-stats.js";
 
 test("bash `times`: the second line is the children's user + system time", () => {
   assert.equal(parseTimes("some wrk noise\n0m0.002s 0m0.001s\n1m2.500s 0m0.250s\n"), 62.75);
@@ -68,20 +71,6 @@ test("ratios and targets compare connect-haproxy's medians with the others'", ()
   });
   assert.match(markdown, /\| new connections\/s .* \| – \| 1,000 \| 950 <sub>900–1,000<\/sub> \| 400 \| 2\.38× \| 0\.95× \|/);
   assert.match(markdown, /\| bulk throughput vs built-in proxy \| ≥ 1\.5× \| 1\.20× \| \*\*missed\*\* \|/);
-});
-
-test("the plain and authorizing sidecar configurations differ only by the authorizer", () => {
-  const base = { service: "db", statsSocket: "/s", crt: "/c", caFile: "/ca", publicPort: 1, appPort: 2 };
-  const plain = sidecarConfig(base).split("\n");
-  const authz = sidecarConfig({ ...base, luaBundle: "/x.lua" }).split("\n");
-  const added = authz.filter((line) => !plain.includes(line)).map((l) => l.trim());
-  assert.deepEqual(added.slice(1), [
-    "lua-load /x.lua",
-    "tcp-request inspect-delay 5s",
-    "tcp-request content lua.connect_authorize db",
-    "tcp-request content reject unless { var(txn.connect_allowed) -m bool }",
-  ]);
-  assert.match(added[0], /^# bench: mTLS \+ Lua authorizer/);
 });
 
 test("the chart is one SVG with a bar per value and escaped text", () => {

@@ -3,100 +3,48 @@
 // (TCP) through two connect-haproxy sidecars, and a walk through what a mesh
 // does: intentions allow and deny, a second db instance joins without a reload.
 // Every process it starts is stopped at the end, on failure and on Ctrl-C.
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-// The controller's own stats-socket client and `show proc` parser (built by npm run demo).
-import { parseShowProc, sendRuntimeCommand } from "../../dist/controller/runtime-api.js";
+import { join } from "node:path";
+// The controller's `show proc` parser and stats-socket client, and the test
+// harness's processes, ports, Consul agent and apps (built by npm run demo).
+import { parseShowProc } from "../../dist/controller/runtime-api.js";
+import { consulBinary, startConsulDev } from "../../dist/test/harness/consul.js";
+import { sendRuntimeCommand } from "../../dist/test/harness/haproxy.js";
+import { startConnectHaproxy, startDbApp, startWebApp } from "../../dist/test/harness/mesh.js";
+import { freePorts, tcpOpen } from "../../dist/test/harness/ports.js";
+import { installCleanupHandlers, onInterrupt, waitFor as waitForValue, waitUntil as waitUntilTrue } from "../../dist/test/harness/processes.js";
 
-const root = resolve(new URL("../..", import.meta.url).pathname);
-const consulBin = process.env.CONSUL_BIN;
-if (!consulBin) {
+try {
+  consulBinary();
+} catch {
   console.error("demo: CONSUL_BIN is not set; run it with `npm run demo`");
   process.exit(2);
 }
 const workDir = mkdtempSync(join(tmpdir(), "connect-haproxy-demo-"));
-const children = [];
 const startedAt = Date.now();
+/** What the demo started and needs: a wait fails as soon as one of them exits. */
+const required = [];
+const sidecars = [];
+let agent;
 
 // ---------- small helpers ----------
 const say = (text) => console.log(`\n▶ ${text}`);
 const detail = (text) => console.log(`    ${text}`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const need = (started) => (required.push(started), started);
 
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
+// Polled every 100 ms; a wait fails at once when a required process exits.
+const waitFor = (what, probe, timeoutMs = 30_000) => waitForValue(what, probe, { timeoutMs, intervalMs: 100, process: required });
+const waitUntil = (what, condition, timeoutMs = 30_000) => waitUntilTrue(what, condition, { timeoutMs, intervalMs: 100, process: required });
 
-function start(name, command, args, env = {}) {
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
-  const entry = { name, child, log: "", exited: false };
-  const append = (chunk) => {
-    entry.log += chunk.toString();
-    if (entry.log.length > 2_000_000) entry.log = entry.log.slice(-1_000_000);
-  };
-  child.stdout.on("data", append);
-  child.stderr.on("data", append);
-  child.on("exit", () => (entry.exited = true));
-  children.push(entry);
-  return entry;
-}
-
-async function stopOne(entry) {
-  if (entry.exited) return;
-  entry.child.kill("SIGTERM");
-  for (let i = 0; i < 200 && !entry.exited; i++) await sleep(50);
-  if (!entry.exited) entry.child.kill("SIGKILL");
-  if (process.env.DEMO_DEBUG) console.log(`stopped ${entry.name} at +${Date.now() - startedAt} ms`);
-}
-
-async function stopAll() {
-  // Sidecars and apps together, then Consul, which the sidecars talk to.
-  await Promise.all(children.filter((e) => e.name !== "consul").map(stopOne));
-  await Promise.all(children.map(stopOne));
+async function stopEverything() {
+  // Sidecars and apps first, then Consul, which the sidecars talk to.
+  await Promise.all(required.filter((p) => p !== agent?.process).map((p) => p.stop("SIGTERM", 10_000)));
+  await agent?.stop();
   rmSync(workDir, { recursive: true, force: true });
 }
 
-async function waitFor(what, probe, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    for (const entry of children) if (entry.exited && entry.required) throw new Error(`${entry.name} exited while waiting for ${what}:\n${entry.log.slice(-3000)}`);
-    try {
-      const value = await probe();
-      if (value) return value;
-    } catch (err) {
-      last = err;
-    }
-    await sleep(100);
-  }
-  throw new Error(`timed out waiting for ${what}${last ? ` (${last.message})` : ""}`);
-}
-
-function tcpOpen(port) {
-  return new Promise((res) => {
-    const s = createConnection(port, "127.0.0.1");
-    s.on("connect", () => (s.destroy(), res(true)));
-    s.on("error", () => res(false));
-  });
-}
-
-let consulAddr;
-async function consul(method, path, body) {
-  const res = await fetch(`http://${consulAddr}${path}`, { method, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`consul ${method} ${path}: ${res.status} ${text}`);
-  return text ? JSON.parse(text) : undefined;
-}
+const consul = (method, path, body) => agent.api(method, path, body);
 
 let webPort;
 async function callWeb() {
@@ -107,7 +55,7 @@ async function callWeb() {
 /** The newest decision a db sidecar's authorizer logged since `since`, with Consul's reason. */
 function lastDecision(sidecarLogs, since) {
   const lines = sidecarLogs
-    .map((e) => e.log.slice(since.get(e) ?? 0))
+    .map((sidecar) => sidecar.output().slice(since.get(sidecar) ?? 0))
     .join("\n")
     .split("\n")
     .filter((l) => l.includes("connect_authorize: "));
@@ -131,17 +79,9 @@ async function registerDb(instance, appPort, sidecarPort) {
 }
 
 function startSidecar(serviceId) {
-  const entry = start(`sidecar for ${serviceId}`, process.execPath, [
-    join(root, "dist/controller/cli.js"),
-    "--sidecar-for",
-    serviceId,
-    "--http-addr",
-    consulAddr,
-    "--config-dir",
-    join(workDir, `sidecar-${serviceId}`),
-  ]);
-  entry.required = true;
-  return entry;
+  const sidecar = startConnectHaproxy(serviceId, agent.httpAddr, { configDir: join(workDir, `sidecar-${serviceId}`), logLevel: "info" });
+  sidecars.push(sidecar.process);
+  return need(sidecar.process);
 }
 
 /** How many servers of web's upstream backend are in service (not in maintenance). */
@@ -156,36 +96,23 @@ async function reloadsOf(configDir) {
 
 // ---------- the walk-through ----------
 async function main() {
-  const [http, serfLan, serfWan, server] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-  consulAddr = `127.0.0.1:${http}`;
-  const agentConfig = join(workDir, "consul.json");
-  writeFileSync(
-    agentConfig,
-    JSON.stringify({
-      bind_addr: "127.0.0.1",
-      client_addr: "127.0.0.1",
-      ports: { http, dns: -1, grpc: -1, grpc_tls: -1, serf_lan: serfLan, serf_wan: serfWan, server },
-      // What operators are told to run: nothing talks unless an intention allows it.
-      default_intention_policy: "deny",
-      log_level: "warn",
-    }),
-  );
-  say(`Starting a Consul dev agent (${consulAddr}), default intention policy: deny`);
-  const agent = start("consul", consulBin, ["agent", "-dev", "-config-file", agentConfig]);
-  agent.required = true;
-  await waitFor("Consul's CA", async () => (await consul("GET", "/v1/agent/connect/ca/roots")).Roots?.length > 0);
+  say("Starting a Consul dev agent, default intention policy: deny");
+  // What operators are told to run: nothing talks unless an intention allows it.
+  agent = await startConsulDev({ nodeName: "demo", config: { default_intention_policy: "deny" } });
+  need(agent.process);
+  detail(`Consul's HTTP API: ${agent.httpAddr}`);
 
-  const [db1Port, db1SidecarPort, db2Port, db2SidecarPort, webAppPort, webSidecarPort, upstreamPort] = await Promise.all(Array.from({ length: 7 }, freePort));
+  const [db1Port, db1SidecarPort, db2Port, db2SidecarPort, webAppPort, webSidecarPort, upstreamPort] = await freePorts(7);
   webPort = webAppPort;
 
   say("Starting db-1 (a TCP service on 127.0.0.1) and its connect-haproxy sidecar");
-  start("db-1 app", process.execPath, [join(root, "scripts/demo/db-app.mjs"), "--port", String(db1Port), "--name", "db-1"]).required = true;
+  need(startDbApp(db1Port, "db-1"));
   await registerDb("db-1", db1Port, db1SidecarPort);
   const db1Sidecar = startSidecar("db-1");
   detail(`db-1 listens on 127.0.0.1:${db1Port}; its sidecar's public mTLS listener on :${db1SidecarPort}`);
 
   say("Starting web (an HTTP service) and its sidecar, with db as an upstream");
-  start("web app", process.execPath, [join(root, "scripts/demo/web-app.mjs"), "--port", String(webAppPort), "--db", `127.0.0.1:${upstreamPort}`]).required = true;
+  need(startWebApp(webAppPort, `127.0.0.1:${upstreamPort}`));
   await consul("PUT", "/v1/agent/service/register", {
     ID: "web",
     Name: "web",
@@ -195,12 +122,12 @@ async function main() {
   });
   const webSidecar = startSidecar("web");
   detail(`web listens on 127.0.0.1:${webAppPort} and reaches db at 127.0.0.1:${upstreamPort}, web's upstream listener`);
-  await waitFor("both sidecars to listen", async () => (await tcpOpen(db1SidecarPort)) && (await tcpOpen(upstreamPort)));
+  await waitUntil("both sidecars to listen", async () => (await tcpOpen(db1SidecarPort)) && (await tcpOpen(upstreamPort)));
   const webConfigDir = join(workDir, "sidecar-web");
-  await waitFor("db-1 to pass its health check and join web's upstream", async () => (await upstreamServersUp(webConfigDir)) === 1);
+  await waitUntil("db-1 to pass its health check and join web's upstream", async () => (await upstreamServersUp(webConfigDir)) === 1);
 
   const sidecarLogs = [db1Sidecar];
-  const mark = () => new Map(sidecarLogs.map((e) => [e, e.log.length]));
+  const mark = () => new Map(sidecarLogs.map((sidecar) => [sidecar, sidecar.output().length]));
   const denyDecision = async (since) => waitFor("the db sidecar to log its decision", async () => lastDecision(sidecarLogs, since), 5000);
 
   say("1. No intention yet: web calls db");
@@ -233,12 +160,12 @@ async function main() {
 
   say("5. A second db instance comes up: web's sidecar adds it through HAProxy's runtime API, no reload");
   const reloadsBefore = await reloadsOf(webConfigDir).catch(() => undefined);
-  start("db-2 app", process.execPath, [join(root, "scripts/demo/db-app.mjs"), "--port", String(db2Port), "--name", "db-2"]).required = true;
+  need(startDbApp(db2Port, "db-2"));
   await registerDb("db-2", db2Port, db2SidecarPort);
   sidecarLogs.push(startSidecar("db-2"));
-  await waitFor("db-2's sidecar", () => tcpOpen(db2SidecarPort));
+  await waitUntil("db-2's sidecar", () => tcpOpen(db2SidecarPort));
   const served = new Map();
-  await waitFor(
+  await waitUntil(
     "requests to reach both db instances",
     async () => {
       const r = await callWeb();
@@ -258,7 +185,7 @@ async function main() {
   if (reloadsBefore !== undefined && reloadsAfter !== undefined) detail(`web's HAProxy reloads: ${reloadsBefore} before, ${reloadsAfter} after`);
 
   say("Where to look");
-  detail(`Consul UI and API: http://${consulAddr}/ui/`);
+  detail(`Consul UI and API: http://${agent.httpAddr}/ui/`);
   detail(`web's sidecar: ${webConfigDir}/haproxy.cfg; runtime API: echo "show servers state" | socat stdio ${webConfigDir}/stats.sock`);
   detail(`db-1's sidecar logs every decision (client=, allowed=, reason=) on its standard output`);
   say(`Done in ${((Date.now() - startedAt) / 1000).toFixed(1)} s; stopping everything the demo started.`);
@@ -268,19 +195,17 @@ let stopping = false;
 async function finish(code) {
   if (stopping) return;
   stopping = true;
-  await stopAll();
+  await stopEverything();
   process.exit(code);
 }
-process.on("SIGINT", () => {
-  console.log("\ninterrupted: stopping everything the demo started");
-  void finish(130);
-});
-process.on("SIGTERM", () => void finish(143));
+// Ctrl-C: the harness stops every process the demo started, then exits 130.
+installCleanupHandlers((message) => console.log(`\n${message}`), "demo");
+onInterrupt(() => rmSync(workDir, { recursive: true, force: true }));
 main().then(
   () => finish(0),
   async (err) => {
     console.error(`\ndemo failed: ${err.message}`);
-    for (const entry of children.filter((e) => e.name.startsWith("sidecar"))) console.error(`--- last output of ${entry.name}:\n${entry.log.slice(-2000)}`);
+    for (const sidecar of sidecars) console.error(`--- last output of ${sidecar.name}:\n${sidecar.output(2000)}`);
     await finish(1);
   },
 );

@@ -1,4 +1,6 @@
-// A real `consul agent -dev` on free loopback ports, for integration tests.
+// Real Consul agents: `consul agent -dev` on free loopback ports (tests,
+// benchmarks, the demo, fixture recording), and what every agent the harness
+// starts shares with the ones inside test hosts (netns.ts).
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,15 +10,44 @@ import { startProcess, waitFor, type StartedProcess } from "./processes.js";
 export function consulBinary(): string {
   const bin = process.env.CONSUL_BIN;
   if (!bin) {
-    throw new Error("CONSUL_BIN is not set: run the tests with `npm test` (it builds or finds Consul), or set CONSUL_BIN to a consul binary");
+    throw new Error("CONSUL_BIN is not set: run with `npm test` (or `npm run demo`, `npm run bench`: they build or find Consul), or set CONSUL_BIN to a consul binary");
   }
   return bin;
+}
+
+/**
+ * An agent's configuration as the harness runs every agent: quiet, no DNS and
+ * no gRPC, cluster ports on `address`, the HTTP API on 127.0.0.1.
+ */
+export function consulAgentConfig(nodeName: string, address: string, ports: Record<string, number> = {}): Record<string, unknown> {
+  return {
+    node_name: nodeName,
+    bind_addr: address,
+    advertise_addr: address,
+    client_addr: "127.0.0.1",
+    log_level: "warn",
+    ports: { dns: -1, grpc: -1, grpc_tls: -1, ...ports },
+  };
+}
+
+/** Waits until the agent serves Connect's CA roots: the last thing a dev agent does before sidecars can work. */
+export async function waitForCaRoots(
+  what: string,
+  roots: () => Promise<{ Roots: unknown[] | null }>,
+  agent: StartedProcess,
+  { timeoutMs = 30_000, intervalMs = 50 }: { timeoutMs?: number; intervalMs?: number } = {},
+): Promise<void> {
+  await waitFor(what, async () => ((await roots()).Roots?.length ? true : undefined), { process: agent, timeoutMs, intervalMs });
 }
 
 export interface ConsulAgentOptions {
   /** Extra agent configuration, merged over the defaults (e.g. `{ acl: {...} }`). */
   config?: Record<string, unknown>;
   nodeName?: string;
+  /** A taskset CPU list to pin the agent to (benchmarks). */
+  cpu?: string;
+  /** The agent's output goes to this file instead of memory. */
+  logFile?: string;
 }
 
 export interface ConsulAgent {
@@ -27,26 +58,21 @@ export interface ConsulAgent {
   readonly dataDir: string;
   /** Calls the HTTP API; throws on a non-2xx status with the body in the message. */
   api<T = unknown>(method: string, path: string, body?: unknown, token?: string): Promise<T>;
-  /** Raw response, for tests of status codes and headers. */
+  /** Raw response, for status codes and headers. */
   fetch(method: string, path: string, body?: unknown, token?: string): Promise<Response>;
   stop(): Promise<void>;
 }
 
 export async function startConsulDev(options: ConsulAgentOptions = {}): Promise<ConsulAgent> {
-  const [http, serfLan, serfWan, server] = await freePorts(4);
+  const [http, serfLan, serfWan, server] = (await freePorts(4)) as [number, number, number, number];
   const dataDir = mkdtempSync(join(tmpdir(), "ch-consul-"));
   const config = {
-    node_name: options.nodeName ?? `test-${http}`,
-    bind_addr: "127.0.0.1",
-    client_addr: "127.0.0.1",
-    advertise_addr: "127.0.0.1",
-    log_level: "warn",
-    ports: { http, dns: -1, serf_lan: serfLan, serf_wan: serfWan, server, grpc: -1, grpc_tls: -1 },
+    ...consulAgentConfig(options.nodeName ?? `test-${http}`, "127.0.0.1", { http, serf_lan: serfLan, serf_wan: serfWan, server }),
     ...options.config,
   };
   const configFile = join(dataDir, "agent.json");
   writeFileSync(configFile, JSON.stringify(config));
-  const proc = startProcess("consul", consulBinary(), ["agent", "-dev", "-config-file", configFile]);
+  const proc = startProcess("consul", consulBinary(), ["agent", "-dev", "-config-file", configFile], { cpu: options.cpu, logFile: options.logFile });
   const httpAddr = `127.0.0.1:${http}`;
 
   const rawFetch = (method: string, path: string, body?: unknown, token?: string) =>
@@ -77,11 +103,7 @@ export async function startConsulDev(options: ConsulAgentOptions = {}): Promise<
   try {
     await waitFor("consul leader", async () => ((await api<string>("GET", "/v1/status/leader")) ? true : undefined), { process: proc });
     const token = (options.config as { acl?: { tokens?: { initial_management?: string } } } | undefined)?.acl?.tokens?.initial_management;
-    await waitFor(
-      "consul CA roots",
-      async () => ((await api<{ Roots: unknown[] | null }>("GET", "/v1/agent/connect/ca/roots", undefined, token)).Roots?.length ? true : undefined),
-      { process: proc },
-    );
+    await waitForCaRoots("consul CA roots", () => api("GET", "/v1/agent/connect/ca/roots", undefined, token), proc);
   } catch (err) {
     await agent.stop();
     throw err;

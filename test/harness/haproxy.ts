@@ -1,16 +1,16 @@
-// A real HAProxy process (Debian's haproxy 2.6) for integration tests.
+// Real HAProxy processes (Debian's haproxy 2.6) run on a given configuration,
+// and their stats sockets, reached with the controller's own client.
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { execFile } from "node:child_process";
-import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { sendRuntimeCommand } from "../../controller/runtime-api.js";
 import { startProcess, waitFor, type StartedProcess } from "./processes.js";
 
-const run = promisify(execFile);
+export { sendRuntimeCommand };
 
-export const repoRoot = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-export const luaBundlePath = join(repoRoot, "dist", "connect-haproxy.lua");
+const run = promisify(execFile);
 
 export function haproxyBinary(): string {
   return process.env.HAPROXY_BIN ?? "haproxy";
@@ -27,65 +27,97 @@ export async function checkHaproxyConfig(configFile: string, env: NodeJS.Process
   }
 }
 
-/** Sends one command to a stats socket and returns the whole answer. */
-export function runtimeCommand(socketPath: string, command: string, timeoutMs = 5000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = createConnection(socketPath);
-    let answer = "";
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`stats socket ${socketPath}: no answer to "${command}" in ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.on("connect", () => socket.end(command.endsWith("\n") ? command : `${command}\n`));
-    socket.on("data", (chunk) => (answer += chunk.toString()));
-    socket.on("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    socket.on("close", () => {
-      clearTimeout(timer);
-      resolve(answer);
-    });
-  });
+/** Pure: "Name: value" lines (`show info`, `connect cache stats`) → object, numbers where they are numbers. */
+export function parseKeyValues(text: string): Record<string, string | number> {
+  const values: Record<string, string | number> = {};
+  for (const line of text.split("\n")) {
+    const match = /^([\w.-]+):\s*(.*)$/.exec(line.trim());
+    if (!match) continue;
+    values[match[1]!] = /^-?\d+(\.\d+)?$/.test(match[2]!) ? Number(match[2]) : match[2]!;
+  }
+  return values;
+}
+
+/** The smallest configuration that runs `luaFile`: lua-load, and an idle TCP frontend on `port` (HAProxy starts no process without a proxy). */
+export function luaLoadConfig(luaFile: string, port: number): string {
+  return `global
+    lua-load ${luaFile}
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+frontend idle
+    bind 127.0.0.1:${port}
+`;
 }
 
 export interface HaproxyInstance {
+  readonly name: string;
   readonly dir: string;
   readonly configFile: string;
   readonly statsSocket: string;
   readonly process: StartedProcess;
   command(cmd: string): Promise<string>;
+  /** Soft stop (SIGUSR1: what is in flight finishes), bounded to 3 s. */
   stop(): Promise<void>;
 }
 
+export interface HaproxyOptions {
+  /** Environment added to this process's (what `setenv` would otherwise give, e.g. CONSUL_HTTP_ADDR). */
+  env?: NodeJS.ProcessEnv;
+  /** Files written into the instance's directory first (certificates). */
+  files?: Record<string, string>;
+  /** The directory for its files, kept after stop(); by default a fresh one, removed by stop(). */
+  dir?: string;
+  /** Names the process and its files: `<name>.cfg`, `<name>.sock` (default "haproxy"). */
+  name?: string;
+  /** A taskset CPU list to pin it to (benchmarks). */
+  cpu?: string;
+  /** Write its output (a log line per connection) to `<dir>/<name>.log` instead of memory. */
+  logToFile?: boolean;
+}
+
 /**
- * Writes `config` to a fresh directory and runs HAProxy on it in the foreground.
- * `{{STATS_SOCKET}}` and `{{DIR}}` in the text are replaced; if the config has no
- * stats socket one is added to `global`. Waits until the socket answers.
+ * Writes `config` and runs HAProxy on it in the foreground, after `haproxy -c`.
+ * `{{STATS_SOCKET}}` and `{{DIR}}` in the text are replaced; if the config has
+ * no stats socket, one is added to `global`. Waits until the socket answers.
  */
-export async function startHaproxy(config: string, options: { env?: NodeJS.ProcessEnv; files?: Record<string, string> } = {}): Promise<HaproxyInstance> {
-  const dir = mkdtempSync(join(tmpdir(), "ch-haproxy-"));
-  const statsSocket = join(dir, "stats.sock");
-  let text = config.replaceAll("{{STATS_SOCKET}}", statsSocket).replaceAll("{{DIR}}", dir);
-  if (!/stats socket/.test(text)) text = text.replace(/^global\s*$/m, `global\n    stats socket ${statsSocket} mode 600 level admin`);
-  for (const [name, content] of Object.entries(options.files ?? {})) writeFileSync(join(dir, name), content, { mode: 0o600 });
-  const configFile = join(dir, "haproxy.cfg");
+export async function startHaproxy(config: string, options: HaproxyOptions = {}): Promise<HaproxyInstance> {
+  const name = options.name ?? "haproxy";
+  const dir = options.dir ?? mkdtempSync(join(tmpdir(), "ch-haproxy-"));
+  const removeDir = () => (options.dir ? undefined : rmSync(dir, { recursive: true, force: true }));
+  let text = config.replaceAll("{{STATS_SOCKET}}", join(dir, `${name}.sock`)).replaceAll("{{DIR}}", dir);
+  if (!/stats socket/.test(text)) text = text.replace(/^global\s*$/m, `global\n    stats socket ${join(dir, `${name}.sock`)} mode 600 level admin`);
+  const statsSocket = /stats socket (\S+)/.exec(text)![1]!;
+  for (const [file, content] of Object.entries(options.files ?? {})) writeFileSync(join(dir, file), content, { mode: 0o600 });
+  const configFile = join(dir, `${name}.cfg`);
   writeFileSync(configFile, text);
-  await checkHaproxyConfig(configFile, options.env);
-  const proc = startProcess("haproxy", haproxyBinary(), ["-db", "-f", configFile], { env: { ...process.env, ...options.env } });
+  try {
+    await checkHaproxyConfig(configFile, options.env);
+  } catch (err) {
+    removeDir();
+    throw err;
+  }
+  const proc = startProcess(name, haproxyBinary(), ["-db", "-f", configFile], {
+    env: { ...process.env, ...options.env },
+    cpu: options.cpu,
+    logFile: options.logToFile ? join(dir, `${name}.log`) : undefined,
+  });
   const instance: HaproxyInstance = {
+    name,
     dir,
     configFile,
     statsSocket,
     process: proc,
-    command: (cmd) => runtimeCommand(statsSocket, cmd),
+    command: (cmd) => sendRuntimeCommand(statsSocket, cmd),
     async stop() {
       await proc.stop("SIGUSR1", 3000);
-      rmSync(dir, { recursive: true, force: true });
+      removeDir();
     },
   };
   try {
-    await waitFor("haproxy stats socket", async () => ((await runtimeCommand(statsSocket, "show info")).includes("Pid:") ? true : undefined), {
+    await waitFor(`${name} stats socket`, async () => ((await sendRuntimeCommand(statsSocket, "show info")).includes("Pid:") ? true : undefined), {
       process: proc,
     });
   } catch (err) {

@@ -1,25 +1,31 @@
-// Pieces of a mesh for end-to-end tests: the demo's apps, a connect-haproxy
+// Pieces of a mesh: the test applications (test/apps/), a connect-haproxy
 // sidecar (the built controller CLI) and Consul's own built-in proxy, all real
 // processes; and a TCP client that says whether a round trip got through.
 import { mkdtempSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot } from "./haproxy.js";
 import { consulBinary } from "./consul.js";
+import { controllerCli, dbApp, httpEchoApp, webApp } from "./paths.js";
 import { startProcess, type StartedProcess } from "./processes.js";
 
-export const controllerCli = join(repoRoot, "dist", "controller", "cli.js");
-export const dbApp = join(repoRoot, "scripts", "demo", "db-app.mjs");
-export const webApp = join(repoRoot, "scripts", "demo", "web-app.mjs");
-
-/** How to start a process: on this host, or inside a test host's namespace. */
+/** How to start a process: on this host, inside a test host's namespace, or pinned and logged to a file (benchmarks). */
 export type Launcher = (name: string, command: string, args: string[]) => StartedProcess;
 export const onThisHost: Launcher = (name, command, args) => startProcess(name, command, args);
 
-/** The demo's db: answers every line with `<name> answered: <line>`. */
+/** db (test/apps/db-app.mjs): answers every line with `<name> answered: <line>`. */
 export function startDbApp(port: number, name: string, launch: Launcher = onThisHost): StartedProcess {
   return launch(`db app ${name}`, process.execPath, [dbApp, "--port", String(port), "--name", name]);
+}
+
+/** web (test/apps/web-app.mjs): an HTTP service that asks db at `dbAddress` (its upstream listener) on every request. */
+export function startWebApp(port: number, dbAddress: string, launch: Launcher = onThisHost): StartedProcess {
+  return launch("web app", process.execPath, [webApp, "--port", String(port), "--db", dbAddress]);
+}
+
+/** An HTTP service (test/apps/http-echo-app.mjs) answering `<name> <method> <path>`. */
+export function startHttpEchoApp(port: number, name: string, launch: Launcher = onThisHost): StartedProcess {
+  return launch(`http app ${name}`, process.execPath, [httpEchoApp, "--port", String(port), "--name", name]);
 }
 
 export interface SidecarProcess {
@@ -28,14 +34,20 @@ export interface SidecarProcess {
   stop(): Promise<void>;
 }
 
+export interface SidecarOptions {
+  launch?: Launcher;
+  /** The controller's --config-dir (default: a fresh temporary directory). */
+  configDir?: string;
+  /** --log-level (default debug: tests read the decisions from it). */
+  logLevel?: string;
+  /** More CLI arguments (e.g. --haproxy-bin). */
+  args?: string[];
+}
+
 /** `connect-haproxy --sidecar-for <id>` against the agent at `httpAddr`. */
-export function startConnectHaproxy(
-  serviceId: string,
-  httpAddr: string,
-  launch: Launcher = onThisHost,
-  extraArgs: string[] = [],
-  configDir = mkdtempSync(join(tmpdir(), `ch-sidecar-${serviceId}-`)),
-): SidecarProcess {
+export function startConnectHaproxy(serviceId: string, httpAddr: string, options: SidecarOptions = {}): SidecarProcess {
+  const { launch = onThisHost, logLevel = "debug", args = [] } = options;
+  const configDir = options.configDir ?? mkdtempSync(join(tmpdir(), `ch-sidecar-${serviceId}-`));
   const proc = launch(`connect-haproxy ${serviceId}`, process.execPath, [
     controllerCli,
     "--sidecar-for",
@@ -45,15 +57,16 @@ export function startConnectHaproxy(
     "--config-dir",
     configDir,
     "--log-level",
-    "debug",
-    ...extraArgs,
+    logLevel,
+    ...args,
   ]);
   return { process: proc, configDir, stop: () => proc.stop("SIGTERM", 15_000) };
 }
 
 /** Consul's own sidecar: `consul connect proxy -sidecar-for <id>`. */
-export function startConsulProxy(serviceId: string, httpAddr: string, launch: Launcher = onThisHost): SidecarProcess {
-  const proc = launch(`consul connect proxy ${serviceId}`, consulBinary(), ["connect", "proxy", "-sidecar-for", serviceId, "-http-addr", httpAddr, "-log-level", "debug"]);
+export function startConsulProxy(serviceId: string, httpAddr: string, options: Pick<SidecarOptions, "launch" | "logLevel"> = {}): SidecarProcess {
+  const { launch = onThisHost, logLevel = "debug" } = options;
+  const proc = launch(`consul connect proxy ${serviceId}`, consulBinary(), ["connect", "proxy", "-sidecar-for", serviceId, "-http-addr", httpAddr, "-log-level", logLevel]);
   return { process: proc, configDir: "", stop: () => proc.stop() };
 }
 

@@ -5,7 +5,8 @@
 // an application bound to 127.0.0.1 on one host is unreachable from the others.
 import { execFile, type SpawnOptions } from "node:child_process";
 import { promisify } from "node:util";
-import { startProcess, waitFor, type StartedProcess } from "./processes.js";
+import { consulAgentConfig, waitForCaRoots } from "./consul.js";
+import { startProcess, type StartedProcess } from "./processes.js";
 
 const run = promisify(execFile);
 
@@ -150,13 +151,8 @@ export interface HostAgent {
 export async function startHostAgent(host: TestHost, consulBin: string, options: { join?: string; config?: Record<string, unknown> } = {}): Promise<HostAgent> {
   const dataDir = (await host.exec("mktemp", ["-d", "/tmp/ch-agent-XXXXXX"])).stdout.trim();
   const config = {
-    node_name: host.name,
-    bind_addr: host.address,
-    advertise_addr: host.address,
-    client_addr: "127.0.0.1",
+    ...consulAgentConfig(host.name, host.address),
     data_dir: dataDir,
-    log_level: "warn",
-    ports: { dns: -1, grpc: -1, grpc_tls: -1 },
     connect: { enabled: true },
     ...(options.join ? { retry_join: [options.join], retry_interval: "1s" } : {}),
     ...options.config,
@@ -169,12 +165,7 @@ export async function startHostAgent(host: TestHost, consulBin: string, options:
     if (res.status < 200 || res.status > 299) throw new Error(`[${host.name}] consul ${method} ${path}: ${res.status} ${res.body.trim()}`);
     return (res.body ? JSON.parse(res.body) : undefined) as T;
   };
-  const ready = () =>
-    waitFor(`${host.name} consul agent`, async () => ((await api<{ Roots: unknown[] | null }>("GET", "/v1/agent/connect/ca/roots")).Roots?.length ? true : undefined), {
-      process: proc,
-      timeoutMs: 60_000,
-      intervalMs: 200,
-    });
+  const ready = () => waitForCaRoots(`${host.name} consul agent`, () => api("GET", "/v1/agent/connect/ca/roots"), proc, { timeoutMs: 60_000, intervalMs: 200 });
   const agent: HostAgent = {
     host,
     get process() {

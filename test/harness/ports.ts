@@ -1,4 +1,4 @@
-import { createServer } from "node:net";
+import { createConnection, createServer } from "node:net";
 
 /** A TCP port that was free on `host` a moment ago (the kernel picks it). */
 export async function freePort(host = "127.0.0.1"): Promise<number> {
@@ -20,4 +20,18 @@ export async function freePorts(count: number, host = "127.0.0.1"): Promise<numb
   const ports = new Set<number>();
   while (ports.size < count) ports.add(await freePort(host));
   return [...ports];
+}
+
+/** True once something accepts TCP connections on host:port. */
+export function tcpOpen(port: number, host = "127.0.0.1", timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host, port });
+    const done = (open: boolean) => {
+      socket.destroy();
+      resolve(open);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.on("connect", () => done(true));
+    socket.on("error", () => done(false));
+  });
 }

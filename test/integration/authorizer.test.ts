@@ -13,7 +13,8 @@ import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { checkHaproxyConfig, luaBundlePath, repoRoot, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { checkHaproxyConfig, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { luaBundlePath, repoRoot } from "../harness/paths.js";
 import { freePort } from "../harness/ports.js";
 import { waitFor } from "../harness/processes.js";
 

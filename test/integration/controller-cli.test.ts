@@ -6,12 +6,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { checkHaproxyConfig, repoRoot } from "../harness/haproxy.js";
+import { checkHaproxyConfig } from "../harness/haproxy.js";
+import { controllerCli as cli } from "../harness/paths.js";
 import { freePort, freePorts } from "../harness/ports.js";
 import { startProcess, waitFor } from "../harness/processes.js";
 import { exitCodes, run } from "../../controller/run.js";
 
-const cli = join(repoRoot, "dist", "controller", "cli.js");
 
 function capture() {
   const sink = { text: "", write: (s: string) => ((sink.text += s), true) };
@@ -101,7 +101,6 @@ describe("connect-haproxy CLI with a real Consul agent", () => {
       expect(code).toBe(0);
     } finally {
       await controller.stop("SIGTERM", 40_000);
-      relay?.closeAllConnections?.();
       await new Promise((resolve) => (relay ? relay.close(resolve) : resolve(undefined)));
       rmSync(dir, { recursive: true, force: true });
     }

@@ -9,12 +9,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { repoRoot, runtimeCommand } from "../harness/haproxy.js";
+import { sendRuntimeCommand } from "../harness/haproxy.js";
+import { controllerCli as cli } from "../harness/paths.js";
 import { freePorts } from "../harness/ports.js";
 import { startProcess, waitFor, type StartedProcess } from "../harness/processes.js";
 import { parseShowProc } from "../../controller/runtime-api.js";
 
-const cli = join(repoRoot, "dist", "controller", "cli.js");
 
 interface Sidecar {
   name: string;
@@ -102,10 +102,10 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
 
   const sidecar = (name: string) => sidecars.find((s) => s.name === name)!;
   // The master CLI is briefly away while the master re-executes itself on a reload.
-  const showProc = (s: Sidecar) => waitFor("the master CLI", async () => parseShowProc(await runtimeCommand(s.masterSocket, "show proc")), { timeoutMs: 5000 });
+  const showProc = (s: Sidecar) => waitFor("the master CLI", async () => parseShowProc(await sendRuntimeCommand(s.masterSocket, "show proc")), { timeoutMs: 5000 });
   /** `show servers state`: [name, address, port, ready] of each slot. */
   async function slots(s: Sidecar, backend: string) {
-    const answer = await runtimeCommand(s.statsSocket, `show servers state ${backend}`);
+    const answer = await sendRuntimeCommand(s.statsSocket, `show servers state ${backend}`);
     return answer
       .split("\n")
       .map((line) => line.split(" "))

@@ -3,7 +3,7 @@
 // db on b and c), each with its own Consul client agent and its own loopback.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { consulBinary } from "../harness/consul.js";
-import { serviceWithSidecar, startConnectHaproxy, startDbApp, webApp } from "../harness/mesh.js";
+import { serviceWithSidecar, startConnectHaproxy, startDbApp, startWebApp } from "../harness/mesh.js";
 import { canCreateNamespaces, createTestNetwork, startHostAgent, type HostAgent, type TestHost, type TestNetwork } from "../harness/netns.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
@@ -56,16 +56,16 @@ beforeAll(async () => {
       "/v1/agent/service/register",
       serviceWithSidecar({ id: `db-${host.name}`, name: "db", port: dbPort, address: host.address, check: true }),
     );
-    processes[`sidecar-${host.name}`] = startConnectHaproxy(`db-${host.name}`, "127.0.0.1:8500", host.start).process;
+    processes[`sidecar-${host.name}`] = startConnectHaproxy(`db-${host.name}`, "127.0.0.1:8500", { launch: host.start }).process;
   }
   // web on host a, calling db through its upstream listener.
-  processes.web = a!.start("web app", process.execPath, [webApp, "--port", String(webPort), "--db", `127.0.0.1:${upstreamPort}`]);
+  processes.web = startWebApp(webPort, `127.0.0.1:${upstreamPort}`, a!.start);
   await agents.a!.api(
     "PUT",
     "/v1/agent/service/register",
     serviceWithSidecar({ id: "web", name: "web", port: webPort, address: a!.address, upstreams: [{ DestinationName: "db", LocalBindPort: upstreamPort }] }),
   );
-  processes["sidecar-a"] = startConnectHaproxy("web", "127.0.0.1:8500", a!.start).process;
+  processes["sidecar-a"] = startConnectHaproxy("web", "127.0.0.1:8500", { launch: a!.start }).process;
   await waitFor("web's upstream listener", async () => (assertAllRunning(), (await tcpReachable(a!, "127.0.0.1", upstreamPort)) || undefined), {
     timeoutMs: 60_000,
     intervalMs: 250,

@@ -4,7 +4,8 @@ import { X509Certificate } from "node:crypto";
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { startHaproxy, luaBundlePath } from "../harness/haproxy.js";
+import { luaLoadConfig, startHaproxy } from "../harness/haproxy.js";
+import { luaBundlePath } from "../harness/paths.js";
 import { freePort } from "../harness/ports.js";
 
 interface CaRoots {
@@ -102,17 +103,7 @@ describe("real HAProxy with the Lua bundle", () => {
   it("accepts and runs a configuration that lua-loads dist/connect-haproxy.lua", async () => {
     expect(existsSync(luaBundlePath), `${luaBundlePath} missing: run npm run build`).toBe(true);
     const port = await freePort();
-    const haproxy = await startHaproxy(`
-global
-    lua-load ${luaBundlePath}
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 5s
-    timeout server 5s
-frontend idle
-    bind 127.0.0.1:${port}
-`);
+    const haproxy = await startHaproxy(luaLoadConfig(luaBundlePath, port));
     try {
       const info = await haproxy.command("show info");
       expect(info).toMatch(/^Version: 2\.6\./m);

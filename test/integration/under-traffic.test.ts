@@ -6,14 +6,13 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { consulBinary } from "../harness/consul.js";
-import { repoRoot } from "../harness/haproxy.js";
+import { trafficClient } from "../harness/paths.js";
 import { serviceWithSidecar, startConnectHaproxy, startDbApp, type SidecarProcess } from "../harness/mesh.js";
 import { canCreateNamespaces, createTestNetwork, startHostAgent, type HostAgent, type TestHost, type TestNetwork } from "../harness/netns.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
 const upstreamPort = 9191;
 const dbPort = 5432;
-const trafficClient = join(repoRoot, "test", "apps", "traffic-client.mjs");
 /** See "moves traffic to db-c while db-b's local Consul agent restarts". */
 const maxFailuresOnInstanceAgentRestart = 5;
 
@@ -31,7 +30,7 @@ const sidecars: Record<string, SidecarProcess> = {};
 /** Every sidecar started, replaced ones included (for the dump). */
 const everySidecar: SidecarProcess[] = [];
 function startSidecar(host: TestHost, serviceId: string, configDir?: string): SidecarProcess {
-  const sidecar = startConnectHaproxy(serviceId, "127.0.0.1:8500", host.start, [], configDir);
+  const sidecar = startConnectHaproxy(serviceId, "127.0.0.1:8500", { launch: host.start, configDir });
   everySidecar.push(sidecar);
   return sidecar;
 }

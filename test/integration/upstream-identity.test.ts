@@ -15,7 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { luaBundlePath, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { luaBundlePath } from "../harness/paths.js";
 import { tcpRoundTrip } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor } from "../harness/processes.js";
@@ -44,8 +45,8 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
 
   /** Both impostors present `name`'s leaf to the connections that follow. */
   function present(name: keyof typeof leaves, also: keyof typeof leaves = name): void {
-    tcpImpostor.setSecureContext({ ...leaves[name], ca: rootsPem(roots), requestCert: true });
-    httpImpostor.setSecureContext({ ...leaves[also], ca: rootsPem(roots), requestCert: true });
+    tcpImpostor.setSecureContext({ ...leaves[name], ca: rootsPem(roots) });
+    httpImpostor.setSecureContext({ ...leaves[also], ca: rootsPem(roots) });
   }
 
   async function httpGet(port: number): Promise<{ status: number; body: string }> {

@@ -138,8 +138,14 @@ describe("renderHaproxyConfig", () => {
     const api = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-api-sidecar-proxy"), paths));
     expect(api).toContain("bind 127.0.0.1:21500 ssl crt");
     expect(api).toContain("http-request lua.connect_authorize api");
-    expect(api).toContain("http-request deny unless { var(txn.connect_allowed) -m bool }");
+    expect(api).toContain("http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }");
     expect(api).not.toContain("tcp-request content lua.connect_authorize");
+    // The path is normalized before the decision, so the path matched is the path forwarded.
+    const publicListener = api.slice(api.indexOf("frontend public_listener"), api.indexOf("backend local_app"));
+    expect(publicListener.indexOf("normalize-uri path-strip-dotdot full")).toBeGreaterThan(0);
+    expect(publicListener.indexOf("normalize-uri percent-decode-unreserved strict")).toBeLessThan(publicListener.indexOf("normalize-uri path-strip-dotdot full"));
+    expect(publicListener.indexOf("normalize-uri path-strip-dotdot full")).toBeLessThan(publicListener.indexOf("lua.connect_authorize"));
+    expect(api).toContain("    expose-experimental-directives");
     expect(api).toContain("timeout connect 2500ms");
     expect(api).toContain("timeout server 30000ms");
     expect(api).toContain("server app 127.0.0.2:7000");
@@ -158,7 +164,54 @@ describe("renderHaproxyConfig", () => {
     expect(queryBackend).not.toMatch(/connect_verify_upstream/);
   });
 
-  it("is accepted by haproxy -c (with a stand-in for the Lua actions)", async () => {
+  describe("without authorization (the benchmark's plain pair)", () => {
+    // The lines of the Lua authorizer, and nothing else.
+    const authorizerLine = (line: string) =>
+      /^    (setenv CONNECT_TRUST_DOMAIN |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed\) -m bool|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
+    const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
+    const lua = "    lua-load /opt/connect-haproxy/dist/connect-haproxy.lua";
+
+    it.each([
+      [
+        "TCP, one service upstream",
+        "agent-service-web-sidecar-proxy",
+        [
+          `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+          lua,
+          "    tcp-request inspect-delay 5s",
+          "    tcp-request content lua.connect_authorize web",
+          "    tcp-request content reject unless { var(txn.connect_allowed) -m bool }",
+          "    tcp-response inspect-delay 5s",
+          "    tcp-response content lua.connect_verify_upstream db",
+          "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
+        ],
+      ],
+      [
+        "HTTP, service and prepared-query upstreams",
+        "agent-service-api-sidecar-proxy",
+        [
+          `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+          lua,
+          "    http-request lua.connect_authorize api",
+          "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }",
+          "    http-response lua.connect_verify_upstream web",
+          "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
+          "    tcp-response inspect-delay 5s",
+          "    tcp-response content lua.connect_verify_upstream db",
+          "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
+        ],
+      ],
+    ])("differs from the full render by exactly the authorizer's lines (%s)", (_, proxy, authorizerLines) => {
+      const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), paths);
+      const full = renderHaproxyConfig(state).split("\n");
+      const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
+      expect(full.filter(authorizerLine)).toEqual(authorizerLines);
+      expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
+      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok)|CONNECT_TRUST_DOMAIN|inspect-delay/);
+    });
+  });
+
+  it("is accepted by haproxy -c (with a stand-in for the Lua actions; without authorization, with no Lua)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "ch-render-"));
     const local = {
       ...paths,
@@ -179,6 +232,9 @@ describe("renderHaproxyConfig", () => {
       writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
       writeFileSync(local.caRootsFile, state.caRootsPem);
       writeFileSync(local.configFile, renderHaproxyConfig(state));
+      await checkHaproxyConfig(local.configFile);
+      // No Lua loaded at all: nothing in the plain render may refer to it.
+      writeFileSync(local.configFile, renderHaproxyConfig(state, { authorization: false }));
       await checkHaproxyConfig(local.configFile);
     }
   });

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The demo's `web`: an HTTP service that calls `db` through its upstream
+// web: an HTTP service (the demo, the mesh tests) that calls `db` through its upstream
 // listener (the local sidecar) on every request and returns what db said.
 //   node web-app.mjs --port 8080 --db 127.0.0.1:9191 [--host 127.0.0.1]
 import { createServer } from "node:http";

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The demo's `db`: a plain TCP service. Every line it receives is answered
+// db: a plain TCP service (the demo, the mesh tests). Every line it receives is answered
 // with one line naming this instance, so a caller can see who served it.
 //   node db-app.mjs --port 5432 [--host 127.0.0.1] [--name db-1]
 import { createServer } from "node:net";

@@ -1,17 +1,18 @@
-// CPU time and memory of processes, read from /proc (Linux).
+// CPU time and memory of processes, read from /proc (Linux): what the
+// benchmarks account, and what stop() uses to find what a process left behind.
 import { readFileSync, readdirSync } from "node:fs";
 
 /** USER_HZ: 100 on every Linux this runs on (sysconf(_SC_CLK_TCK)). */
 const CLOCK_TICKS = 100;
 
 /** The fields of /proc/<pid>/stat after the command name (which may hold spaces). */
-function statFields(pid) {
+function statFields(pid: number | string): string[] {
   const text = readFileSync(`/proc/${pid}/stat`, "utf8");
   return text.slice(text.lastIndexOf(")") + 2).split(" ");
 }
 
 /** utime + stime of one process in seconds; undefined once it is gone. */
-export function cpuSeconds(pid) {
+export function cpuSeconds(pid: number): number | undefined {
   try {
     const fields = statFields(pid);
     // fields[0] is field 3 (state): utime is field 14, stime field 15.
@@ -21,7 +22,7 @@ export function cpuSeconds(pid) {
   }
 }
 
-function statusKb(pid, key) {
+function statusKb(pid: number, key: string): number | undefined {
   try {
     const match = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
     return match ? Number(match[1]) : undefined;
@@ -31,26 +32,26 @@ function statusKb(pid, key) {
 }
 
 /** Peak resident set size (VmHWM) in kB. */
-export const peakRssKb = (pid) => statusKb(pid, "VmHWM");
-export const rssKb = (pid) => statusKb(pid, "VmRSS");
+export const peakRssKb = (pid: number) => statusKb(pid, "VmHWM");
+export const rssKb = (pid: number) => statusKb(pid, "VmRSS");
 
 /** Every live descendant of `pid` (children, grandchildren, ...). */
-export function descendantPids(pid) {
-  const childrenOf = new Map();
+export function descendantPids(pid: number): number[] {
+  const childrenOf = new Map<number, number[]>();
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const parent = Number(statFields(entry)[1]);
       if (!childrenOf.has(parent)) childrenOf.set(parent, []);
-      childrenOf.get(parent).push(Number(entry));
+      childrenOf.get(parent)!.push(Number(entry));
     } catch {
       // gone meanwhile
     }
   }
-  const found = [];
+  const found: number[] = [];
   const queue = [pid];
   while (queue.length) {
-    for (const child of childrenOf.get(queue.shift()) ?? []) {
+    for (const child of childrenOf.get(queue.shift()!) ?? []) {
       found.push(child);
       queue.push(child);
     }
@@ -58,7 +59,7 @@ export function descendantPids(pid) {
   return found;
 }
 
-export function commandName(pid) {
+export function commandName(pid: number): string | undefined {
   try {
     return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
   } catch {
@@ -66,21 +67,32 @@ export function commandName(pid) {
   }
 }
 
+/** A process measured as the root of a group: what startProcess returns will do. */
+export interface MeasuredRoot {
+  readonly name: string;
+  readonly pid: number;
+  noteDescendants?(): void;
+}
+
+/** CPU seconds per pid, as one sample saw them. */
+export type CpuSample = Map<number, number>;
+
 /**
  * A group of processes measured together (one sidecar: the controller and its
  * HAProxy master and workers). Roots are given; descendants are found at each
  * sample, so workers started by a reload are counted from their start.
  */
-export class ProcessGroup {
-  constructor(name, roots) {
-    this.name = name;
-    this.roots = roots;
-    this.peakKb = new Map();
-    this.commands = new Map();
-  }
+export class ProcessGroup<Root extends MeasuredRoot = MeasuredRoot> {
+  readonly peakKb = new Map<number, number>();
+  readonly commands = new Map<number, string>();
 
-  pids() {
-    const pids = new Set();
+  constructor(
+    readonly name: string,
+    public roots: Root[],
+  ) {}
+
+  pids(): number[] {
+    const pids = new Set<number>();
     for (const root of this.roots) {
       if (cpuSeconds(root.pid) === undefined) continue;
       pids.add(root.pid);
@@ -91,8 +103,8 @@ export class ProcessGroup {
   }
 
   /** CPU seconds per live pid, and the peak RSS seen so far per pid. */
-  sample() {
-    const cpu = new Map();
+  sample(): CpuSample {
+    const cpu: CpuSample = new Map();
     for (const pid of this.pids()) {
       const seconds = cpuSeconds(pid);
       if (seconds === undefined) continue;
@@ -105,20 +117,20 @@ export class ProcessGroup {
   }
 
   /** Sum of the peak RSS of every process of the group seen so far (an upper bound of the group's peak). */
-  peakRssKb() {
+  peakRssKb(): number {
     let sum = 0;
     for (const kb of this.peakKb.values()) sum += kb;
     return sum;
   }
 
   /** Processes by name with their peak RSS, for the JSON. */
-  describePeaks() {
+  describePeaks(): { pid: number; command: string; peakRssKb: number }[] {
     return [...this.peakKb].map(([pid, kb]) => ({ pid, command: this.commands.get(pid) ?? "?", peakRssKb: kb }));
   }
 
   /** CPU seconds between two samples, by command name (node = the controller, haproxy, consul). */
-  cpuByCommand(before, after) {
-    const byCommand = {};
+  cpuByCommand(before: CpuSample, after: CpuSample): Record<string, number> {
+    const byCommand: Record<string, number> = {};
     for (const [pid, seconds] of after) {
       const command = this.commands.get(pid) ?? "?";
       byCommand[command] = (byCommand[command] ?? 0) + seconds - (before.get(pid) ?? 0);
@@ -128,18 +140,18 @@ export class ProcessGroup {
 }
 
 /** CPU seconds spent between two samples (a pid that appeared counts from zero). */
-export function cpuBetween(before, after) {
+export function cpuBetween(before: CpuSample, after: CpuSample): number {
   let total = 0;
   for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0);
   return total;
 }
 
 /** Jiffies of the whole machine from /proc/stat: busy and total. */
-export function machineCpu() {
-  const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
+export function machineCpu(): { busySeconds: number; totalSeconds: number } {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0]!;
   const values = line.trim().split(/\s+/).slice(1).map(Number);
   // user nice system idle iowait irq softirq steal guest guest_nice; guest is inside user.
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = values;
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = values;
   const busy = user + nice + system + irq + softirq + steal;
   return { busySeconds: busy / CLOCK_TICKS, totalSeconds: (busy + idle + iowait) / CLOCK_TICKS };
 }

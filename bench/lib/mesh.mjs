@@ -1,0 +1,80 @@
+// The registrations every set-up shares (web with an upstream to db, db in
+// front of the application), and a sidecar's desired state as the controller
+// would compute it from them: the plain HAProxy pair is that state rendered
+// without authorization.
+import { join } from "node:path";
+import { buildDesiredState } from "../../dist/controller/desired-state.js";
+import { parseSidecarSpec } from "../../dist/controller/sidecar-spec.js";
+import { luaBundlePath } from "../../dist/test/harness/paths.js";
+import { waitFor } from "../../dist/test/harness/processes.js";
+
+/**
+ * Registers db (the application, behind its sidecar's public listener) and web
+ * (whose sidecar has the upstream listener to db), and allows web → db.
+ * The sidecars get a passing TTL check instead of Consul's default TCP check:
+ * the default one polls every 10 s, and every set-up would wait for it before
+ * db's sidecar counts as healthy. Everything binds to 127.0.0.1.
+ */
+export async function registerMesh(consul, ports) {
+  const sidecarCheck = [{ Name: "bench: sidecar is up", TTL: "24h", Status: "passing" }];
+  await consul.api("PUT", "/v1/agent/service/register", {
+    ID: "db",
+    Name: "db",
+    Address: "127.0.0.1",
+    Port: ports.app,
+    Connect: {
+      SidecarService: {
+        Address: "127.0.0.1",
+        Port: ports.dbPublic,
+        Checks: sidecarCheck,
+        Proxy: { Config: { bind_address: "127.0.0.1" } },
+      },
+    },
+  });
+  await consul.api("PUT", "/v1/agent/service/register", {
+    ID: "web",
+    Name: "web",
+    Address: "127.0.0.1",
+    Port: ports.webApp,
+    Connect: {
+      SidecarService: {
+        Address: "127.0.0.1",
+        Port: ports.webPublic,
+        Checks: sidecarCheck,
+        Proxy: {
+          Config: { bind_address: "127.0.0.1" },
+          Upstreams: [{ DestinationName: "db", LocalBindAddress: "127.0.0.1", LocalBindPort: ports.upstream }],
+        },
+      },
+    },
+  });
+  await consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
+  // The built-in proxy and the controller find db's sidecar through the health endpoint.
+  await waitFor("db's sidecar healthy in the catalog", async () => ((await consul.api("GET", "/v1/health/connect/db?passing")).length ? true : undefined));
+}
+
+/**
+ * The desired state of `service`'s sidecar (`<service>-sidecar-proxy`), from
+ * what the controller's watches read: its registration, the CA roots, its leaf
+ * certificate and the healthy instances of each upstream. Its files live in
+ * `dir` as `<service>-sidecar.cfg`, `<service>-sidecar.sock`, `<service>-leaf.pem`, `roots.pem`.
+ */
+export async function sidecarState(consul, service, dir) {
+  const sidecar = parseSidecarSpec(await consul.api("GET", `/v1/agent/service/${service}-sidecar-proxy`));
+  const [roots, leaf] = await Promise.all([consul.api("GET", "/v1/agent/connect/ca/roots"), consul.api("GET", `/v1/agent/connect/ca/leaf/${service}`)]);
+  const upstreamInstances = {};
+  for (const upstream of sidecar.upstreams) {
+    if (upstream.destinationType !== "service") throw new Error(`bench: upstream ${upstream.name}: only service upstreams are benchmarked`);
+    const dc = upstream.datacenter ? `&dc=${encodeURIComponent(upstream.datacenter)}` : "";
+    upstreamInstances[upstream.name] = await consul.api("GET", `/v1/health/connect/${encodeURIComponent(upstream.destinationName)}?passing${dc}`);
+  }
+  const paths = {
+    configFile: join(dir, `${service}-sidecar.cfg`),
+    leafCertificateFile: join(dir, `${service}-leaf.pem`),
+    caRootsFile: join(dir, "roots.pem"),
+    statsSocket: join(dir, `${service}-sidecar.sock`),
+    masterSocket: join(dir, `${service}-master.sock`),
+    luaBundle: luaBundlePath,
+  };
+  return buildDesiredState({ sidecar, roots, leaf, upstreamInstances }, paths);
+}
