@@ -71,6 +71,13 @@ export interface PreparedQueryResult {
   Datacenter: string;
 }
 
+/** The intentions matching a destination, and the index they were read at. */
+export interface IntentionsAtIndex {
+  byDestination: Record<string, Intention[] | null>;
+  /** X-Consul-Index of the reply: the authorizer is asked to have seen at least this one. */
+  index: number;
+}
+
 export interface Intention {
   ID?: string;
   SourceName: string;

@@ -6,7 +6,7 @@
 import { runBlockingWatch, type BlockingMode } from "./blocking-query.js";
 import type { Clock } from "./clock.js";
 import type { ConsulClient } from "./consul-client.js";
-import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, Intention, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
 import type { Logger } from "./logger.js";
 import type { UpstreamSpec } from "./sidecar-spec.js";
 
@@ -31,7 +31,7 @@ export interface WatchValues {
   registration: AgentServiceRegistration;
   roots: CaRoots;
   leaf: LeafCertificate;
-  intentions: Record<string, Intention[] | null>;
+  intentions: IntentionsAtIndex;
   upstream: UpstreamInstances;
 }
 
@@ -86,7 +86,10 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
     case "leaf":
       return as(await consul.leafCertificate(id.service, cursor, signal), { kind: id.kind, id });
     case "intentions":
-      return as(await consul.intentionsForDestination(id.service, cursor, signal), { kind: id.kind, id });
+    {
+      const page = await consul.intentionsForDestination(id.service, cursor, signal);
+      return as({ ...page, value: { byDestination: page.value, index: page.index ?? 0 } }, { kind: id.kind, id });
+    }
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       if (destinationType === "prepared_query") {

@@ -1,6 +1,6 @@
 // Pure: a Consul snapshot → the HAProxy this sidecar should be running.
 import { leafPem, rootsPem } from "./consul-pem.js";
-import type { CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { CaRoots, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
 import type { PublicListenerSpec, SidecarSpec, UpstreamSpec } from "./sidecar-spec.js";
 
 /** What Consul says, as last seen by the watches. */
@@ -10,8 +10,8 @@ export interface ConsulSnapshot {
   leaf: LeafCertificate;
   /** Healthy instances per upstream name (UpstreamSpec.name); missing = not known yet. */
   upstreamInstances: Record<string, ServiceInstanceEntry[]>;
-  /** The intentions matching this destination; only their change matters (cache flush). */
-  intentions?: Record<string, Intention[] | null>;
+  /** The intentions matching this destination; only their change matters (cache flush, revocation). */
+  intentions?: IntentionsAtIndex;
 }
 
 /** Where things live on disk; fixed for the controller's life. */
@@ -53,6 +53,8 @@ export interface DesiredState {
   trustDomain: string;
   /** Changes when the intentions for this destination change. */
   intentionsFingerprint: string;
+  /** The Consul index the intentions were read at (0: not read yet). */
+  intentionsIndex: number;
 }
 
 export const slotBlockSize = 8;
@@ -102,7 +104,7 @@ export function assignSlots(previous: ServerSlot[] | undefined, instances: Upstr
 /** Pure: what identifies a set of intentions (null and [] are the same: none). */
 export function intentionsFingerprint(intentions: ConsulSnapshot["intentions"]): string {
   if (!intentions) return "none";
-  const rules = Object.values(intentions).flatMap((list) => list ?? []);
+  const rules = Object.values(intentions.byDestination ?? {}).flatMap((list) => list ?? []);
   return JSON.stringify(rules.map((i) => [i.ID ?? "", i.SourceName, i.Action ?? "", i.Permissions ?? [], i.Precedence ?? 0, i.ModifyIndex ?? 0]));
 }
 
@@ -121,5 +123,6 @@ export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths,
     caRootsPem: rootsPem(snapshot.roots),
     trustDomain: snapshot.roots.TrustDomain,
     intentionsFingerprint: intentionsFingerprint(snapshot.intentions),
+    intentionsIndex: snapshot.intentions?.index ?? 0,
   };
 }

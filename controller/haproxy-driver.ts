@@ -21,8 +21,8 @@ export interface HaproxyDriver {
   /** Every file HAProxy loads (dual-write: a reload or restart reproduces `state`). */
   writeFiles(state: DesiredState): void;
   start(): Promise<void>;
-  /** Throws when HAProxy refuses the operation. */
-  runtime(operation: RuntimeOperation): Promise<void>;
+  /** Throws when HAProxy refuses the operation; resolves with a line per thing it did worth logging (e.g. each connection closed). */
+  runtime(operation: RuntimeOperation): Promise<string[]>;
   /** Validates the files as asked, then reloads; throws (HAProxy keeps running as it was) when refused. */
   reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings>;
   stop(): Promise<void>;
@@ -39,6 +39,8 @@ export function runtimePath(operation: RuntimeOperation): string {
       return "runtime API: set ssl ca-file + commit ssl ca-file";
     case "flush-authorization-cache":
       return "stats socket: connect cache flush";
+    case "revoke-connections":
+      return "stats socket: connect revoked, show sess, shutdown session";
   }
 }
 
@@ -82,16 +84,24 @@ export class ProcessDriver implements HaproxyDriver {
     return this.process.start();
   }
 
-  async runtime(operation: RuntimeOperation): Promise<void> {
+  async runtime(operation: RuntimeOperation): Promise<string[]> {
     switch (operation.kind) {
       case "set-server":
-        return this.runtimeApi.setServer(operation.backend, operation.server, operation.address !== undefined ? { address: operation.address, port: operation.port! } : undefined, operation.ready);
+        await this.runtimeApi.setServer(operation.backend, operation.server, operation.address !== undefined ? { address: operation.address, port: operation.port! } : undefined, operation.ready);
+        return [];
       case "update-certificate":
-        return this.runtimeApi.replaceCertificate(operation.file, operation.pem);
+        await this.runtimeApi.replaceCertificate(operation.file, operation.pem);
+        return [];
       case "update-ca-file":
-        return this.runtimeApi.replaceCaFile(operation.file, operation.pem);
+        await this.runtimeApi.replaceCaFile(operation.file, operation.pem);
+        return [];
       case "flush-authorization-cache":
         await this.runtimeApi.flushAuthorizationCache();
+        return [];
+      case "revoke-connections": {
+        const closed = await this.runtimeApi.revokeConnections(operation.frontend, operation.target, operation.minIndex);
+        return closed.map((c) => `closed ${c.client}: ${c.source} is now denied for ${c.target} (${c.reason})`);
+      }
     }
   }
 

@@ -1,12 +1,14 @@
 // Pure: what is running + what should run → the cheapest safe operations.
 import type { DesiredState, UpstreamState } from "./desired-state.js";
+import { publicFrontendName } from "./haproxy-config.js";
 
 /** A change HAProxy takes at run time, with a human-readable description for the log. */
 export type RuntimeOperation =
   | { kind: "set-server"; backend: string; server: string; address?: string; port?: number; ready: boolean; change: string }
   | { kind: "update-certificate"; file: string; pem: string; change: string }
   | { kind: "update-ca-file"; file: string; pem: string; change: string }
-  | { kind: "flush-authorization-cache"; change: string };
+  | { kind: "flush-authorization-cache"; change: string }
+  | { kind: "revoke-connections"; frontend: string; target: string; minIndex: number; change: string };
 
 /**
  * How a reload is validated before the master CLI runs it: `haproxy -c` when
@@ -124,7 +126,11 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
   const runningUpstreams = new Map(running.upstreams.map((u) => [u.name, u]));
   for (const upstream of desired.upstreams) operations.push(...slotChanges(runningUpstreams.get(upstream.name)!, upstream));
   if (running.intentionsFingerprint !== desired.intentionsFingerprint) {
-    operations.push({ kind: "flush-authorization-cache", change: `intentions for ${desired.publicListener.destinationServiceName} changed` });
+    const service = desired.publicListener.destinationServiceName;
+    operations.push(
+      { kind: "flush-authorization-cache", change: `intentions for ${service} changed` },
+      { kind: "revoke-connections", frontend: publicFrontendName, target: service, minIndex: desired.intentionsIndex, change: `intentions for ${service} changed` },
+    );
   }
   return operations.length > 0 ? { kind: "runtime", operations } : { kind: "none" };
 }

@@ -85,6 +85,26 @@ export class RuntimeApi {
     return this.command("connect cache flush");
   }
 
+  /**
+   * Closes the live connections on `frontend` whose source the intentions now
+   * deny (Envoy only checks new connections and requests). The authorizer
+   * names them once it has seen intentions at `minIndex` or later; `show sess`
+   * gives each one's session, which `shutdown session` closes.
+   */
+  async revokeConnections(frontend: string, target: string, minIndex: number): Promise<RevokedConnection[]> {
+    const revoked = parseRevoked(await this.command(`connect revoked ${target} ${minIndex}`));
+    if (revoked.length === 0) return [];
+    const sessions = parseShowSess(await this.command("show sess"));
+    const closed: RevokedConnection[] = [];
+    for (const connection of revoked) {
+      const session = sessions.find((s) => s.frontend === frontend && s.client === connection.client);
+      if (!session) continue;
+      await this.command(`shutdown session ${session.id}`);
+      closed.push(connection);
+    }
+    return closed;
+  }
+
   private async commitOrAbort(kind: "cert" | "ca-file", file: string): Promise<void> {
     try {
       const answer = await this.command(`commit ssl ${kind} ${file}`);
@@ -119,4 +139,43 @@ export function parseShowProc(answer: string): MasterProcessList {
     }
   }
   return result;
+}
+
+/** A live connection whose source the intentions now deny, as the authorizer's `connect revoked` names it. */
+export interface RevokedConnection {
+  /** `ip:port` of the client, as `show sess` prints it. */
+  client: string;
+  target: string;
+  source: string;
+  reason: string;
+}
+
+/** Pure: `connect revoked` answers `<ip>:<port> <target> <source SPIFFE ID> <reason…>`, one per line. */
+export function parseRevoked(answer: string): RevokedConnection[] {
+  return answer
+    .split("\n")
+    .map((line) => /^(\S+:\d+) (\S+) (\S+) (.*)$/.exec(line.trim()))
+    .filter((match): match is RegExpExecArray => match !== null)
+    .map(([, client, target, source, reason]) => ({ client: unbracketed(client!), target: target!, source: source!, reason: reason! }));
+}
+
+export interface LiveSession {
+  /** What `shutdown session` takes (the stream's address). */
+  id: string;
+  client: string;
+  frontend: string;
+}
+
+/** Pure: `show sess`: `0x55…: proto=tcpv4 src=127.0.0.1:37424 fe=public_listener be=…`. */
+export function parseShowSess(answer: string): LiveSession[] {
+  return answer
+    .split("\n")
+    .map((line) => /^(0x[0-9a-f]+): .*?\bsrc=(\S+) fe=(\S+)/.exec(line))
+    .filter((match): match is RegExpExecArray => match !== null)
+    .map(([, id, client, frontend]) => ({ id: id!, client: unbracketed(client!), frontend: frontend! }));
+}
+
+/** `[::1]:80` and `::1:80` name the same client. */
+function unbracketed(address: string): string {
+  return address.replace(/^\[(.*)\](:\d+)$/, "$1$2");
 }

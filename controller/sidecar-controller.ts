@@ -9,10 +9,19 @@ import type { SnapshotPart, SnapshotSource } from "./consul-watches.js";
 import { buildDesiredState, type DesiredState, type HaproxyPaths } from "./desired-state.js";
 import { runtimePath, type HaproxyDriver } from "./haproxy-driver.js";
 import type { Logger } from "./logger.js";
-import { planChanges, type ReloadValidation } from "./plan-changes.js";
+import { planChanges, type ReloadValidation, type RuntimeOperation } from "./plan-changes.js";
 import { consulSnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
 import { identityCheckMaterial, UpstreamIdentities, type IdentityProbe } from "./upstream-identity.js";
+
+/**
+ * Operations whose failure is logged, not turned into a reload: cached verdicts
+ * expire by themselves, and new connections and requests are decided anew.
+ */
+const bestEffort: Partial<Record<RuntimeOperation["kind"], string>> = {
+  "flush-authorization-cache": "flush the authorizer's cache",
+  "revoke-connections": "close the connections the intentions now deny",
+};
 
 export interface SidecarControllerOptions {
   registration: AgentServiceRegistration;
@@ -138,11 +147,12 @@ export class SidecarController {
     if (plan.kind === "reload") return this.reload(plan.reason, plan.validation, desired);
     for (const operation of plan.operations) {
       try {
-        await driver.runtime(operation);
-        logger.info("applied change", { change: operation.change, path: runtimePath(operation) });
+        const done = await driver.runtime(operation);
+        if (operation.kind !== "revoke-connections") logger.info("applied change", { change: operation.change, path: runtimePath(operation) });
+        for (const line of done) logger.info(line, { change: operation.change, path: runtimePath(operation) });
       } catch (err) {
-        // Not worth a reload: the authorizer's cached verdicts expire by themselves.
-        if (operation.kind === "flush-authorization-cache") logger.warn(`could not flush the authorizer's cache: ${(err as Error).message}`, { change: operation.change });
+        const attempted = bestEffort[operation.kind];
+        if (attempted) logger.warn(`could not ${attempted}: ${(err as Error).message}`, { change: operation.change });
         else return this.reload(`runtime command failed (${(err as Error).message})`, "haproxy -c", desired);
       }
     }

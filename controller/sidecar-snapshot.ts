@@ -2,7 +2,7 @@
 // needs, and when it is complete enough to serve (the shape of Consul's
 // proxycfg snapshot and its Valid()).
 import type { SnapshotPart, UpstreamInstances, WatchId } from "./consul-watches.js";
-import type { CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { CaRoots, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
 import type { ConsulSnapshot } from "./desired-state.js";
 import { parseSidecarSpec, type SidecarSpec } from "./sidecar-spec.js";
 import type { UpstreamToCheck } from "./upstream-identity.js";
@@ -11,7 +11,7 @@ export interface SidecarSnapshot {
   spec: SidecarSpec;
   roots?: CaRoots;
   leaf?: LeafCertificate;
-  intentions?: Record<string, Intention[] | null>;
+  intentions?: IntentionsAtIndex;
   /** By upstream name (UpstreamSpec.name); missing = not known yet. */
   instances: Record<string, UpstreamInstances>;
 }

@@ -115,6 +115,7 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
       caRootsPem: rootsPem(roots),
       trustDomain: roots.TrustDomain,
       intentionsFingerprint: "none",
+      intentionsIndex: 0,
     };
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);

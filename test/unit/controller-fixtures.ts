@@ -26,7 +26,7 @@ export function snapshotFor(proxyFixture: string, instances: Record<string, Serv
     roots: fixture<CaRoots>("ca-roots"),
     leaf: fixture<LeafCertificate>(leafFixture),
     upstreamInstances: instances,
-    intentions: fixture<Record<string, Intention[]>>("intentions-match-db"),
+    intentions: { byDestination: fixture<Record<string, Intention[]>>("intentions-match-db"), index: 20 },
   };
 }
 

@@ -79,9 +79,10 @@ class RecordingDriver implements HaproxyDriver {
     this.calls.push({ call: "start" });
     this.pid = 4242;
   }
-  async runtime(operation: RuntimeOperation): Promise<void> {
+  async runtime(operation: RuntimeOperation): Promise<string[]> {
     this.calls.push({ call: "runtime", operation });
     if (operation.kind === this.failRuntime) throw new Error(`HAProxy refused "${operation.kind}"`);
+    return [];
   }
   async reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings> {
     this.calls.push({ call: "reload", validation, state });
@@ -117,7 +118,7 @@ const upstream = { name: "upstream_db", destinationType: "service", destinationN
 const instancesPart = (...entries: ServiceInstanceEntry[]): SnapshotPart => ({ kind: "upstream", id: { kind: "upstream", upstream }, value: { entries, service: "db" } });
 const rootsPart = (value: CaRoots): SnapshotPart => ({ kind: "roots", id: { kind: "roots" }, value });
 const leafPart = (value: LeafCertificate): SnapshotPart => ({ kind: "leaf", id: { kind: "leaf", service: "web" }, value });
-const intentionsPart = (value: Record<string, Intention[] | null>): SnapshotPart => ({ kind: "intentions", id: { kind: "intentions", service: "web" }, value });
+const intentionsPart = (byDestination: Record<string, Intention[] | null>, index = 30): SnapshotPart => ({ kind: "intentions", id: { kind: "intentions", service: "web" }, value: { byDestination, index } });
 const renewedLeaf: LeafCertificate = { ...leaf, SerialNumber: "aa:bb", CertPEM: leaf.CertPEM.replace(/^(-----BEGIN CERTIFICATE-----\n)/, "$1AAAA") };
 const withSecondRoot: CaRoots = { ...roots, Roots: [...roots.Roots!, { ...roots.Roots![0]!, ID: "second", Active: false, RootCert: "-----BEGIN CERTIFICATE-----\nsecond\n-----END CERTIFICATE-----\n" }] };
 
@@ -232,7 +233,18 @@ describe("the sidecar loop", () => {
     await startedWithDb1();
     source.send(intentionsPart({ web: [{ SourceName: "api", DestinationName: "web", Action: "deny", Precedence: 9 }] }));
     await clock.advance(0);
-    expect(driver.take().filter((c) => c.call === "runtime")).toEqual([{ call: "runtime", operation: { kind: "flush-authorization-cache", change: "intentions for web changed" } }]);
+    expect(driver.take().filter((c) => c.call === "runtime")).toEqual([
+      { call: "runtime", operation: { kind: "flush-authorization-cache", change: "intentions for web changed" } },
+      { call: "runtime", operation: { kind: "revoke-connections", frontend: "public_listener", target: "web", minIndex: 30, change: "intentions for web changed" } },
+    ]);
+  });
+
+  it("does not reload when closing revoked connections fails", async () => {
+    await startedWithDb1();
+    driver.failRuntime = "revoke-connections";
+    source.send(intentionsPart({ web: [{ SourceName: "api", DestinationName: "web", Action: "deny", Precedence: 9 }] }));
+    await clock.advance(0);
+    expect(driver.take().map((c) => (c.call === "runtime" ? c.operation.kind : c.call))).toEqual(["writeFiles", "flush-authorization-cache", "revoke-connections"]);
   });
 
   it("loads a renewed leaf with a reload validated by the key pair, writing the files once", async () => {

@@ -78,8 +78,14 @@ describe("planChanges", () => {
 
   it("flushes the authorizer's cache when intentions change", () => {
     const snapshot = webSnapshot([db1!]);
-    const plan = planChanges(running, buildDesiredState({ ...snapshot, intentions: { web: [] } }, paths, running));
-    expect(plan).toEqual({ kind: "runtime", operations: [{ kind: "flush-authorization-cache", change: "intentions for web changed" }] });
+    const plan = planChanges(running, buildDesiredState({ ...snapshot, intentions: { byDestination: { web: [] }, index: 21 } }, paths, running));
+    expect(plan).toEqual({
+      kind: "runtime",
+      operations: [
+        { kind: "flush-authorization-cache", change: "intentions for web changed" },
+        { kind: "revoke-connections", frontend: "public_listener", target: "web", minIndex: 21, change: "intentions for web changed" },
+      ],
+    });
   });
 
   it("reloads when an upstream is added or removed, or a bind or protocol changes", () => {

@@ -1,6 +1,6 @@
 // Pure helpers of the runtime API client and of the upstream identity check.
 import { describe, expect, it } from "vitest";
-import { answerIsError, parseShowProc, payload } from "../../controller/runtime-api.js";
+import { answerIsError, parseRevoked, parseShowProc, parseShowSess, payload } from "../../controller/runtime-api.js";
 import { matchesIdentity, uriSans } from "../../controller/upstream-identity.js";
 
 describe("runtime API helpers", () => {
@@ -16,6 +16,28 @@ describe("runtime API helpers", () => {
       "",
     ].join("\n");
     expect(parseShowProc(answer)).toEqual({ masterPid: 14673, reloads: 2, workers: [14688], oldWorkers: [14680] });
+  });
+
+  it("parses show sess (HAProxy 2.6 format): the session to shut down, its client and frontend", () => {
+    const answer = [
+      "0x55b0f471a840: proto=tcpv4 src=127.0.0.1:37424 fe=public_listener be=local_app srv=app ts=00 epoch=0 age=0s calls=2 rate=2 cpu=0 lat=0 rq[f=808000h,i=0,an=00h,rx=29s,wx=,ax=] scf=[8,0h,fd=12] exp=4s rc=0 c_exp=",
+      "0x55b0f4835c70: proto=unix_stream src=unix:1 fe=GLOBAL be=<NONE> srv=<none> ts=00 epoch=0 age=0s calls=1",
+      "0x55b0f4835d00: proto=tcpv6 src=[::1]:40000 fe=public_listener be=local_app srv=app",
+      "",
+    ].join("\n");
+    expect(parseShowSess(answer)).toEqual([
+      { id: "0x55b0f471a840", client: "127.0.0.1:37424", frontend: "public_listener" },
+      { id: "0x55b0f4835c70", client: "unix:1", frontend: "GLOBAL" },
+      { id: "0x55b0f4835d00", client: "::1:40000", frontend: "public_listener" },
+    ]);
+  });
+
+  it("parses the authorizer's connect revoked, one connection a line", () => {
+    const answer = "127.0.0.1:37424 db spiffe://t.consul/ns/default/dc/dc1/svc/web Matched L4 intention: default/web => default/db (Action: DENY)\n\n";
+    expect(parseRevoked(answer)).toEqual([
+      { client: "127.0.0.1:37424", target: "db", source: "spiffe://t.consul/ns/default/dc/dc1/svc/web", reason: "Matched L4 intention: default/web => default/db (Action: DENY)" },
+    ]);
+    expect(parseRevoked("")).toEqual([]);
   });
 
   it("recognises HAProxy's refusals, and not its successes", () => {
