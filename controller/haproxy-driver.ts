@@ -39,6 +39,8 @@ export function runtimePath(operation: RuntimeOperation): string {
       return "runtime API: set ssl ca-file + commit ssl ca-file";
     case "flush-authorization-cache":
       return "stats socket: connect cache flush";
+    case "sync-intentions":
+      return "stats socket: connect sync";
     case "revoke-connections":
       return "stats socket: connect revoked, show sess, shutdown session";
   }
@@ -98,8 +100,11 @@ export class ProcessDriver implements HaproxyDriver {
       case "flush-authorization-cache":
         await this.runtimeApi.flushAuthorizationCache();
         return [];
+      case "sync-intentions":
+        await this.runtimeApi.syncIntentions(operation.target, operation.index);
+        return [];
       case "revoke-connections": {
-        const closed = await this.runtimeApi.revokeConnections(operation.frontend, operation.target, operation.minIndex);
+        const closed = await this.runtimeApi.revokeConnections(operation.frontend, operation.target);
         return closed.map((c) => `closed ${c.client}: ${c.source} is now denied for ${c.target} (${c.reason})`);
       }
     }

@@ -7,8 +7,9 @@ export type RuntimeOperation =
   | { kind: "set-server"; backend: string; server: string; address?: string; port?: number; ready: boolean; change: string }
   | { kind: "update-certificate"; file: string; pem: string; change: string }
   | { kind: "update-ca-file"; file: string; pem: string; change: string }
+  | { kind: "sync-intentions"; target: string; index: number; change: string }
   | { kind: "flush-authorization-cache"; change: string }
-  | { kind: "revoke-connections"; frontend: string; target: string; minIndex: number; change: string };
+  | { kind: "revoke-connections"; frontend: string; target: string; change: string };
 
 /**
  * How a reload is validated before the master CLI runs it: `haproxy -c` when
@@ -127,9 +128,12 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
   for (const upstream of desired.upstreams) operations.push(...slotChanges(runningUpstreams.get(upstream.name)!, upstream));
   if (running.intentionsFingerprint !== desired.intentionsFingerprint) {
     const service = desired.publicListener.destinationServiceName;
+    const change = `intentions for ${service} changed`;
+    // The authorizer's own list first (no older list decides a request after this), then the agent's verdicts, then what is already open.
     operations.push(
-      { kind: "flush-authorization-cache", change: `intentions for ${service} changed` },
-      { kind: "revoke-connections", frontend: publicFrontendName, target: service, minIndex: desired.intentionsIndex, change: `intentions for ${service} changed` },
+      { kind: "sync-intentions", target: service, index: desired.intentionsIndex, change },
+      { kind: "flush-authorization-cache", change },
+      { kind: "revoke-connections", frontend: publicFrontendName, target: service, change },
     );
   }
   return operations.length > 0 ? { kind: "runtime", operations } : { kind: "none" };

@@ -85,14 +85,20 @@ export class RuntimeApi {
     return this.command("connect cache flush");
   }
 
+  /** The authorizer uses no intention list for `target` older than `index` (it waits up to 1 s to catch up). */
+  async syncIntentions(target: string, index: number): Promise<void> {
+    const answer = await this.command(`connect sync ${target} ${index}`);
+    if (!/ current /.test(answer)) throw new RuntimeApiError(`connect sync ${target} ${index}`, answer || "no answer");
+  }
+
   /**
    * Closes the live connections on `frontend` whose source the intentions now
-   * deny (Envoy only checks new connections and requests). The authorizer
-   * names them once it has seen intentions at `minIndex` or later; `show sess`
-   * gives each one's session, which `shutdown session` closes.
+   * deny (Envoy only checks new connections and requests): the authorizer
+   * names them (`connect revoked`, after `connect sync`); `show sess` gives
+   * each one's session, which `shutdown session` closes.
    */
-  async revokeConnections(frontend: string, target: string, minIndex: number): Promise<RevokedConnection[]> {
-    const revoked = parseRevoked(await this.command(`connect revoked ${target} ${minIndex}`));
+  async revokeConnections(frontend: string, target: string): Promise<RevokedConnection[]> {
+    const revoked = parseRevoked(await this.command("connect revoked")).filter((connection) => connection.target === target);
     if (revoked.length === 0) return [];
     const sessions = parseShowSess(await this.command("show sess"));
     const closed: RevokedConnection[] = [];

@@ -19,6 +19,7 @@ import { identityCheckMaterial, UpstreamIdentities, type IdentityProbe } from ".
  * expire by themselves, and new connections and requests are decided anew.
  */
 const bestEffort: Partial<Record<RuntimeOperation["kind"], string>> = {
+  "sync-intentions": "bring the authorizer's intention list up to date (L7 requests are refused until it is)",
   "flush-authorization-cache": "flush the authorizer's cache",
   "revoke-connections": "close the connections the intentions now deny",
 };

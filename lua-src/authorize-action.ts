@@ -81,13 +81,7 @@ class TextMemo {
   }
 }
 
-const noIntentionReasons = new TextMemo();
 const quotedReasons = new TextMemo();
-
-/** "no intention matched: <default reason>". */
-function noIntentionReason(defaultReason: string): string {
-  return noIntentionReasons.get(defaultReason) ?? noIntentionReasons.remember(defaultReason, "no intention matched: " + defaultReason);
-}
 
 /** "<intention reason>: <default reason>", kept on the intention while the default reason stays the same. */
 function noPermissionReason(intention: Intention, defaultReason: string): string {
@@ -98,24 +92,29 @@ function noPermissionReason(intention: Intention, defaultReason: string): string
   return intention.noPermissionReason;
 }
 
-/** Per request on an HTTP stream: the decision from the destination's intention list. */
+/**
+ * Per request on an HTTP stream. The verdict comes from the agent, through the
+ * cache (flushed on every intention change), as on TCP: L4 intentions and the
+ * default for a source no intention matches are decided exactly as Consul does.
+ * Only when the agent answers that an L7 intention governs (it cannot evaluate
+ * permissions) are the permissions matched here, from the destination's list;
+ * a list that disagrees with the agent (not yet updated) refuses the request.
+ */
 function decideRequest(context: AuthorizeContext, txn: Txn, target: string, identity: ServiceIdentity, certificate: CertificateReading): Verdict {
-  const [rules, loadProblem] = context.intentions.rulesFor(target);
-  if (loadProblem !== "") return $multi(false, loadProblem, "intentions", identity);
   const fetches = txn.f;
   const path = fetches.path();
   const problem = pathProblem(path);
   if (problem !== "") return $multi(false, problem, "path", identity);
+  context.intentions.watch(target);
+  const [agentAllowed, agentReason, agentOrigin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
+  if (agentAllowed || find(agentReason, AGENT_L7_REASON)[0] === undefined) return $multi(agentAllowed, agentReason, agentOrigin, identity);
+  const [rules, loadProblem] = context.intentions.rulesFor(target);
+  if (loadProblem !== "") return $multi(false, loadProblem, "intentions", identity);
   const intention = governingIntention(rules.list!, identity.service, identity.namespace, identity.partition);
-  if (intention === undefined) {
-    const defaultAllow = rules.defaultAllow;
-    if (defaultAllow !== undefined) return $multi(defaultAllow, noIntentionReason(rules.defaultReason), "default", identity);
-    // The agent answers a source no intention matches with the default policy itself.
-    const [allowed, reason, origin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
-    return $multi(allowed, reason, origin, identity);
+  if (intention === undefined || intention.permissions === undefined) {
+    return $multi(false, "intentions for " + target + " being updated: the agent matched an L7 intention the local list does not have yet", "intentions", identity);
   }
   if (intention.problem !== undefined) return $multi(false, intention.reason, "intention", identity);
-  if (intention.permissions === undefined) return $multi(intention.allow, intention.reason, "intention", identity);
   const headers = intention.usesHeaders ? (txn.http as HttpMessage).req_get_headers() : undefined;
   const permission = decidingPermission(intention, fetches.method() ?? "", path as string, headers);
   if (permission !== undefined) return $multi(permission.problem === undefined && permission.allow, permission.reason, "permission", identity);

@@ -59,6 +59,8 @@ export interface DestinationRules {
   index: number;
   /** Completed queries, successful or not. */
   attempts: number;
+  /** The index someone who watches Consul too (the controller) saw: a list older than this is not used. */
+  requiredIndex: number;
   failures: number;
   lastError: string | undefined;
   /** Lists applied after the first one. */
@@ -111,7 +113,7 @@ export class IntentionWatch {
     const known = this.destinations.get(target);
     if (known !== undefined) return known;
     const rules: DestinationRules = {
-      target, list: undefined, index: 0, attempts: 0, failures: 0, lastError: undefined, changes: 0,
+      target, list: undefined, index: 0, attempts: 0, requiredIndex: 0, failures: 0, lastError: undefined, changes: 0,
       defaultAllow: undefined, defaultReason: "default policy not read yet", defaultCheckedAt: -1e18,
     };
     this.destinations.set(target, rules);
@@ -151,13 +153,28 @@ export class IntentionWatch {
    */
   rulesFor(target: string): LuaMultiReturn<[DestinationRules, string]> {
     const rules = this.watch(target);
-    if (rules.list !== undefined) return $multi(rules, "");
+    if (rules.list !== undefined && rules.index >= rules.requiredIndex) return $multi(rules, "");
     if (rules.attempts === 0) {
       const deadline = this.deps.now() + this.loadWaitMs;
       while (rules.attempts === 0 && this.deps.now() <= deadline) this.deps.sleep(5);
     }
-    if (rules.list !== undefined) return $multi(rules, "");
-    return $multi(rules, "intentions for " + target + " not loaded yet" + (rules.lastError !== undefined ? ": " + rules.lastError : ""));
+    if (rules.list === undefined) return $multi(rules, "intentions for " + target + " not loaded yet" + (rules.lastError !== undefined ? ": " + rules.lastError : ""));
+    if (rules.index < rules.requiredIndex) return $multi(rules, format("intentions for %s not current yet (index %d, Consul is at %d)", target, rules.index, rules.requiredIndex));
+    return $multi(rules, "");
+  }
+
+  /**
+   * Someone who watches Consul too (the controller) saw the destination's
+   * intentions at `index`: from now on a list older than that is not used (the
+   * requests it would decide are refused), and this waits up to `waitMs` for
+   * the watch to catch up. True once the list is current.
+   */
+  sync(target: string, index: number, waitMs: number): boolean {
+    const rules = this.watch(target);
+    if (index > rules.requiredIndex) rules.requiredIndex = index;
+    const deadline = this.deps.now() + waitMs;
+    while ((rules.list === undefined || rules.index < rules.requiredIndex) && this.deps.now() <= deadline) this.deps.sleep(5);
+    return rules.list !== undefined && rules.index >= rules.requiredIndex;
   }
 
   /** The destination's rules as they are now, without starting a task or waiting; "" or why there is no list. */

@@ -52,6 +52,26 @@ export function revokedCommand(context: AuthorizeContext): string {
   return listRevoked(context.connections, context.intentions);
 }
 
+/** How long `connect sync` waits for the watch to reach the index it is given. */
+export const SYNC_WAIT_MS = 1000;
+
+/**
+ * `connect sync <target> <index>`: the controller saw the target's intentions
+ * at `index`; no list older than that decides a request any more, and this
+ * answers once the watch has caught up ("current") or after SYNC_WAIT_MS
+ * ("behind": L7 requests are refused until it catches up).
+ */
+export function syncCommand(context: AuthorizeContext, words: string[]): string {
+  let at = 0;
+  for (let i = 0; i < words.length; i++) if (words[i] === "sync") at = i;
+  const target = words[at + 1];
+  const index = tonumber(words[at + 2] ?? "");
+  if (target === undefined || target === "" || index === undefined || index < 0) return "usage: connect sync <target> <index>\n";
+  const current = context.intentions.sync(target, Math.floor(index), SYNC_WAIT_MS);
+  const rules = context.intentions.watch(target);
+  return format("%s %s index %d (wanted %d)\n", target, current ? "current" : "behind", rules.index, Math.floor(index));
+}
+
 function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext) => string, context: AuthorizeContext): void {
   const [ok, text] = pcall(produce, context);
   applet.send(ok ? text : "error: " + tostring(text) + "\n");
@@ -66,6 +86,10 @@ export function registerCommands(core: Core, context: AuthorizeContext): void {
     answer(applet, configCommand, context));
   core.register_cli(["connect", "intentions"], "connect intentions : watched destinations, their intention lists and default policy", (applet) =>
     answer(applet, intentionsCommand, context));
+  core.register_cli(["connect", "sync"], "connect sync <target> <index> : use no intention list older than <index> for <target>; waits up to 1 s for it", (applet, ...words) => {
+    const [ok, text] = pcall(syncCommand, context, words);
+    applet.send(ok ? text : "error: " + tostring(text) + "\n");
+  });
   core.register_cli(["connect", "revoked"], "connect revoked : recorded TCP connections whose source the current intentions deny", (applet) =>
     answer(applet, revokedCommand, context));
 }

@@ -27,12 +27,36 @@ end
 local function allow(http) return { Action = "allow", HTTP = http } end
 local function deny(http) return { Action = "deny", HTTP = http } end
 
+-- The agent's /v1/agent/connect/authorize as Consul answers it (written here
+-- independently of the bundle): the first intention whose source matches
+-- governs; one with permissions gives "Matched L7 intention" (the agent cannot
+-- evaluate them), one without gives its action; none gives the default policy.
+local function blank(value, ...)
+  if value == nil or value == "" then return true end
+  for _, allowed in ipairs({ ... }) do if value == allowed then return true end end
+  return false
+end
+local function consul_authorize(world, body)
+  local source = body:match('"ClientCertURI":"[^"]*/svc/([^"/]+)"')
+  for _, ixn in ipairs(world.intentions.api or {}) do
+    if (ixn.SourceName == source or ixn.SourceName == "*") and blank(ixn.SourceNS, "default", "*")
+      and blank(ixn.SourcePartition, "default", "*") and blank(ixn.SourcePeer) then
+      if ixn.Permissions ~= nil and #ixn.Permissions > 0 then
+        return 200, string.format('{"Authorized":false,"Reason":"Matched L7 intention: default/%s => default/api (Precedence: %d)"}', ixn.SourceName, ixn.Precedence)
+      end
+      return 200, string.format('{"Authorized":%s,"Reason":"Matched L4 intention: default/%s => default/api (Precedence: %d, Action: %s)"}',
+        ixn.Action == "allow" and "true" or "false", ixn.SourceName, ixn.Precedence, ixn.Action == "allow" and "ALLOW" or "DENY")
+    end
+  end
+  local allow = world.self ~= nil and world.self.DefaultIntentionPolicy == "allow"
+  return 200, string.format('{"Authorized":%s,"Reason":"Default intention policy"}', allow and "true" or "false")
+end
+
 -- A world where `api` has `list` as intentions and the default policy is `default_policy`
 -- ("allow" | "deny", read from /v1/agent/self), its list loaded by one task query.
 local function world_with(list, default_policy, env)
-  local world = bundle.haproxy(env or { CONNECT_TRUST_DOMAIN = TD }, function()
-    return 200, '{"Authorized":false,"Reason":"Default intention policy"}'
-  end)
+  local world
+  world = bundle.haproxy(env or { CONNECT_TRUST_DOMAIN = TD }, function(body) return consul_authorize(world, body) end)
   world.intentions.api = list
   world.self = { DefaultIntentionPolicy = default_policy or "deny" }
   world.poll("api")
@@ -173,11 +197,11 @@ describe("L7 intentions", function()
       assert.is_false(allowed(world, { path = "/" }, admin_der), "a source no intention matches: default deny")
     end)
 
-    it("L4 intentions decide every request on an HTTP stream, exact source before wildcard", function()
+    it("L4 intentions decide every request on an HTTP stream, exact source before wildcard, as the agent answers them", function()
       local world = world_with({ l4("web", "deny", 9), l4("*", "allow", 8) }, "allow")
       local verdict, reason = decide(world, { path = "/" })
       assert.are.equal(0, verdict)
-      assert.matches("L4 intention default/web => default/api %(precedence 9%): deny", reason)
+      assert.are.equal("Matched L4 intention: default/web => default/api (Precedence: 9, Action: DENY)", reason)
       assert.is_true(allowed(world, { path = "/" }, admin_der))
     end)
 
@@ -185,7 +209,7 @@ describe("L7 intentions", function()
       local world = world_with({ l4("web", "allow") }, "deny")
       local verdict, reason = decide(world, { path = "/" }, admin_der)
       assert.are.equal(0, verdict)
-      assert.matches("no intention matched: Default intention policy %(deny", reason)
+      assert.are.equal("Default intention policy", reason)
     end)
 
     it("intentions for a peer, another namespace or another partition do not match a local client", function()
@@ -230,22 +254,49 @@ describe("L7 intentions", function()
       assert.is_false(refused(allow({ PathPrefix = "/", Header = { { Name = "x-a", Exact = "1" } } })))
     end)
 
-    it("refuses every request while the list cannot be read, then decides once it is", function()
-      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+    it("refuses every request an L7 intention governs while the list cannot be read, then decides once it is", function()
+      local world
+      world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body) return consul_authorize(world, body) end)
       world.self = { DefaultIntentionPolicy = "allow" }
+      world.intentions.api = { l7("web", { allow({ PathPrefix = "/" }) }) }
       world.intentions_status = 403
       world.poll("api")
       local verdict, reason = decide(world, { path = "/" })
       assert.are.equal(0, verdict)
       assert.matches("intentions for api not loaded yet: permission denied", reason)
       world.intentions_status = nil
-      world.intentions.api = { l4("web", "allow") }
       world.poll("api")
       assert.is_true(allowed(world, { path = "/" }))
     end)
 
+    it("refuses while the list is older than the index the controller saw (connect sync), then decides once it caught up", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/" }) }) })
+      assert.is_true(allowed(world, { path = "/admin" }))
+      local stub = require("test.lua.support.haproxy_stub")
+      assert.matches("api behind index 7 %(wanted 9%)", stub.cli(world.core, "connect sync api 9"))
+      local verdict, reason = decide(world, { path = "/admin" })
+      assert.are.equal(0, verdict)
+      assert.are.equal("intentions for api not current yet (index 7, Consul is at 9)", reason)
+      world.intentions.api = { l7("web", { deny({ PathPrefix = "/admin" }), allow({ PathPrefix = "/" }) }) }
+      world.intentions_index = 9
+      world.poll("api")
+      assert.matches("api current index 9 %(wanted 9%)", stub.cli(world.core, "connect sync api 9"))
+      assert.is_false(allowed(world, { path = "/admin" }))
+      assert.is_true(allowed(world, { path = "/x" }))
+    end)
+
+    it("refuses an L7-governed request while the list disagrees with the agent", function()
+      local world = world_with({ l4("web", "allow") })
+      world.intentions.api = { l7("web", { allow({ PathPrefix = "/api/" }) }) }
+      local verdict, reason = decide(world, { path = "/api/x" })
+      assert.are.equal(0, verdict)
+      assert.matches("being updated", reason)
+    end)
+
     it("waits a bounded time for the first list, then refuses", function()
-      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+      local world
+      world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body) return consul_authorize(world, body) end)
+      world.intentions.api = { l7("web", { allow({ PathPrefix = "/" }) }) }
       local before = world.core.clock_ms
       local verdict, reason = decide(world, { path = "/" })
       assert.are.equal(0, verdict)
@@ -278,8 +329,9 @@ describe("L7 intentions", function()
   describe("the default policy", function()
     it("comes from /v1/agent/self: DefaultIntentionPolicy, else the ACL default, else allow", function()
       local function default_reason(self)
-        local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
-        world.intentions.api = {}
+        local world
+        world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body) return consul_authorize(world, body) end)
+        world.intentions.api = { l7("web", { allow({ PathPrefix = "/api/" }) }) }
         world.self = self
         world.poll("api")
         local verdict, reason = decide(world, { path = "/" })
@@ -294,8 +346,9 @@ describe("L7 intentions", function()
     end)
 
     it("without agent:read, asks the authorize endpoint about a probe source when no `*` intention hides it", function()
-      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body)
-        assert.matches("connect%-haproxy%-default%-policy%-probe", body)
+      local world
+      world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body)
+        if not body:find("connect-haproxy-default-policy-probe", 1, true) then return consul_authorize(world, body) end
         return 200, '{"Authorized":false,"Reason":"Default behavior configured by ACLs"}'
       end)
       world.intentions.api = { l7("web", { allow({ PathPrefix = "/api/" }) }) }
@@ -306,7 +359,8 @@ describe("L7 intentions", function()
     end)
 
     it("unknown (no agent:read, a `*` intention): denies what it would decide and warns once, naming agent:read", function()
-      local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD })
+      local world
+      world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function(body) return consul_authorize(world, body) end)
       world.intentions.api = { l7("web", { allow({ PathPrefix = "/api/" }) }), l4("*", "allow") }
       world.poll("api")
       local verdict, reason = decide(world, { path = "/other" })

@@ -60,7 +60,10 @@ describe("request paths", function()
     local dir = certs.tmpdir()
     local der = certs.leaf(dir, certs.ca(dir), { extensions = "subjectAltName=URI:" .. bundle.WEB })
     certs.remove(dir)
-    local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = bundle.TD })
+    -- The agent answers as Consul does for a source an L7 intention governs.
+    local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = bundle.TD }, function()
+      return 200, '{"Authorized":false,"Reason":"Matched L7 intention: default/web => default/api (Precedence: 9)"}'
+    end)
     world.self = { DefaultIntentionPolicy = "deny" }
     world.intentions.api = { {
       SourceName = "web", SourceNS = "default", DestinationName = "api", Precedence = 9, SourceType = "consul",

@@ -234,8 +234,9 @@ describe("the sidecar loop", () => {
     source.send(intentionsPart({ web: [{ SourceName: "api", DestinationName: "web", Action: "deny", Precedence: 9 }] }));
     await clock.advance(0);
     expect(driver.take().filter((c) => c.call === "runtime")).toEqual([
+      { call: "runtime", operation: { kind: "sync-intentions", target: "web", index: 30, change: "intentions for web changed" } },
       { call: "runtime", operation: { kind: "flush-authorization-cache", change: "intentions for web changed" } },
-      { call: "runtime", operation: { kind: "revoke-connections", frontend: "public_listener", target: "web", minIndex: 30, change: "intentions for web changed" } },
+      { call: "runtime", operation: { kind: "revoke-connections", frontend: "public_listener", target: "web", change: "intentions for web changed" } },
     ]);
   });
 
@@ -244,7 +245,7 @@ describe("the sidecar loop", () => {
     driver.failRuntime = "revoke-connections";
     source.send(intentionsPart({ web: [{ SourceName: "api", DestinationName: "web", Action: "deny", Precedence: 9 }] }));
     await clock.advance(0);
-    expect(driver.take().map((c) => (c.call === "runtime" ? c.operation.kind : c.call))).toEqual(["writeFiles", "flush-authorization-cache", "revoke-connections"]);
+    expect(driver.take().map((c) => (c.call === "runtime" ? c.operation.kind : c.call))).toEqual(["writeFiles", "sync-intentions", "flush-authorization-cache", "revoke-connections"]);
   });
 
   it("loads a renewed leaf with a reload validated by the key pair, writing the files once", async () => {

@@ -82,8 +82,9 @@ describe("planChanges", () => {
     expect(plan).toEqual({
       kind: "runtime",
       operations: [
+        { kind: "sync-intentions", target: "web", index: 21, change: "intentions for web changed" },
         { kind: "flush-authorization-cache", change: "intentions for web changed" },
-        { kind: "revoke-connections", frontend: "public_listener", target: "web", minIndex: 21, change: "intentions for web changed" },
+        { kind: "revoke-connections", frontend: "public_listener", target: "web", change: "intentions for web changed" },
       ],
     });
   });

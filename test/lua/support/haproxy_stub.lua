@@ -170,9 +170,15 @@ end
 function M.cli(core, command)
   local applet = { output = {} }
   function applet:send(text) self.output[#self.output + 1] = text end
-  local handler = assert(core.clis[command], "no CLI command " .. command)
   local words = {}
   for word in command:gmatch("%S+") do words[#words + 1] = word end
+  -- As HAProxy does: the registered command is a prefix of the words; the handler gets them all.
+  local handler
+  for n = #words, 1, -1 do
+    handler = core.clis[table.concat(words, " ", 1, n)]
+    if handler then break end
+  end
+  assert(handler, "no CLI command " .. command)
   handler(applet, table.unpack(words))
   return table.concat(applet.output)
 end
