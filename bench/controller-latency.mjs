@@ -4,6 +4,7 @@
 //   - instance change: a db instance enters/leaves maintenance -> web's backend slot changes
 //   - leaf rotation: Consul serves a renewed leaf -> db's listener serves it
 //   - intention flip: allow <-> deny written -> the next connection follows it
+//   - L7 rule change: a service-intentions entry with permissions written -> the next HTTP request follows it
 // and each controller's resident memory. Not a test: it prints figures.
 // Usage: CONSUL_BIN=/path/to/consul node bench/controller-latency.mjs [--rounds N] [--rotations N] (--help)
 import { existsSync, readFileSync, rmSync } from "node:fs";
@@ -13,7 +14,8 @@ import { connect as tlsConnect } from "node:tls";
 import { parseArgs } from "node:util";
 import { startConsulDev } from "../dist/test/harness/consul.js";
 import { sendRuntimeCommand } from "../dist/test/harness/haproxy.js";
-import { startConnectHaproxy } from "../dist/test/harness/mesh.js";
+import { request } from "node:http";
+import { startConnectHaproxy, startHttpEchoApp } from "../dist/test/harness/mesh.js";
 import { controllerCli } from "../dist/test/harness/paths.js";
 import { freePorts } from "../dist/test/harness/ports.js";
 import { peakRssKb, rssKb } from "../dist/test/harness/process-stats.js";
@@ -99,18 +101,23 @@ try {
   consul = await startConsulDev({ nodeName: "bench" });
   const { httpAddr, api } = consul;
 
-  const [appPort, db1Public, db2Public, webPublic, upstream] = await freePorts(5);
+  const [appPort, db1Public, db2Public, webPublic, upstream, apiApp, apiPublic, apiUpstream] = await freePorts(8);
   await new Promise((r) => echo.listen(appPort, "127.0.0.1", r));
-  const registerWithSidecar = (id, name, publicPort, upstreams = []) =>
+  const registerWithSidecar = (id, name, publicPort, upstreams = [], port = appPort) =>
     api("PUT", "/v1/agent/service/register", {
-      ID: id, Name: name, Port: appPort, Address: "127.0.0.1",
+      ID: id, Name: name, Port: port, Address: "127.0.0.1",
       Connect: { SidecarService: { Port: publicPort, Address: "127.0.0.1", Checks: [{ TCP: `127.0.0.1:${publicPort}`, Interval: "1s" }], Proxy: { Upstreams: upstreams } } },
     });
   await registerWithSidecar("db-1", "db", db1Public);
   await registerWithSidecar("db-2", "db", db2Public);
-  await registerWithSidecar("web-1", "web", webPublic, [{ DestinationName: "db", LocalBindPort: upstream }]);
+  // api: an HTTP service, protected by L7 intentions.
+  await api("PUT", "/v1/config", { Kind: "service-defaults", Name: "api", Protocol: "http" });
+  await api("PUT", "/v1/config", { Kind: "service-intentions", Name: "api", Sources: [{ Name: "web", Permissions: [{ Action: "allow", HTTP: { PathPrefix: "/" } }] }] });
+  startHttpEchoApp(apiApp, "api");
+  await registerWithSidecar("api-1", "api", apiPublic, [], apiApp);
+  await registerWithSidecar("web-1", "web", webPublic, [{ DestinationName: "db", LocalBindPort: upstream }, { DestinationName: "api", LocalBindPort: apiUpstream }]);
   const controllers = {};
-  for (const id of ["db-1", "db-2", "web-1"]) controllers[id] = startConnectHaproxy(id, httpAddr, { logLevel: "info" });
+  for (const id of ["db-1", "db-2", "api-1", "web-1"]) controllers[id] = startConnectHaproxy(id, httpAddr, { logLevel: "info" });
   const dirs = Object.fromEntries(Object.entries(controllers).map(([id, c]) => [id, c.configDir]));
   const webStats = join(dirs["web-1"], "stats.sock");
   const readySlots = async () =>
@@ -152,7 +159,32 @@ try {
     allows.push(now() - t0);
   }
 
-  // 3. Leaf rotations: from Consul serving a renewed leaf to db's listener serving it.
+  // 3. L7 rule changes: a deny on /a added and removed; time until the next request follows.
+  const getStatus = (path) =>
+    new Promise((resolve) => {
+      const req = request({ host: "127.0.0.1", port: apiUpstream, path, agent: false }, (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode));
+      });
+      req.on("error", () => resolve(0));
+      req.end();
+    });
+  const l7Rules = (denyA) => ({
+    Kind: "service-intentions",
+    Name: "api",
+    Sources: [{ Name: "web", Permissions: [...(denyA ? [{ Action: "deny", HTTP: { PathPrefix: "/a" } }] : []), { Action: "allow", HTTP: { PathPrefix: "/" } }] }],
+  });
+  await waitUntil("api through web's upstream", async () => (await getStatus("/a")) === 200, every(50, 30_000));
+  const l7Changes = [];
+  for (let i = 0; i < 2 * rounds; i++) {
+    const denyA = i % 2 === 0;
+    const t0 = now();
+    await api("PUT", "/v1/config", l7Rules(denyA));
+    await waitUntil("the L7 change enforced", async () => (await getStatus("/a")) === (denyA ? 403 : 200), every(1, 10_000));
+    l7Changes.push(now() - t0);
+  }
+
+  // 4. Leaf rotations: from Consul serving a renewed leaf to db's listener serving it.
   //    A new key size makes the built-in CA rotate its root and re-issue every leaf.
   const webLeaf = () => readFileSync(join(dirs["web-1"], "certs", "leaf.pem"), "utf8");
   const leafApplied = [];
@@ -188,6 +220,7 @@ try {
     instanceAddedMs: summary(additions),
     intentionDenyMs: summary(denies),
     intentionAllowMs: summary(allows),
+    l7RuleChangeEnforcedMs: summary(l7Changes),
     leafServedAfterConsulIssuedItMs: summary(leafApplied),
     leafServedAfterCaChangeMs: summary(endToEnd),
     controllerMemory: memory,

@@ -34,10 +34,11 @@ export function parseWrkJson(stdout) {
  * One wrk run against http://127.0.0.1:port/. `close`: every request on a new
  * connection (Connection: close), so each one pays a new TCP and TLS handshake.
  */
-export async function runWrk({ port, seconds, connections, close = false, delayMs, cpu }) {
+export async function runWrk({ port, seconds, connections, close = false, delayMs, cpu, path = "/", headers = {} }) {
   const args = ["-t1", `-c${connections}`, `-d${seconds}s`, "--timeout", "5s", "-s", wrkScript];
   if (close) args.push("-H", "Connection: close");
-  args.push(`http://127.0.0.1:${port}/`);
+  for (const [name, value] of Object.entries(headers)) args.push("-H", `${name}: ${value}`);
+  args.push(`http://127.0.0.1:${port}${path}`);
   const result = await timed("wrk", args, { cpu, timeoutMs: (seconds + 30) * 1000, env: delayMs ? { WRK_DELAY_MS: String(delayMs) } : {} });
   const summary = parseWrkJson(result.stdout);
   if (result.code !== 0 || !summary) throw new Error(`wrk failed (exit ${result.code}):\n${result.stdout}\n${result.stderr}`);

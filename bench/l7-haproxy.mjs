@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+// CPU per request of connect_authorize on an HTTP stream, inside a real HAProxy
+// (one process, one thread): wrk → a plain frontend → a kept-alive mTLS hop
+// (client leaf of `web`) → db's public frontend, which answers 200 itself. The
+// same chain is run without the action, with an empty Lua action (the floor of
+// running any Lua action), and with connect_authorize for a source governed by
+// an L4 intention (the agent's verdict from the cache) and by an L7 intention
+// of 10 permissions (the request matching the 10th). The agent is a stub on
+// loopback; HAProxy's CPU time divided by the requests is the figure.
+//   node bench/l7-haproxy.mjs [--seconds S]     (after npm run build)
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { pathNormalization } from "../dist/controller/haproxy-config.js";
+import { startHaproxy } from "../dist/test/harness/haproxy.js";
+import { luaBundlePath } from "../dist/test/harness/paths.js";
+import { freePorts } from "../dist/test/harness/ports.js";
+import { cpuSeconds } from "../dist/test/harness/process-stats.js";
+import { runProgram } from "../dist/test/harness/processes.js";
+import { runWrk } from "./lib/load.mjs";
+
+const { values } = parseArgs({ options: { seconds: { type: "string", default: "8" } } });
+const seconds = Number(values.seconds);
+const trustDomain = "11111111-2222-3333-4444-555555555555.consul";
+
+/** A CA and leaves for web and db, as Consul issues them (URI SAN only). */
+function certificates(dir) {
+  const openssl = (...args) => execFileSync("openssl", args, { stdio: ["ignore", "ignore", "ignore"] });
+  openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", join(dir, "ca.key"));
+  openssl("req", "-x509", "-new", "-key", join(dir, "ca.key"), "-subj", "/CN=bench-ca", "-days", "2", "-out", join(dir, "ca.pem"));
+  for (const name of ["web", "db"]) {
+    writeFileSync(join(dir, `${name}.cnf`), `[v3]\nsubjectAltName=critical,URI:spiffe://${trustDomain}/ns/default/dc/dc1/svc/${name}\n`);
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", join(dir, `${name}.key`));
+    openssl("req", "-new", "-key", join(dir, `${name}.key`), "-subj", `/CN=${name}`, "-out", join(dir, `${name}.csr`));
+    openssl("x509", "-req", "-in", join(dir, `${name}.csr`), "-CA", join(dir, "ca.pem"), "-CAkey", join(dir, "ca.key"), "-set_serial", "0x1234",
+      "-days", "1", "-extfile", join(dir, `${name}.cnf`), "-extensions", "v3", "-out", join(dir, `${name}.crt`));
+    writeFileSync(join(dir, `${name}.pem`), readFileSync(join(dir, `${name}.crt`), "utf8") + readFileSync(join(dir, `${name}.key`), "utf8"));
+  }
+}
+
+/** The agent: the intention list (blocking queries held for their wait), /v1/agent/self, and authorize. */
+function stubAgent(governedBy) {
+  const permissions = [];
+  for (let i = 1; i <= 9; i++) permissions.push({ Action: "deny", HTTP: { PathPrefix: `/p${i}/`, Methods: ["POST"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } });
+  permissions.push({ Action: "allow", HTTP: { PathPrefix: "/api/", Methods: ["GET", "HEAD"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } });
+  const intention = { SourceName: "web", SourceNS: "default", DestinationName: "db", Precedence: 9, SourceType: "consul", ...(governedBy === "L7" ? { Permissions: permissions } : { Action: "allow" }) };
+  const list = JSON.stringify({ db: [intention] });
+  const verdict = governedBy === "L7"
+    ? { Authorized: false, Reason: "Matched L7 intention: default/web => default/db (Precedence: 9)" }
+    : { Authorized: true, Reason: "Matched L4 intention: default/web => default/db (Precedence: 9, Action: ALLOW)" };
+  return createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      if (req.url.startsWith("/v1/agent/self")) return res.end(JSON.stringify({ DebugConfig: { DefaultIntentionPolicy: "deny" } }));
+      if (req.url.startsWith("/v1/agent/connect/authorize")) return res.end(JSON.stringify(verdict));
+      // A blocking query with an index: held for its wait, as Consul does when nothing changed.
+      const delay = /[?&]index=/.test(req.url) ? 4000 : 0;
+      setTimeout(() => res.writeHead(200, { "X-Consul-Index": "7" }).end(list), delay);
+    });
+  });
+}
+
+function config({ dir, agentPort, entryPort, meshPort, action }) {
+  const rules = {
+    none: [],
+    noop: ["    http-request lua.bench_noop"],
+    authorize: ["    http-request lua.connect_authorize db", "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }"],
+  }[action];
+  return [
+    "global",
+    "    nbthread 1",
+    "    expose-experimental-directives",
+    `    setenv CONSUL_HTTP_ADDR 127.0.0.1:${agentPort}`,
+    `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+    `    lua-load ${luaBundlePath}`,
+    `    lua-load ${join(dir, "noop.lua")}`,
+    "defaults",
+    "    mode http",
+    "    timeout connect 2s",
+    "    timeout client 30s",
+    "    timeout server 30s",
+    "frontend entry",
+    `    bind 127.0.0.1:${entryPort}`,
+    "    default_backend hop",
+    "backend hop",
+    "    http-reuse always",
+    `    server db 127.0.0.1:${meshPort} ssl crt ${join(dir, "web.pem")} ca-file ${join(dir, "ca.pem")} verify required verifyhost db alpn http/1.1 sni str(db)`,
+    "frontend db_mesh",
+    `    bind 127.0.0.1:${meshPort} ssl crt ${join(dir, "db.pem")} ca-file ${join(dir, "ca.pem")} verify required`,
+    ...pathNormalization.map((line) => `    ${line}`),
+    ...rules,
+    "    http-request return status 200 content-type text/plain string ok",
+    "",
+  ].join("\n");
+}
+
+async function measure(dir, action, governedBy) {
+  const agent = stubAgent(governedBy);
+  const [agentPort, entryPort, meshPort] = await freePorts(3);
+  await new Promise((resolve) => agent.listen(agentPort, "127.0.0.1", resolve));
+  const haproxy = await startHaproxy(config({ dir, agentPort, entryPort, meshPort, action }), { name: `l7-${action}` });
+  try {
+    const load = { port: entryPort, connections: 8, path: "/api/items/42", headers: { "x-v": "v2" } };
+    // Warm-up: the first request waits for the intention list and fills the verdict cache.
+    const warm = await runWrk({ ...load, seconds: 2 });
+    if (warm.errorCount > 0) throw new Error(`warm-up: ${warm.errorCount} errors (${JSON.stringify(warm.errors)})`);
+    const before = cpuSeconds(haproxy.process.pid);
+    const run = await runWrk({ ...load, seconds });
+    const after = cpuSeconds(haproxy.process.pid);
+    if (run.errorCount > 0) throw new Error(`${action}: ${run.errorCount} errors (${JSON.stringify(run.errors)})`);
+    return { requestsPerSecond: Math.round(run.requestsPerSecond), cpuUsPerRequest: +(((after - before) / run.requests) * 1e6).toFixed(2) };
+  } finally {
+    await haproxy.stop();
+    await new Promise((resolve) => agent.close(resolve));
+  }
+}
+
+runProgram("l7-haproxy", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ch-l7-bench-"));
+  try {
+    certificates(dir);
+    writeFileSync(join(dir, "noop.lua"), 'core.register_action("bench_noop", { "http-req" }, function(txn) end, 0)\n');
+    const none = await measure(dir, "none", "L4");
+    const noop = await measure(dir, "noop", "L4");
+    const l4 = await measure(dir, "authorize", "L4");
+    const l7 = await measure(dir, "authorize", "L7");
+    const report = {
+      haproxy: execFileSync("haproxy", ["-v"]).toString().split("\n")[0],
+      secondsPerRun: seconds,
+      runs: { noAction: none, emptyLuaAction: noop, authorizeL4Intention: l4, authorizeL7TenPermissions: l7 },
+      cpuUsPerRequest: {
+        emptyLuaAction: +(noop.cpuUsPerRequest - none.cpuUsPerRequest).toFixed(2),
+        authorizeL4Intention: +(l4.cpuUsPerRequest - none.cpuUsPerRequest).toFixed(2),
+        authorizeL7TenPermissions: +(l7.cpuUsPerRequest - none.cpuUsPerRequest).toFixed(2),
+      },
+    };
+    console.log(JSON.stringify(report, null, 2));
+    return 0;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
