@@ -352,6 +352,13 @@ describe("connect_authorize against a Consul dev agent (ACLs off: default allow)
     expect(outcome.reason).toBe("Matched L4 intention: default/web => default/db (Precedence: 9, Action: DENY)");
     expect(decision.allowed).toBe("0");
     await mesh.consul.api("DELETE", "/v1/connect/intentions/exact?source=web&destination=db");
+    // The intention-list task flushes the verdict cache when it sees a change (in the same step as it
+    // installs the list). Wait for it to have seen this last one, so that no flush of its own lands in
+    // the exact counts below. Its reply arrives by its read timeout at the latest (2 s + the 4 s wait
+    // + jitter: about 6.3 s; docs/standalone.md says why it can be that late on 2.6.12).
+    await waitFor("the deletion in the authorizer's list", async () => (/^db: 0 intentions/m.test(await mesh.haproxy.command("connect intentions")) ? true : undefined), {
+      timeoutMs: 10_000,
+    });
     await mesh.haproxy.command("connect cache flush");
   });
 
