@@ -24,6 +24,7 @@
 import type { AuthorizeAnswer, DefaultPolicyAnswer, IntentionsAnswer } from "./agent";
 import { PERMISSION_DENIED } from "./agent";
 import { compileIntentionList, governingIntention, type IntentionList, type RegexCompiler } from "./intentions";
+import { backoffDelayMs } from "./backoff";
 
 const format = string.format;
 const find = string.find;
@@ -211,8 +212,7 @@ export class IntentionWatch {
         if (find(rules.lastError, PERMISSION_DENIED, 1, true)[0] !== undefined) hint = format(" (the token needs intentions:read on %s, as service:write or a service identity for it grants)", rules.target);
         this.deps.log("warning", format("connect-haproxy: cannot read the intentions for %s: %s%s; keeping the last list", rules.target, rules.lastError, hint));
       }
-      const backoff = Math.min(MAX_BACKOFF_MS, 250 * 2 ** Math.min(rules.failures - 1, 10));
-      return Math.floor(backoff / 2 + (backoff / 2) * this.deps.random());
+      return backoffDelayMs(rules.failures, 250, MAX_BACKOFF_MS, this.deps.random());
     }
     if (rules.failures > 0) this.deps.log("info", format("connect-haproxy: intentions for %s readable again after %d failed attempt(s)", rules.target, rules.failures));
     rules.failures = 0;

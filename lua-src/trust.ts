@@ -4,6 +4,7 @@
 // connection is denied (the agent's authorize endpoint does not check it).
 
 import type { RootsAnswer } from "./agent";
+import { backoffDelayMs } from "./backoff";
 
 const lower = string.lower;
 const format = string.format;
@@ -116,8 +117,7 @@ export class TrustDomainSource {
       const elapsed = this.deps.now() - started;
       return elapsed >= MIN_INTERVAL_MS ? 0 : MIN_INTERVAL_MS - elapsed;
     }
-    const backoff = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(this.failures - 1, 10));
-    return Math.floor(backoff / 2 + (backoff / 2) * this.deps.random());
+    return backoffDelayMs(this.failures, 1000, MAX_BACKOFF_MS, this.deps.random());
   }
 
   /** The body of the refresh task (core.register_task): runs until HAProxy stops; returns at once if the trust domain is configured. */
