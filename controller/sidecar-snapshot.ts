@@ -57,7 +57,8 @@ export function upstreamsToCheck(snapshot: SidecarSnapshot, trustDomain: string)
   });
 }
 
-export type Readiness = { ready: true } | { ready: false; why: string; recheckInMs?: number };
+/** Not ready: `recheckInMs` says when waiting alone can change that (otherwise only a new snapshot part can). */
+export type Readiness = { ready: true } | { ready: false; recheckInMs?: number };
 
 /**
  * Pure: may HAProxy be started from this snapshot? Roots and leaf are needed.
@@ -66,11 +67,10 @@ export type Readiness = { ready: true } | { ready: false; why: string; recheckIn
  * controller restart, take over) with empty upstream backends.
  */
 export function readiness(snapshot: SidecarSnapshot, identitiesSettled: boolean, sinceStartMs: number, upstreamWaitMs: number): Readiness {
-  if (!snapshot.roots) return { ready: false, why: "no CA roots yet" };
-  if (!snapshot.leaf) return { ready: false, why: "no leaf certificate yet" };
+  if (!snapshot.roots || !snapshot.leaf) return { ready: false };
   const allKnown = snapshot.spec.upstreams.every((u) => snapshot.instances[u.name]);
   if ((allKnown && identitiesSettled) || sinceStartMs >= upstreamWaitMs) return { ready: true };
-  return { ready: false, why: allKnown ? "upstream identities being checked" : "upstream instances not known yet", recheckInMs: upstreamWaitMs - sinceStartMs };
+  return { ready: false, recheckInMs: upstreamWaitMs - sinceStartMs };
 }
 
 /** The snapshot as the desired state is built from it: complete, with only verified instances. */
