@@ -85,8 +85,7 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
       return as(await consul.caRoots(cursor, signal), { kind: id.kind, id });
     case "leaf":
       return as(await consul.leafCertificate(id.service, cursor, signal), { kind: id.kind, id });
-    case "intentions":
-    {
+    case "intentions": {
       const page = await consul.intentionsForDestination(id.service, cursor, signal);
       return as({ ...page, value: { byDestination: page.value, index: page.index ?? 0 } }, { kind: id.kind, id });
     }
