@@ -75,7 +75,10 @@ function fetches.src() return "127.0.0.1" end
 function fetches.src_port() return 40000 end
 function fetches.fe_name() return "db_mesh" end
 local txn = { f = fetches }
-function txn.set_var() end
+-- The connection's sess.* variables (HTTP: later requests recall the verified identity from there).
+local session = {}
+function txn.set_var(_, name, value) if name:sub(1, 5) == "sess." then session[name] = value end end
+function txn.get_var(_, name) return session[name] end
 function txn.Debug() end
 function txn.Info() end
 function txn.Warning() end
@@ -125,7 +128,8 @@ table.sort(per_parse)
 print(string.format("%-42s p50 %7.2f us   p99 %7.2f us", "  of which: DER walk", percentile(per_parse, 0.5), percentile(per_parse, 0.99)))
 
 -- L7: one request decision on an HTTP stream for a 10-permission intention
--- (whole action: identity, path check, governing intention, permissions, set_var x4).
+-- (whole action: identity recalled from the session, path check, governing
+-- intention, permissions, set_var x4).
 -- The request matches the 10th permission (the worst case before the default).
 do
   rawset(_G, "Regex", rawget(_G, "Regex") or require("test.lua.support.haproxy_stub").regex_class())
@@ -149,10 +153,11 @@ do
   local headers = { ["x-v"] = { [0] = "v2" }, host = { [0] = "db" } }
   txn.http = { req_get_headers = function() return headers end }
   local vars = {}
-  local probe = { f = fetches, http = txn.http, set_var = function(_, k, v) vars[k] = v end, Debug = txn.Debug, Info = txn.Info, Warning = txn.Warning }
+  local probe = { f = fetches, http = txn.http, set_var = function(_, k, v) vars[k] = v; txn.set_var(txn, k, v) end, get_var = txn.get_var, Debug = txn.Debug, Info = txn.Info, Warning = txn.Warning }
   action(probe, "db")
   assert(vars["txn.connect_allowed"] == 1, "L7 warm-up decision was not an allow: " .. tostring(vars["txn.connect_reason"]))
-  measure("L7 request, 10 permissions (whole action)")
+  assert(session["sess.connect_reading"] ~= nil, "the first request did not keep the identity for the connection")
+  measure("L7 request, 10 permissions (whole action, later request of a connection)")
   fetches.path = function() return "/other" end
   measure("L7 request, no permission matches (default)")
   txn.http = nil

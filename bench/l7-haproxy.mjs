@@ -3,27 +3,31 @@
 // (one process, one thread): wrk → a plain frontend → a kept-alive mTLS hop
 // (client leaf of `web`) → db's public frontend, which answers 200 itself. The
 // same chain is run without the action, with an empty Lua action (the floor of
-// running any Lua action), and with connect_authorize for a source governed by
-// an L4 intention (the agent's verdict from the cache) and by an L7 intention
-// of 10 permissions (the request matching the 10th). The agent is a stub on
-// loopback; HAProxy's CPU time divided by the requests is the figure.
-//   node bench/l7-haproxy.mjs [--seconds S]     (after npm run build)
-import { execFileSync } from "node:child_process";
+// running any Lua action), and with the controller's authorization rules for a
+// source governed by an L4 intention (later requests of a connection pass
+// natively: lua-src/request-passes.ts), the same with the action on every
+// request (no pass map, the agent's verdict from the cache), and by an L7
+// intention of 10 permissions (the request matching the 10th). The agent is a stub on
+// loopback; HAProxy's CPU time divided by the requests is the figure, user
+// time alone (HAProxy's and Lua's own code) and user + system.
+//   node bench/l7-haproxy.mjs [--seconds S] [--rounds N] [--perf <action>-<L4|L7>]   (after npm run build)
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { pathNormalization } from "../dist/controller/haproxy-config.js";
+import { httpAuthorizationRules, pathNormalization } from "../dist/controller/haproxy-config.js";
 import { startHaproxy } from "../dist/test/harness/haproxy.js";
 import { luaBundlePath } from "../dist/test/harness/paths.js";
 import { freePorts } from "../dist/test/harness/ports.js";
-import { cpuSeconds } from "../dist/test/harness/process-stats.js";
+import { cpuSeconds, userCpuSeconds } from "../dist/test/harness/process-stats.js";
 import { runProgram } from "../dist/test/harness/processes.js";
 import { runWrk } from "./lib/load.mjs";
 
-const { values } = parseArgs({ options: { seconds: { type: "string", default: "8" } } });
+const { values } = parseArgs({ options: { seconds: { type: "string", default: "5" }, rounds: { type: "string", default: "3" }, perf: { type: "string" } } });
 const seconds = Number(values.seconds);
+const rounds = Number(values.rounds);
 const trustDomain = "11111111-2222-3333-4444-555555555555.consul";
 
 /** A CA and leaves for web and db, as Consul issues them (URI SAN only). */
@@ -64,10 +68,14 @@ function stubAgent(governedBy) {
 }
 
 function config({ dir, agentPort, entryPort, meshPort, action }) {
+  const passMap = join(dir, "passes.map");
   const rules = {
     none: [],
     noop: ["    http-request lua.bench_noop"],
-    authorize: ["    http-request lua.connect_authorize db", "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }"],
+    // As the controller renders it: passes for L4-allowed sources.
+    authorize: httpAuthorizationRules("db", passMap).map((line) => `    ${line}`),
+    // Every request through the action (an operator's config without CONNECT_PASS_MAP).
+    authorizeEveryRequest: ["    http-request lua.connect_authorize db", "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }"],
   }[action];
   return [
     "global",
@@ -75,6 +83,7 @@ function config({ dir, agentPort, entryPort, meshPort, action }) {
     "    expose-experimental-directives",
     `    setenv CONSUL_HTTP_ADDR 127.0.0.1:${agentPort}`,
     `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+    ...(action === "authorize" ? [`    setenv CONNECT_PASS_MAP ${passMap}`] : []),
     `    lua-load ${luaBundlePath}`,
     `    lua-load ${join(dir, "noop.lua")}`,
     "defaults",
@@ -97,6 +106,17 @@ function config({ dir, agentPort, entryPort, meshPort, action }) {
   ].join("\n");
 }
 
+/** `perf record -g` on HAProxy during one run (--perf <action>-<L4|L7>), to perf.data in the working directory. */
+function startPerf(pid) {
+  const perf = spawn("perf", ["record", "-g", "-o", "perf.data", "-p", String(pid)], { stdio: "inherit" });
+  return {
+    stop: () => new Promise((resolve) => {
+      perf.on("exit", resolve);
+      perf.kill("SIGINT");
+    }),
+  };
+}
+
 async function measure(dir, action, governedBy) {
   const agent = stubAgent(governedBy);
   const [agentPort, entryPort, meshPort] = await freePorts(3);
@@ -107,35 +127,56 @@ async function measure(dir, action, governedBy) {
     // Warm-up: the first request waits for the intention list and fills the verdict cache.
     const warm = await runWrk({ ...load, seconds: 2 });
     if (warm.errorCount > 0) throw new Error(`warm-up: ${warm.errorCount} errors (${JSON.stringify(warm.errors)})`);
+    const profile = values.perf === `${action}-${governedBy}` ? startPerf(haproxy.process.pid) : undefined;
     const before = cpuSeconds(haproxy.process.pid);
+    const userBefore = userCpuSeconds(haproxy.process.pid);
     const run = await runWrk({ ...load, seconds });
     const after = cpuSeconds(haproxy.process.pid);
+    const userAfter = userCpuSeconds(haproxy.process.pid);
+    if (profile !== undefined) await profile.stop();
     if (run.errorCount > 0) throw new Error(`${action}: ${run.errorCount} errors (${JSON.stringify(run.errors)})`);
-    return { requestsPerSecond: Math.round(run.requestsPerSecond), cpuUsPerRequest: +(((after - before) / run.requests) * 1e6).toFixed(2) };
+    return { requestsPerSecond: Math.round(run.requestsPerSecond), cpuUsPerRequest: +(((after - before) / run.requests) * 1e6).toFixed(2), userCpuUsPerRequest: +(((userAfter - userBefore) / run.requests) * 1e6).toFixed(2) };
   } finally {
     await haproxy.stop();
     await new Promise((resolve) => agent.close(resolve));
   }
 }
 
+const RUNS = {
+  noAction: ["none", "L4"],
+  emptyLuaAction: ["noop", "L4"],
+  authorizeL4Intention: ["authorize", "L4"],
+  authorizeL4IntentionNoPasses: ["authorizeEveryRequest", "L4"],
+  authorizeL7TenPermissions: ["authorize", "L7"],
+};
+
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
 runProgram("l7-haproxy", async () => {
   const dir = mkdtempSync(join(tmpdir(), "ch-l7-bench-"));
   try {
     certificates(dir);
     writeFileSync(join(dir, "noop.lua"), 'core.register_action("bench_noop", { "http-req" }, function(txn) end, 0)\n');
-    const none = await measure(dir, "none", "L4");
-    const noop = await measure(dir, "noop", "L4");
-    const l4 = await measure(dir, "authorize", "L4");
-    const l7 = await measure(dir, "authorize", "L7");
+    writeFileSync(join(dir, "passes.map"), "");
+    // Rounds interleave the set-ups, so a noisy stretch of the machine hits them all alike.
+    const samples = Object.fromEntries(Object.keys(RUNS).map((name) => [name, []]));
+    for (let round = 0; round < rounds; round++) {
+      for (const [name, [action, governedBy]] of Object.entries(RUNS)) samples[name].push(await measure(dir, action, governedBy));
+    }
+    // Noise on a shared machine only adds CPU time: the minimum over rounds is the estimate, the median shows the spread.
+    const summary = (name, field) => ({ min: Math.min(...samples[name].map((s) => s[field])), median: median(samples[name].map((s) => s[field])) });
+    const overNoAction = (field) => Object.fromEntries(Object.keys(RUNS).filter((name) => name !== "noAction").map((name) => {
+      const run = summary(name, field);
+      const base = summary("noAction", field);
+      return [name, { min: +(run.min - base.min).toFixed(2), median: +(run.median - base.median).toFixed(2) }];
+    }));
     const report = {
       haproxy: execFileSync("haproxy", ["-v"]).toString().split("\n")[0],
       secondsPerRun: seconds,
-      runs: { noAction: none, emptyLuaAction: noop, authorizeL4Intention: l4, authorizeL7TenPermissions: l7 },
-      cpuUsPerRequest: {
-        emptyLuaAction: +(noop.cpuUsPerRequest - none.cpuUsPerRequest).toFixed(2),
-        authorizeL4Intention: +(l4.cpuUsPerRequest - none.cpuUsPerRequest).toFixed(2),
-        authorizeL7TenPermissions: +(l7.cpuUsPerRequest - none.cpuUsPerRequest).toFixed(2),
-      },
+      rounds,
+      samples,
+      userCpuUsPerRequestOverNoAction: overNoAction("userCpuUsPerRequest"),
+      cpuUsPerRequestOverNoAction: overNoAction("cpuUsPerRequest"),
     };
     console.log(JSON.stringify(report, null, 2));
     return 0;

@@ -20,5 +20,7 @@ export function writeFileAtomic(path: string, content: string, mode: number): vo
 export function writeHaproxyFiles(state: DesiredState): void {
   writeFileAtomic(state.paths.leafCertificateFile, state.leafCertificatePem, 0o600);
   writeFileAtomic(state.paths.caRootsFile, state.caRootsPem, 0o644);
+  // HAProxy loads the map at start (empty): its entries live only in the running process.
+  writeFileAtomic(state.paths.passMap, "", 0o600);
   writeFileAtomic(state.paths.configFile, renderHaproxyConfig(state), 0o600);
 }

@@ -21,6 +21,8 @@ export interface HaproxyPaths {
   caRootsFile: string;
   statsSocket: string;
   masterSocket: string;
+  /** CONNECT_PASS_MAP: written empty; the authorizer fills it at run time (lua-src/request-passes.ts). */
+  passMap: string;
   luaBundle: string;
 }
 

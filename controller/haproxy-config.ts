@@ -33,6 +33,25 @@ const tcpLogFormat =
 const httpLogFormat =
   '"%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %{+Q}r client=%[var(txn.connect_spiffe)] allowed=%[var(txn.connect_allowed)] reason=%{+Q}[var(txn.connect_reason)]"';
 
+/**
+ * Every request of an HTTP public listener is decided. Requests from a source
+ * the agent allowed for every request (an L4 intention or the default policy)
+ * pass natively while the authorizer's entry in the pass map is fresh; the
+ * authorizer removes every entry on any intention or policy change. The rest
+ * (first request of a connection, L7 intentions, denials, paths with "%" or
+ * "\\") run the action. lua-src/request-passes.ts says why.
+ */
+export function httpAuthorizationRules(target: string, passMap: string): string[] {
+  return [
+    `http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(${passMap})`,
+    "http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\\\ }",
+    "http-request set-var(txn.connect_reason) var(sess.connect_pass_reason) if { var(txn.connect_allowed) -m found }",
+    "http-request set-var(txn.connect_spiffe) var(sess.connect_spiffe) if { var(txn.connect_allowed) -m found }",
+    `http-request lua.connect_authorize ${target} unless { var(txn.connect_allowed) -m found }`,
+    "http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }",
+  ];
+}
+
 function mode(protocol: ProxyProtocol): "tcp" | "http" {
   return isHttpProtocol(protocol) ? "http" : "tcp";
 }
@@ -79,7 +98,13 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     // Read by the authorizer when it loads (so before lua-load): with the trust
     // domain given, it runs no background query of its own, which would hold
     // every soft stop and reload until the query ends.
-    ...(authorization ? [`    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`, `    lua-load ${paths.luaBundle}`] : []),
+    ...(authorization
+      ? [
+        `    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`,
+        ...(mode(pub.protocol) === "http" ? [`    setenv CONNECT_PASS_MAP ${paths.passMap}`] : []),
+        `    lua-load ${paths.luaBundle}`,
+      ]
+      : []),
     "",
     "defaults",
     "    log global",
@@ -104,9 +129,7 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
   if (pubMode === "http") {
     add(`    log-format ${httpLogFormat}`, `    timeout http-request ${authorizeInspectDelay}`, ...pathNormalization.map((line) => `    ${line}`));
     // Every request is decided (L4 and L7 intentions alike), so a kept-alive or pooled connection never carries one past a deny.
-    if (authorization) {
-      add(`    http-request lua.connect_authorize ${pub.destinationServiceName}`, "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }");
-    }
+    if (authorization) add(...httpAuthorizationRules(pub.destinationServiceName, paths.passMap).map((line) => `    ${line}`));
   } else {
     add(`    log-format ${tcpLogFormat}`);
     if (authorization) {

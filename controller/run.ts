@@ -45,6 +45,7 @@ export function pathsIn(configDir: string): HaproxyPaths {
     leafCertificateFile: join(configDir, "certs", "leaf.pem"),
     caRootsFile: join(configDir, "certs", "roots.pem"),
     statsSocket: join(configDir, "stats.sock"),
+    passMap: join(configDir, "passes.map"),
     masterSocket: join(configDir, "master.sock"),
     luaBundle: luaBundlePath(),
   };

@@ -27,6 +27,7 @@ import type { TrustDomainSource } from "./trust";
 import type { ServiceIdentity } from "./spiffe";
 import type { IntentionWatch } from "./intention-watch";
 import type { ConnectionRegistry } from "./connection-registry";
+import type { RequestPasses } from "./request-passes";
 import { decidingPermission, governingIntention, type Intention } from "./intentions";
 import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
@@ -42,6 +43,7 @@ export interface AuthorizeContext {
   identities: PeerIdentities;
   intentions: IntentionWatch;
   connections: ConnectionRegistry;
+  passes: RequestPasses;
 }
 
 const find = string.find;
@@ -54,6 +56,9 @@ TROUBLE.set(INTERNAL_ORIGIN, true);
 TROUBLE.set("config", true);
 TROUBLE.set(TRUST_DOMAIN_PROBLEM, true);
 TROUBLE.set("intentions", true);
+
+/** The session variable naming the reading of the client's certificate (PeerIdentities.verifyRecalled). */
+const READING_VARIABLE = "sess.connect_reading";
 
 /** What the agent says about an L7 intention, which it cannot evaluate. */
 const AGENT_L7_REASON = "^Matched L7 intention";
@@ -93,6 +98,27 @@ function noPermissionReason(intention: Intention, defaultReason: string): string
 }
 
 /**
+ * The agent allowed `identity` for every request (an L4 verdict): later
+ * requests on this connection pass natively while the cached verdict is fresh
+ * and no flush happened (request-passes.ts).
+ */
+function grantPass(context: AuthorizeContext, txn: Txn, target: string, identity: ServiceIdentity, reason: string): void {
+  const passes = context.passes;
+  if (!passes.enabled()) return;
+  const until = context.authorizer.allowFreshUntil(target, identity.uri);
+  if (until === undefined) return;
+  const key = target + "|" + identity.uri;
+  const failure = passes.grant(key, until);
+  if (failure !== undefined) {
+    txn.Warning("connect_authorize: CONNECT_PASS_MAP cannot be written (" + failure + "): every HTTP request runs the action; reference the map in haproxy.cfg (docs/standalone.md)");
+    return;
+  }
+  txn.set_var("sess.connect_pass_key", key);
+  txn.set_var("sess.connect_pass_reason", reason);
+  txn.set_var("sess.connect_spiffe", identity.uri);
+}
+
+/**
  * Per request on an HTTP stream. The verdict comes from the agent, through the
  * cache (flushed on every intention change), as on TCP: L4 intentions and the
  * default for a source no intention matches are decided exactly as Consul does.
@@ -107,6 +133,7 @@ function decideRequest(context: AuthorizeContext, txn: Txn, target: string, iden
   if (problem !== "") return $multi(false, problem, "path", identity);
   context.intentions.watch(target);
   const [agentAllowed, agentReason, agentOrigin] = context.authorizer.decide(target, identity.uri, certificate.serialOf);
+  if (agentAllowed) grantPass(context, txn, target, identity, agentReason);
   if (agentAllowed || find(agentReason, AGENT_L7_REASON)[0] === undefined) return $multi(agentAllowed, agentReason, agentOrigin, identity);
   const [rules, loadProblem] = context.intentions.rulesFor(target);
   if (loadProblem !== "") return $multi(false, loadProblem, "intentions", identity);
@@ -134,20 +161,36 @@ function evaluate(context: AuthorizeContext, txn: Txn, targetArgument: string | 
   if (target === undefined) return $multi(false, "no target service: pass one to connect_authorize or set CONNECT_DEFAULT_TARGET", "config", undefined);
   if (config.agentAddressError !== undefined) return $multi(false, "configuration error: " + config.agentAddressError, "config", undefined);
 
-  // 2. A client certificate that HAProxy verified against the CA roots (0 is true in Lua: compare).
+  // 2-5. The client's identity. Later requests of an HTTP connection recall
+  // the reading the first one verified (the certificate cannot change within
+  // a connection); the trust domain is checked again every time.
   const fetches = txn.f;
-  if (fetches.ssl_c_used() !== 1) return $multi(false, "no client certificate", "identity", undefined);
-  const verifyResult = fetches.ssl_c_verify();
-  if (verifyResult !== 0) return $multi(false, format("client certificate not verified (OpenSSL error %s)", tostring(verifyResult)), "identity", undefined);
+  const http = txn.http !== undefined;
+  let certificate: CertificateReading | undefined = undefined;
+  if (http) {
+    const recalledId = txn.get_var(READING_VARIABLE);
+    if (typeof recalledId === "number") {
+      const [recalled, problem, problemKind] = context.identities.verifyRecalled(recalledId);
+      if (problem !== "") return $multi(false, problem, problemKind, undefined);
+      certificate = recalled;
+    }
+  }
+  if (certificate === undefined) {
+    // 2. A client certificate that HAProxy verified against the CA roots (0 is true in Lua: compare).
+    if (fetches.ssl_c_used() !== 1) return $multi(false, "no client certificate", "identity", undefined);
+    const verifyResult = fetches.ssl_c_verify();
+    if (verifyResult !== 0) return $multi(false, format("client certificate not verified (OpenSSL error %s)", tostring(verifyResult)), "identity", undefined);
 
-  // 3-5. Its one URI SAN, a Consul service SPIFFE ID from this cluster.
-  const [read, problem, problemKind] = context.identities.verify(fetches.ssl_c_der());
-  if (problem !== "") return $multi(false, problem, problemKind, undefined);
-  const certificate = read as CertificateReading;
+    // 3-5. Its one URI SAN, a Consul service SPIFFE ID from this cluster.
+    const [read, problem, problemKind] = context.identities.verify(fetches.ssl_c_der());
+    if (problem !== "") return $multi(false, problem, problemKind, undefined);
+    certificate = read as CertificateReading;
+    if (http) txn.set_var(READING_VARIABLE, certificate.id);
+  }
   const identity = certificate.identity as ServiceIdentity;
 
   // 6. HTTP: every request decided here, from the intention list.
-  if (txn.http !== undefined) return decideRequest(context, txn, target, identity, certificate);
+  if (http) return decideRequest(context, txn, target, identity, certificate);
 
   // 7. TCP: the agent, through the cache; the list is watched for `connect revoked`.
   context.intentions.watch(target);
@@ -192,6 +235,16 @@ function logDecision(context: AuthorizeContext, txn: Txn, target: string, allowe
     else txn.Debug(line);
   } else if (TROUBLE.get(origin) === true) txn.Warning(line);
   else txn.Info(line);
+}
+
+/**
+ * Every cached verdict and every pass dropped at once (intentions or the
+ * default policy changed): the next request or connection is decided afresh.
+ * Returns how many verdicts were cached.
+ */
+export function flushVerdicts(context: AuthorizeContext): number {
+  context.passes.revokeAll();
+  return context.authorizer.flush();
 }
 
 /** The action body. Never raises; always sets txn.connect_allowed. */

@@ -159,6 +159,16 @@ export class Authorizer {
     return $multi(flight.allowed, flight.reason, flight.origin === "agent" ? "shared" : flight.origin);
   }
 
+  /**
+   * Until when the cached allow for `clientUri` → `target` stays fresh (ms), or
+   * nil when none is cached (an answer a flush overtook is never cached).
+   */
+  allowFreshUntil(target: string, clientUri: string): number | undefined {
+    const cached = this.cache.peek(target + "\n" + clientUri);
+    if (cached === undefined || !cached.allowed || this.deps.now() >= cached.expiresAt) return undefined;
+    return cached.expiresAt;
+  }
+
   /** Drops every cached verdict at once (intentions changed); returns how many there were. */
   flush(): number {
     this.generation++;

@@ -31,6 +31,8 @@ export interface Config {
   defaultTarget: string | undefined;
   agentDownGraceMs: number;
   logAllowed: boolean;
+  /** A map haproxy.cfg checks natively before running the action on an HTTP request (request-passes.ts). */
+  passMap: string | undefined;
   warnings: string[];
 }
 
@@ -63,6 +65,7 @@ export const KNOBS: [string, string][] = [
   ["CONNECT_DEFAULT_TARGET", "target service for lua.connect_authorize_default (and `lua.connect_authorize -`)"],
   ["CONNECT_AGENT_DOWN_GRACE", "honour an allow that expired at most this long ago when the agent is unreachable (default 0 = never, max 5m)"],
   ["CONNECT_LOG_ALLOWED", "1 to log allow decisions at info instead of debug"],
+  ["CONNECT_PASS_MAP", "map file haproxy.cfg checks before running the action on HTTP requests (passes for sources an L4 intention allows; docs/standalone.md)"],
 ];
 
 /**
@@ -209,6 +212,7 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
     defaultTarget: env("CONNECT_DEFAULT_TARGET"),
     agentDownGraceMs: duration("CONNECT_AGENT_DOWN_GRACE", DEFAULTS.agentDownGraceMs, MAX_AGENT_DOWN_GRACE_MS),
     logAllowed,
+    passMap: env("CONNECT_PASS_MAP"),
     warnings,
   };
 }
@@ -227,6 +231,7 @@ export function describeConfig(config: Config, trustDomain: string): string {
     format("agent_read_timeout_ms: %d", config.readTimeoutMs),
     format("agent_down_grace_ms: %d", config.agentDownGraceMs),
     "log_allowed: " + (config.logAllowed ? "yes" : "no"),
+    "pass_map: " + (config.passMap ?? "(none)"),
   ];
   for (const warning of config.warnings) lines.push("warning: " + warning);
   return table.concat(lines, "\n") + "\n";

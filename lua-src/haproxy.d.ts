@@ -47,6 +47,11 @@ export interface Core {
   /** Runs `fn` once in its own coroutine after start-up; it may loop and sleep. */
   register_task(fn: (this: void) => void): void;
 
+  /** Sets `key` to `value` in a map haproxy.cfg references by this file name (raises "unknown map file" otherwise). */
+  set_map(file: string, key: string, value: string): void;
+  /** Removes `key` from that map (no error when absent). */
+  del_map(file: string, key: string): void;
+
   /** The fields of `show info` (e.g. `Stopping`: 1 once a soft stop or reload began), as numbers or strings. */
   get_info(): LuaTable<string, string | number>;
 

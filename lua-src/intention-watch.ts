@@ -86,7 +86,7 @@ export interface IntentionWatchDeps {
   stopping: (this: void) => boolean;
   /** Runs `body` as an HAProxy task (core.register_task). */
   startTask: (this: void, body: (this: void) => void) => void;
-  /** A destination's list changed (not called for the first list). */
+  /** A destination's list or known default policy changed (not called for the first list or the first default). */
   onChange: (this: void, target: string) => void;
 }
 
@@ -319,9 +319,13 @@ export class IntentionWatch {
 
   private setDefault(rules: DestinationRules, allow: boolean, reason: string, source: string): void {
     const changed = rules.defaultAllow !== allow;
+    const known = rules.defaultAllow !== undefined;
     rules.defaultAllow = allow;
     rules.defaultReason = format("%s (%s, from %s)", reason, allow ? "allow" : "deny", source);
-    if (changed) this.deps.log("info", format("connect-haproxy: default policy for %s: %s", rules.target, rules.defaultReason));
+    if (!changed) return;
+    this.deps.log("info", format("connect-haproxy: default policy for %s: %s", rules.target, rules.defaultReason));
+    // Cached verdicts and passes may rest on the old default.
+    if (known) this.deps.onChange(rules.target);
   }
 }
 

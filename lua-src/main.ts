@@ -31,11 +31,12 @@ import * as intentions from "./intentions";
 import * as intentionWatch from "./intention-watch";
 import * as requestPath from "./request-path";
 import * as connectionRegistry from "./connection-registry";
+import * as requestPasses from "./request-passes";
 
 export const version = "0.1.0";
 export {
   der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, failClosed, authorizeAction, statsCommands, verifyUpstreamAction,
-  intentions, intentionWatch, requestPath, connectionRegistry,
+  intentions, intentionWatch, requestPath, connectionRegistry, requestPasses,
 };
 
 export interface Installed {
@@ -109,8 +110,8 @@ export function install(core: Core, getenv: (this: void, name: string) => string
       random: () => math.random(),
       stopping: () => core.get_info().get("Stopping") === 1,
       startTask: (body) => core.register_task(body),
-      // New TCP connections see a change at once, not after a cached verdict expires.
-      onChange: () => verdicts.flush(),
+      // New TCP connections and every HTTP request see a change at once, not after a cached verdict expires.
+      onChange: () => authorizeAction.flushVerdicts(context),
     },
     waitLimitMs,
   );
@@ -121,6 +122,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     identities: new peerIdentity.PeerIdentities(peerIdentity.CLIENT_ROLE, trustDomains),
     intentions: watch,
     connections: new connectionRegistry.ConnectionRegistry(settings.cacheSize),
+    passes: new requestPasses.RequestPasses(requestPasses.haproxyPassMap(core, settings.passMap), settings.cacheSize),
   };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);

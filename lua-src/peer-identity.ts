@@ -52,6 +52,8 @@ export interface CertificateReading {
    * connection hands it to the authorizer without allocating a closure.
    */
   serialOf: (this: void) => string;
+  /** Names the reading for `PeerIdentities.verifyRecalled` (0 for an unusable one). */
+  id: number;
 }
 
 const noSerial = (): string => "";
@@ -61,7 +63,7 @@ export const IDENTITY_PROBLEM = "identity";
 export const TRUST_DOMAIN_PROBLEM = "trust-domain";
 
 function unusable(problem: string): CertificateReading {
-  return { identity: undefined, problem, serialOf: noSerial };
+  return { identity: undefined, problem, serialOf: noSerial, id: 0 };
 }
 
 function readCertificate(role: PeerRole, der: string): CertificateReading {
@@ -73,12 +75,15 @@ function readCertificate(role: PeerRole, der: string): CertificateReading {
   if (identity === undefined) return unusable(role.identityErrorPrefix + (identityError as string));
   const serialStart = certificate.serialStart;
   const serialEnd = certificate.serialEnd;
-  return { identity, problem: "", serialOf: () => formatSerial(der, serialStart, serialEnd) };
+  return { identity, problem: "", serialOf: () => formatSerial(der, serialStart, serialEnd), id: 0 };
 }
 
 /** The identities of one role's peers: certificates read once, trust domain checked every time. */
 export class PeerIdentities {
   private readonly readings: BoundedLru<CertificateReading>;
+  /** Readings by id while the cache holds them (weak values: an evicted reading is forgotten). */
+  private readonly byId = setmetatable(new LuaTable<number, CertificateReading>(), { __mode: "v" });
+  private lastId = 0;
 
   constructor(
     private readonly role: PeerRole,
@@ -105,8 +110,29 @@ export class PeerIdentities {
     let reading = this.readings.get(der);
     if (reading === undefined) {
       reading = readCertificate(this.role, der);
+      if (reading.identity !== undefined) {
+        this.lastId++;
+        reading.id = this.lastId;
+        this.byId.set(reading.id, reading);
+      }
       this.readings.set(der, reading);
     }
+    return this.checkTrustDomain(reading);
+  }
+
+  /**
+   * The reading `verify` returned with this id, checked again against the
+   * trust domain: how the later requests of an HTTP connection get their
+   * identity without fetching and hashing the certificate again (the id is
+   * kept in a session variable). nil when the reading was evicted: verify then.
+   */
+  verifyRecalled(id: number): LuaMultiReturn<[CertificateReading | undefined, string, string]> {
+    const reading = this.byId.get(id);
+    if (reading === undefined) return $multi(undefined, "", "");
+    return this.checkTrustDomain(reading);
+  }
+
+  private checkTrustDomain(reading: CertificateReading): LuaMultiReturn<[CertificateReading | undefined, string, string]> {
     const identity = reading.identity;
     if (identity === undefined) return $multi(reading, reading.problem, IDENTITY_PROBLEM);
 

@@ -8,23 +8,24 @@
 // shared state) that is the whole process.
 
 import type { CliApplet, Core } from "./haproxy";
-import type { AuthorizeContext } from "./authorize-action";
+import { flushVerdicts, type AuthorizeContext } from "./authorize-action";
 import { describeConfig } from "./config";
 import { revokedCommand as listRevoked } from "./connection-registry";
 
 const format = string.format;
 
 export function flushCommand(context: AuthorizeContext): string {
-  const dropped = context.authorizer.flush();
+  const dropped = flushVerdicts(context);
   return format("flushed %d cached verdicts\n", dropped);
 }
 
 export function statsCommand(context: AuthorizeContext): string {
   const stats = context.authorizer.stats();
   return format(
-    "entries: %d\ncapacity: %d\nhits: %d\nmisses: %d\nshared: %d\nagent_calls: %d\nerrors: %d\ngrace_allows: %d\nevictions: %d\ninflight: %d\nflushes: %d\ntrust_domain_lookups: %d\ncertificates_cached: %d\n",
+    "entries: %d\ncapacity: %d\nhits: %d\nmisses: %d\nshared: %d\nagent_calls: %d\nerrors: %d\ngrace_allows: %d\nevictions: %d\ninflight: %d\nflushes: %d\ntrust_domain_lookups: %d\ncertificates_cached: %d\npasses: %d\npasses_granted: %d\npasses_revoked: %d\n",
     stats.entries, stats.capacity, stats.hits, stats.misses, stats.shared, stats.agentCalls, stats.errors,
     stats.graceAllows, stats.evictions, stats.inflight, stats.flushes, context.trustDomains.lookups, context.identities.size(),
+    context.passes.size(), context.passes.granted, context.passes.revoked,
   );
 }
 

@@ -15,7 +15,9 @@ import { waitFor } from "../../dist/test/harness/processes.js";
  * the default one polls every 10 s, and every set-up would wait for it before
  * db's sidecar counts as healthy. Everything binds to 127.0.0.1.
  */
-export async function registerMesh(consul, ports) {
+export async function registerMesh(consul, ports, { protocol = "tcp" } = {}) {
+  // HTTP: db's service-defaults say so (the agent merges it into db's sidecar) and web's upstream says so too.
+  if (protocol !== "tcp") await consul.api("PUT", "/v1/config", { Kind: "service-defaults", Name: "db", Protocol: protocol });
   const sidecarCheck = [{ Name: "bench: sidecar is up", TTL: "24h", Status: "passing" }];
   await consul.api("PUT", "/v1/agent/service/register", {
     ID: "db",
@@ -43,7 +45,7 @@ export async function registerMesh(consul, ports) {
         Checks: sidecarCheck,
         Proxy: {
           Config: { bind_address: "127.0.0.1" },
-          Upstreams: [{ DestinationName: "db", LocalBindAddress: "127.0.0.1", LocalBindPort: ports.upstream }],
+          Upstreams: [{ DestinationName: "db", LocalBindAddress: "127.0.0.1", LocalBindPort: ports.upstream, ...(protocol !== "tcp" ? { Config: { protocol } } : {}) }],
         },
       },
     },
@@ -73,6 +75,7 @@ export async function sidecarState(consul, service, dir) {
     leafCertificateFile: join(dir, `${service}-leaf.pem`),
     caRootsFile: join(dir, "roots.pem"),
     statsSocket: join(dir, `${service}-sidecar.sock`),
+    passMap: join(dir, `${service}-passes.map`),
     masterSocket: join(dir, `${service}-master.sock`),
     luaBundle: luaBundlePath,
   };

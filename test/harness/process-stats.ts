@@ -22,6 +22,18 @@ export function cpuSeconds(pid: number): number | undefined {
   }
 }
 
+/**
+ * utime alone: the process's own code (Lua included), without the kernel's
+ * network work, which varies most between runs on a shared machine.
+ */
+export function userCpuSeconds(pid: number): number | undefined {
+  try {
+    return Number(statFields(pid)[11]) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
 function statusKb(pid: number, key: string): number | undefined {
   try {
     const match = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));

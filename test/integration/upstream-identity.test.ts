@@ -94,6 +94,7 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
         // startHaproxy puts its own socket here and waits for it.
         statsSocket: "{{STATS_SOCKET}}",
         masterSocket: join(dir, "master.sock"),
+        passMap: join(dir, "passes.map"),
         luaBundle: luaBundlePath,
       },
       publicListener: {

@@ -389,6 +389,103 @@ describe("L7 intentions", function()
     end)
   end)
 
+  describe("later requests of a connection", function()
+    it("recall the identity the first request verified, without reading the certificate again", function()
+      local world = world_with({ l7("web", { deny({ PathPrefix = "/admin" }), allow({ PathPrefix = "/" }) }) })
+      local session = {}
+      local first = world.request(web_der, "api", { path = "/x" }, { session = session })
+      assert.are.equal(1, first.vars["txn.connect_allowed"])
+      assert.are.equal("number", type(session["sess.connect_reading"]))
+      local later = world.request(nil, "api", { path = "/admin/x" }, { session = session, der_error = "certificate fetched again" })
+      assert.are.equal(0, later.vars["txn.connect_allowed"])
+      assert.matches("permission 1: deny", later.vars["txn.connect_reason"], nil, true)
+      assert.are.equal(WEB, later.vars["txn.connect_spiffe"])
+      later = world.request(nil, "api", { path = "/y" }, { session = session, der_error = "certificate fetched again" })
+      assert.are.equal(1, later.vars["txn.connect_allowed"])
+    end)
+
+    it("an id the cache does not hold means reading the certificate again, never an identity", function()
+      local world = world_with({ l4("web", "allow") })
+      local session = { ["sess.connect_reading"] = 424242 }
+      local txn = world.request(nil, "api", { path = "/" }, { session = session })
+      assert.are.equal(0, txn.vars["txn.connect_allowed"])
+      assert.are.equal("no client certificate", txn.vars["txn.connect_reason"])
+      txn = world.request(admin_der, "api", { path = "/" }, { session = session })
+      assert.are.equal("spiffe://" .. TD .. "/ns/default/dc/dc1/svc/admin", txn.vars["txn.connect_spiffe"])
+    end)
+  end)
+
+  describe("passes (CONNECT_PASS_MAP): later requests of an L4-allowed source skip the action", function()
+    local MAP = "/run/connect/passes.map"
+    local KEY = "api|" .. WEB
+    local function world_with_passes(list, default_policy)
+      local world = world_with(list, default_policy, { CONNECT_TRUST_DOMAIN = TD, CONNECT_PASS_MAP = MAP })
+      world.core.maps[MAP] = {}
+      return world
+    end
+
+    it("an allow from an L4 intention sets the session's key and an entry that ends when the cached verdict does", function()
+      local world = world_with_passes({ l4("web", "allow") })
+      local fresh_until = tostring((world.core.clock_ms + 10000) // 1000) -- the allow TTL is 10 s
+      local verdict, _, txn = decide(world, { path = "/anything" })
+      assert.are.equal(1, verdict)
+      assert.are.equal(KEY, txn.vars["sess.connect_pass_key"])
+      assert.are.equal("Matched L4 intention: default/web => default/api (Precedence: 9, Action: ALLOW)", txn.vars["sess.connect_pass_reason"])
+      assert.are.equal(fresh_until, world.core.maps[MAP][KEY])
+    end)
+
+    it("a source the default policy allows gets one too; a denied source, an L7-governed one and an unsafe path do not", function()
+      local world = world_with_passes({ l4("admin", "deny"), l7("web", { allow({ PathPrefix = "/" }) }) }, "allow")
+      assert.is_true(allowed(world, { path = "/x" }))
+      assert.is_nil(world.core.maps[MAP][KEY], "an L7 permission decided: the next request may differ")
+      assert.is_false(allowed(world, { path = "/x" }, admin_der))
+      assert.is_nil(next(world.core.maps[MAP]))
+      world = world_with_passes({}, "allow")
+      local _, _, txn = decide(world, { path = "/a/%2e%2e/b" })
+      assert.are.equal(0, txn.vars["txn.connect_allowed"])
+      assert.is_nil(txn.vars["sess.connect_pass_key"])
+      local fresh_until = tostring((world.core.clock_ms + 10000) // 1000)
+      assert.is_true(allowed(world, { path = "/x" }))
+      assert.are.equal(fresh_until, world.core.maps[MAP][KEY])
+    end)
+
+    it("an intention change, a default-policy change or `connect cache flush` removes every entry", function()
+      local world = world_with_passes({ l4("web", "allow") })
+      assert.is_true(allowed(world, { path = "/" }))
+      assert.is_true(allowed(world, { path = "/" }, admin_der) == false)
+      world.intentions.api = { l4("web", "deny") }
+      world.intentions_index = 8
+      world.poll("api")
+      assert.is_nil(next(world.core.maps[MAP]), "revoked by the list change")
+      assert.is_false(allowed(world, { path = "/" }))
+
+      world.intentions.api = { l4("web", "allow") }
+      world.intentions_index = 9
+      world.poll("api")
+      assert.is_true(allowed(world, { path = "/" }))
+      assert.is_not_nil(world.core.maps[MAP][KEY])
+      local out = require("test.lua.support.haproxy_stub").cli(world.core, "connect cache flush")
+      assert.matches("flushed", out)
+      assert.is_nil(next(world.core.maps[MAP]), "revoked by the flush")
+      local stats = require("test.lua.support.haproxy_stub").cli(world.core, "connect cache stats")
+      assert.matches("passes: 0\npasses_granted: 2\npasses_revoked: 2\n", stats)
+    end)
+
+    it("a map haproxy.cfg does not reference: one warning, the request still decided, no key set", function()
+      local world = world_with(nil, nil, { CONNECT_TRUST_DOMAIN = TD, CONNECT_PASS_MAP = "/not/declared.map" })
+      world.intentions.api = { l4("web", "allow") }
+      world.intentions_index = 10
+      world.poll("api")
+      local verdict, _, txn = decide(world, { path = "/" })
+      assert.are.equal(1, verdict)
+      assert.is_nil(txn.vars["sess.connect_pass_key"])
+      assert.are.equal(1, #txn.logs)
+      assert.matches("CONNECT_PASS_MAP cannot be written %(.*unknown map file '/not/declared.map'", txn.logs[1].message)
+      _, _, txn = decide(world, { path = "/" })
+      assert.are.equal(0, #txn.logs, "warned once")
+    end)
+  end)
+
   describe("on a TCP stream", function()
     it("keeps the agent's verdict per connection and says when an L7 intention is the reason", function()
       local world = bundle.haproxy({ CONNECT_TRUST_DOMAIN = TD }, function()

@@ -15,6 +15,7 @@ export const paths: HaproxyPaths = {
   leafCertificateFile: "/run/ch/certs/leaf.pem",
   caRootsFile: "/run/ch/certs/roots.pem",
   statsSocket: "/run/ch/stats.sock",
+  passMap: "/run/ch/passes.map",
   masterSocket: "/run/ch/master.sock",
   luaBundle: "/opt/connect-haproxy/dist/connect-haproxy.lua",
 };

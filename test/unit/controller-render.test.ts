@@ -167,7 +167,7 @@ describe("renderHaproxyConfig", () => {
   describe("without authorization (the benchmark's plain pair)", () => {
     // The lines of the Lua authorizer, and nothing else.
     const authorizerLine = (line: string) =>
-      /^    (setenv CONNECT_TRUST_DOMAIN |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed\) -m bool|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
+      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
     const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
     const lua = "    lua-load /opt/connect-haproxy/dist/connect-haproxy.lua";
 
@@ -191,8 +191,13 @@ describe("renderHaproxyConfig", () => {
         "agent-service-api-sidecar-proxy",
         [
           `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+          "    setenv CONNECT_PASS_MAP /run/ch/passes.map",
           lua,
-          "    http-request lua.connect_authorize api",
+          "    http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(/run/ch/passes.map)",
+          "    http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\\\ }",
+          "    http-request set-var(txn.connect_reason) var(sess.connect_pass_reason) if { var(txn.connect_allowed) -m found }",
+          "    http-request set-var(txn.connect_spiffe) var(sess.connect_spiffe) if { var(txn.connect_allowed) -m found }",
+          "    http-request lua.connect_authorize api unless { var(txn.connect_allowed) -m found }",
           "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }",
           "    http-response lua.connect_verify_upstream web",
           "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
@@ -207,7 +212,7 @@ describe("renderHaproxyConfig", () => {
       const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
       expect(full.filter(authorizerLine)).toEqual(authorizerLines);
       expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
-      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok)|CONNECT_TRUST_DOMAIN|inspect-delay/);
+      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP)|inspect-delay/);
     });
   });
 
@@ -219,6 +224,7 @@ describe("renderHaproxyConfig", () => {
       leafCertificateFile: join(dir, "leaf.pem"),
       caRootsFile: join(dir, "roots.pem"),
       statsSocket: join(dir, "stats.sock"),
+      passMap: join(dir, "passes.map"),
       masterSocket: join(dir, "master.sock"),
       luaBundle: join(dir, "stub.lua"),
     };
@@ -231,6 +237,7 @@ describe("renderHaproxyConfig", () => {
       const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), local);
       writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
       writeFileSync(local.caRootsFile, state.caRootsPem);
+      writeFileSync(local.passMap, "");
       writeFileSync(local.configFile, renderHaproxyConfig(state));
       await checkHaproxyConfig(local.configFile);
       // No Lua loaded at all: nothing in the plain render may refer to it.

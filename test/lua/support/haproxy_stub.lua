@@ -93,6 +93,19 @@ function M.core(agent)
     core.clis[table.concat(path, " ")] = fn
   end
   function core.register_task(fn) core.tasks[#core.tasks + 1] = fn end
+  -- Maps as HAProxy keeps them: only files haproxy.cfg references exist (core.maps[file] = {} declares one).
+  core.maps = {}
+  function core.set_map(file, key, value)
+    local map = core.maps[file]
+    if map == nil then error("'set_map': unknown map file '" .. tostring(file) .. "'") end
+    assert(type(key) == "string" and type(value) == "string", "set_map takes strings")
+    map[key] = value
+  end
+  function core.del_map(file, key)
+    local map = core.maps[file]
+    if map == nil then error("'del_map': unknown map file '" .. tostring(file) .. "'") end
+    map[key] = nil
+  end
   function core.now()
     local ms = core.clock_ms
     return { sec = ms // 1000, usec = math.floor((ms % 1000) * 1000) }
@@ -116,7 +129,8 @@ end
 -- opts: used (default 1 when der is given), verify (default 0),
 -- server_der (what ssl_s_der returns: the upstream server's certificate),
 -- server_der_error (ssl_s_der raises it), src/src_port/fe_name (the client
--- address and the frontend), http = { method, path, headers = { name = { v1, ... } } }
+-- address and the frontend), session (a table holding the connection's sess.*
+-- variables), http = { method, path, headers = { name = { v1, ... } } }
 -- for an HTTP stream (txn.http set; header names lowercased, values 0-based
 -- as HAProxy's req_get_headers hands them).
 function M.txn(der, opts)
@@ -152,10 +166,19 @@ function M.txn(der, opts)
       return headers
     end
   end
+  -- sess.* variables live in opts.session when given: pass the same table to
+  -- play several requests of one connection.
+  local session = opts.session or {}
   function txn:set_var(name, value)
     assert(self == txn, "set_var is called with a colon")
     assert(value ~= nil, "set_var with nil")
     self.vars[name] = value
+    if name:find("^sess%.") then session[name] = value end
+  end
+  function txn:get_var(name)
+    assert(self == txn, "get_var is called with a colon")
+    if name:find("^sess%.") then return session[name] end
+    return self.vars[name]
   end
   for _, level in ipairs({ "Debug", "Info", "Warning", "Alert" }) do
     txn[level] = function(self, message)

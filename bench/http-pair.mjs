@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+// Kept-alive HTTP through a pair of sidecars (web's upstream listener → mTLS →
+// db's public listener → an application answering 200), protocol http on
+// both sides, with a real Consul dev agent:
+//   plain  the controller's render for the same registrations without the
+//          authorizer's lines (same logging, same TLS): no authorization at all
+//   l4     connect-haproxy run by the controller, web → db allowed by an L4 intention
+//   l7     the same, web → db governed by an L7 intention of 10 permissions
+//          (the request matches the 10th; the first nine are POST-only with a header regex)
+// Rounds interleave the set-ups; each figure is a median over rounds, each
+// ratio the median of the per-round ratios; the spread of the plain pair's
+// rounds is the noise figure.
+//   node bench/http-pair.mjs [--rounds N] [--seconds S]   (after npm run build; CONSUL_BIN)
+import { mkdtempSync, rmSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { startConsulDev } from "../dist/test/harness/consul.js";
+import { freePorts } from "../dist/test/harness/ports.js";
+import { runProgram, stopAll } from "../dist/test/harness/processes.js";
+import { startHaproxy } from "../dist/test/harness/haproxy.js";
+import { appsDir } from "../dist/test/harness/paths.js";
+import { readFileSync } from "node:fs";
+import { runWrk } from "./lib/load.mjs";
+import { registerMesh } from "./lib/mesh.mjs";
+import { startSetup } from "./lib/setups.mjs";
+
+const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" } } });
+const rounds = Number(values.rounds);
+const seconds = Number(values.seconds);
+const log = (message) => console.error(message);
+
+const L7_PERMISSIONS = [
+  ...Array.from({ length: 9 }, (_, i) => ({ Action: "deny", HTTP: { PathPrefix: `/p${i + 1}/`, Methods: ["POST"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } })),
+  { Action: "allow", HTTP: { PathPrefix: "/", Methods: ["GET", "HEAD"] } },
+];
+
+const INTENTIONS = {
+  l4: [{ Name: "web", Action: "allow" }],
+  l7: [{ Name: "web", Permissions: L7_PERMISSIONS }],
+};
+
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
+runProgram("http-pair", async () => {
+  const runDir = mkdtempSync(join(tmpdir(), "ch-http-pair-"));
+  const cpu = cpus().length >= 2 ? { a: "0", b: "1" } : { a: undefined, b: undefined };
+  let consul;
+  let app;
+  const samples = { plain: [], l4: [], l7: [] };
+  try {
+    consul = await startConsulDev({ nodeName: "bench", cpu: cpu.b, logFile: join(runDir, "consul.log") });
+    await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", Config: { protocol: "http" } });
+    const [appPort, dbPublic, webPublic, webApp, upstream] = await freePorts(5);
+    const ports = { app: appPort, dbPublic, webPublic, webApp, upstream };
+    await registerMesh(consul, ports, { protocol: "http" });
+    app = await startHaproxy(readFileSync(join(appsDir, "http-ok.cfg"), "utf8"), { dir: runDir, name: "app", cpu: cpu.b, env: { APP_PORT: String(appPort) }, logToFile: true });
+    const ctx = { runDir, consul, haproxyBin: process.env.HAPROXY_BIN ?? "haproxy", ports, cpu, runCounter: 0 };
+    for (let round = 0; round < rounds; round++) {
+      const order = ["plain", "l4", "l7"].map((_, i, all) => all[(i + round) % all.length]);
+      for (const id of order) {
+        if (id !== "plain") await consul.api("PUT", "/v1/config", { Kind: "service-intentions", Name: "db", Sources: INTENTIONS[id] });
+        const setup = await startSetup(id === "plain" ? "plain" : "connect", ctx);
+        try {
+          const load = { port: setup.entryPort, connections: 16, path: "/api/items/42", cpu: cpu.a };
+          const warm = await runWrk({ ...load, seconds: 2 });
+          if (warm.errorCount > 0) throw new Error(`${id}: warm-up: ${JSON.stringify(warm.errors)} (status counts answers of 400 and above)`);
+          const run = await runWrk({ ...load, seconds });
+          if (run.errorCount > 0) throw new Error(`${id}: ${JSON.stringify(run.errors)} (status counts answers of 400 and above)`);
+          samples[id].push(Math.round(run.requestsPerSecond));
+          log(`round ${round + 1} ${id}: ${Math.round(run.requestsPerSecond)} requests/s`);
+        } finally {
+          await setup.stop();
+        }
+      }
+    }
+  } finally {
+    await app?.stop();
+    await consul?.stop();
+    await stopAll();
+    rmSync(runDir, { recursive: true, force: true });
+  }
+  const ratio = (id) => +median(samples[id].map((value, i) => value / samples.plain[i])).toFixed(3);
+  const spread = (list) => +((Math.max(...list) - Math.min(...list)) / median(list)).toFixed(3);
+  console.log(JSON.stringify({
+    secondsPerRun: seconds,
+    rounds,
+    requestsPerSecond: samples,
+    medians: { plain: median(samples.plain), l4: median(samples.l4), l7: median(samples.l7) },
+    ratioToPlain: { l4: ratio("l4"), l7: ratio("l7") },
+    noise: { plainSpread: spread(samples.plain) },
+  }, null, 2));
+  return 0;
+});

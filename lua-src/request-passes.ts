@@ -1,0 +1,101 @@
+// Passes: an allow that HAProxy checks natively, so that the requests of a
+// kept-alive HTTP connection whose source an L4 intention (or the default
+// policy) allows run no Lua at all. A Lua action costs several µs per request
+// inside HAProxy before it does anything (measured by bench/l7-haproxy.mjs);
+// a map lookup costs a fraction of one.
+//
+// When the action allows a request from the agent's verdict (never one an L7
+// permission decided: those depend on the request), it stores
+// "<target>|<SPIFFE ID>" in the session variable sess.connect_pass_key and
+// sets that key in a map (CONNECT_PASS_MAP) to the second the verdict stops
+// being fresh. haproxy.cfg lets later requests through when the map still
+// holds an unexpired entry for the session's key:
+//
+//   http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(<map>)
+//   http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\ }
+//   http-request lua.connect_authorize <target> unless { var(txn.connect_allowed) -m found }
+//
+// Every flush of the verdicts (an intention or default-policy change, or the
+// controller's `connect cache flush`) removes every entry at once, so the next
+// request on every connection is decided again. A path the action would have
+// to refuse or normalize (one with "%" or "\") always takes the action.
+
+import type { Core } from "./haproxy";
+
+const floor = math.floor;
+
+/** What the map needs from HAProxy (core.set_map / core.del_map), injectable for specs. */
+export interface PassMap {
+  set(this: void, key: string, value: string): void;
+  remove(this: void, key: string): void;
+}
+
+export class RequestPasses {
+  private keys = new LuaTable<string, boolean>();
+  private count = 0;
+  granted = 0;
+  revoked = 0;
+  /** Why the map cannot be written (not referenced by haproxy.cfg): passes are off from then on. */
+  failure: string | undefined;
+
+  constructor(
+    private readonly map: PassMap | undefined,
+    private readonly capacity: number,
+  ) {}
+
+  enabled(): boolean {
+    return this.map !== undefined && this.failure === undefined;
+  }
+
+  /**
+   * Lets `key`'s later requests through until `expiresAtMs` (truncated to the
+   * second). Returns the failure when the map cannot be written, once: the
+   * caller logs it; every request then takes the action, as without passes.
+   */
+  grant(key: string, expiresAtMs: number): string | undefined {
+    const map = this.map;
+    if (map === undefined || this.failure !== undefined) return undefined;
+    const [ok, problem] = pcall(map.set, key, tostring(floor(expiresAtMs / 1000)));
+    if (!ok) {
+      this.failure = tostring(problem);
+      return this.failure;
+    }
+    if (this.keys.get(key) === undefined) {
+      if (this.count >= this.capacity) this.revokeAll();
+      this.keys.set(key, true);
+      this.count++;
+    }
+    this.granted++;
+    return undefined;
+  }
+
+  /** Every later request is decided by the action again; returns how many entries were removed. */
+  revokeAll(): number {
+    const map = this.map;
+    if (map === undefined || this.count === 0) return 0;
+    const removed = this.count;
+    for (const [key] of this.keys) pcall(map.remove, key);
+    this.keys = new LuaTable();
+    this.count = 0;
+    this.revoked += removed;
+    return removed;
+  }
+
+  size(): number {
+    return this.count;
+  }
+}
+
+/** The map named by CONNECT_PASS_MAP, through HAProxy's core; nil when unset. */
+export function haproxyPassMap(core: Core, file: string | undefined): PassMap | undefined {
+  if (file === undefined) return undefined;
+  return {
+    set: (key, value) => core.set_map(file, key, value),
+    remove: (key) => core.del_map(file, key),
+  };
+}
+
+/** For Lua callers (specs), which cannot use `new`. */
+export function newRequestPasses(map: PassMap | undefined, capacity: number): RequestPasses {
+  return new RequestPasses(map, capacity);
+}
