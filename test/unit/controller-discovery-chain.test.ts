@@ -259,7 +259,7 @@ describe("planning chain changes", () => {
     expect(planChanges(plain, stateWith(chain("chain-billing-splitter"), {}, plain))).toMatchObject({ kind: "reload", reason: expect.stringMatching(/^upstream db: discovery chain changed \(splitter added, backends added: .*backends removed: upstream_db\)$/) });
     const split = chain("chain-billing-splitter");
     const splitter = split.Nodes["splitter:billing.default.default"]!;
-    const moved = { ...split, Nodes: { ...split.Nodes, "splitter:billing.default.default": { ...splitter, Splits: (splitter as { Splits: { Weight: number }[] }).Splits.map((s, n) => ({ ...s, Weight: n === 0 ? 10 : 90 })) } } } as CompiledDiscoveryChain;
+    const moved = { ...split, Nodes: { ...split.Nodes, "splitter:billing.default.default": { ...splitter, Splits: (splitter as { Splits: { Weight: number }[] }).Splits.map((s, n) => ({ ...s, Weight: n === 0 ? 10 : 90 })) } } } as unknown as CompiledDiscoveryChain;
     const running = stateWith(split);
     expect(planChanges(running, stateWith(moved, {}, running))).toMatchObject({ reason: "upstream db: discovery chain changed (splits changed)" });
   });
