@@ -7,7 +7,7 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { readFileSync } from "node:fs";
-import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, Intention, LeafCertificate, PreparedQueryResult, ServiceInstanceEntry } from "./consul-replies.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, DiscoveryChainOverrides, DiscoveryChainReply, Intention, LeafCertificate, PreparedQueryResult, ServiceInstanceEntry } from "./consul-replies.js";
 
 // ---- Errors ----
 
@@ -31,6 +31,7 @@ export function permissionNeededFor(endpoint: string): string {
   if (endpoint.startsWith("/v1/agent/service/") || endpoint === "/v1/agent/services") return "service:read on the sidecar service";
   if (endpoint.startsWith("/v1/health/connect/")) return `service:read on "${endpoint.split("/").pop()}" and node:read`;
   if (endpoint.startsWith("/v1/query/")) return "query:read on the prepared query";
+  if (endpoint.startsWith("/v1/discovery-chain/")) return `service:read on "${endpoint.split("/").pop()}" and on every service its chain reaches`;
   if (endpoint.startsWith("/v1/connect/intentions")) {
     const name = /[?&]name=([^&]+)/.exec(endpoint)?.[1];
     return `intention:read on ${name ? `"${decodeURIComponent(name)}"` : "the destination service"} (service "…" { intentions = "read" })`;
@@ -108,6 +109,27 @@ export class ConsulClient {
     return this.get<ServiceInstanceEntry[] | null>(`/v1/health/connect/${encodeURIComponent(serviceName)}`, query, signal);
   }
 
+  /**
+   * The instances of one discovery-chain target: its subset's `filter`, and
+   * `passing` only when the subset says OnlyPassing (otherwise the caller drops
+   * critical instances itself, as Envoy's endpoints do).
+   */
+  connectInstances(serviceName: string, options: { datacenter?: string; filter?: string; passing: boolean }, cursor: BlockingCursor, signal?: AbortSignal) {
+    const query = {
+      ...blockingQuery(cursor),
+      ...(options.passing ? { passing: "1" } : {}),
+      ...(options.datacenter ? { dc: options.datacenter } : {}),
+      ...(options.filter ? { filter: options.filter } : {}),
+    };
+    return this.get<ServiceInstanceEntry[] | null>(`/v1/health/connect/${encodeURIComponent(serviceName)}`, query, signal);
+  }
+
+  /** The compiled discovery chain, with the upstream's overrides (a POST: GET cannot carry them). */
+  discoveryChain(serviceName: string, options: { datacenter?: string; overrides: DiscoveryChainOverrides }, cursor: BlockingCursor, signal?: AbortSignal) {
+    const query = { ...blockingQuery(cursor), ...(options.datacenter ? { "compile-dc": options.datacenter } : {}) };
+    return this.get<DiscoveryChainReply>(`/v1/discovery-chain/${encodeURIComponent(serviceName)}`, query, signal, undefined, options.overrides);
+  }
+
   /** Prepared queries do not block: the watch re-executes them at its minimum interval. */
   preparedQuery(queryName: string, datacenter: string | undefined, signal?: AbortSignal) {
     const query = { connect: "true", ...(datacenter ? { dc: datacenter } : {}) };
@@ -120,7 +142,8 @@ export class ConsulClient {
   }
 
   /** `label` names the endpoint in errors when the path alone does not say enough. */
-  private async get<T>(endpoint: string, query: Record<string, string>, signal?: AbortSignal, label = endpoint): Promise<ConsulPage<T>> {
+  /** A POST when `body` is given (Consul's blocking reads that take a body). */
+  private async get<T>(endpoint: string, query: Record<string, string>, signal?: AbortSignal, label = endpoint, body?: unknown): Promise<ConsulPage<T>> {
     if (signal?.aborted) throw new ConsulError("aborted", label, `request to ${label} cancelled`);
     const url = new URL(endpoint, this.base);
     for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
@@ -128,7 +151,7 @@ export class ConsulClient {
     const timeoutMs = (Number(query.wait?.replace("s", "") ?? 0) * 1.1 + 10) * 1000;
     let response: { status: number; headers: IncomingMessage["headers"]; body: string };
     try {
-      response = await this.send(url, timeoutMs, signal);
+      response = await this.send(url, timeoutMs, signal, body === undefined ? undefined : JSON.stringify(body));
     } catch (err) {
       if (signal?.aborted) throw new ConsulError("aborted", label, `request to ${label} cancelled`);
       if (err instanceof ConsulError) throw err;
@@ -151,10 +174,12 @@ export class ConsulClient {
     };
   }
 
-  private send(url: URL, timeoutMs: number, signal?: AbortSignal): Promise<{ status: number; headers: IncomingMessage["headers"]; body: string }> {
+  private send(url: URL, timeoutMs: number, signal?: AbortSignal, body?: string): Promise<{ status: number; headers: IncomingMessage["headers"]; body: string }> {
     const request = url.protocol === "https:" ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
-      const req = request(url, { method: "GET", agent: this.agent, signal, timeout: timeoutMs, headers: this.token ? { "x-consul-token": this.token } : {} }, (res) => {
+      const headers: Record<string, string> = this.token ? { "x-consul-token": this.token } : {};
+      if (body !== undefined) headers["content-type"] = "application/json";
+      const req = request(url, { method: body === undefined ? "GET" : "POST", agent: this.agent, signal, timeout: timeoutMs, headers }, (res) => {
         const chunks: Buffer[] = [];
         let size = 0;
         res.on("data", (chunk: Buffer) => {
@@ -170,7 +195,7 @@ export class ConsulClient {
       });
       req.on("timeout", () => req.destroy(Object.assign(new Error(`no answer within ${Math.round(timeoutMs)} ms`), { code: "ETIMEDOUT" })));
       req.on("error", reject);
-      req.end();
+      req.end(body);
     });
   }
 }

@@ -103,3 +103,163 @@ export interface BlockingCursor {
   hash?: string;
   waitSeconds?: number;
 }
+
+// ---- The compiled discovery chain (/v1/discovery-chain/<service>) ----
+// Shapes checked against a real 1.22.3 agent (test/fixtures/consul/chain-*.json).
+// Durations are Go duration strings ("1.5s"), except a resolver node's
+// RequestTimeout, which Consul encodes as nanoseconds.
+
+export interface DiscoveryChainReply {
+  Chain: CompiledDiscoveryChain;
+}
+
+export interface CompiledDiscoveryChain {
+  ServiceName: string;
+  Namespace?: string;
+  Partition?: string;
+  Datacenter: string;
+  /** tcp, http, http2 or grpc (Consul refuses a chain whose entries disagree). */
+  Protocol: string;
+  /** True when no config entry shaped the chain (a single default resolver). */
+  Default?: boolean;
+  CustomizationHash?: string;
+  StartNode: string;
+  Nodes: Record<string, DiscoveryGraphNode>;
+  Targets: Record<string, DiscoveryTarget>;
+}
+
+export type DiscoveryGraphNode = DiscoveryRouterNode | DiscoverySplitterNode | DiscoveryResolverNode;
+
+export interface DiscoveryRouterNode {
+  Type: "router";
+  Name: string;
+  Routes: DiscoveryRoute[];
+}
+
+export interface DiscoverySplitterNode {
+  Type: "splitter";
+  Name: string;
+  Splits: DiscoverySplit[];
+  LoadBalancer?: DiscoveryLoadBalancer;
+}
+
+export interface DiscoveryResolverNode {
+  Type: "resolver";
+  Name: string;
+  Resolver: DiscoveryResolver;
+  LoadBalancer?: DiscoveryLoadBalancer;
+}
+
+export interface DiscoveryRoute {
+  Definition: { Match?: { HTTP?: RouteHttpMatch }; Destination?: RouteDestination };
+  NextNode: string;
+}
+
+export interface RouteHttpMatch {
+  PathExact?: string;
+  PathPrefix?: string;
+  PathRegex?: string;
+  CaseInsensitive?: boolean;
+  Header?: RouteHeaderMatch[];
+  QueryParam?: RouteQueryMatch[];
+  Methods?: string[];
+}
+
+export interface RouteHeaderMatch {
+  Name: string;
+  Present?: boolean;
+  Exact?: string;
+  Prefix?: string;
+  Suffix?: string;
+  Regex?: string;
+  Invert?: boolean;
+}
+
+export interface RouteQueryMatch {
+  Name: string;
+  Present?: boolean;
+  Exact?: string;
+  Regex?: string;
+}
+
+export interface HeaderModifiers {
+  Add?: Record<string, string>;
+  Set?: Record<string, string>;
+  Remove?: string[];
+}
+
+export interface RouteDestination {
+  Service?: string;
+  ServiceSubset?: string;
+  Namespace?: string;
+  Partition?: string;
+  PrefixRewrite?: string;
+  RequestTimeout?: string;
+  IdleTimeout?: string;
+  NumRetries?: number;
+  RetryOnConnectFailure?: boolean;
+  RetryOnStatusCodes?: number[];
+  RetryOn?: string[];
+  RequestHeaders?: HeaderModifiers;
+  ResponseHeaders?: HeaderModifiers;
+}
+
+export interface DiscoverySplit {
+  /** The compiled weight (percent, 0.01 precision): the one to use. */
+  Weight: number;
+  Definition?: { Weight?: number; Service?: string; ServiceSubset?: string; RequestHeaders?: HeaderModifiers; ResponseHeaders?: HeaderModifiers };
+  NextNode: string;
+}
+
+export interface DiscoveryResolver {
+  /** Go duration string. */
+  ConnectTimeout?: string;
+  /** Nanoseconds (or a Go duration string; both are read). */
+  RequestTimeout?: number | string;
+  Default?: boolean;
+  Target: string;
+  Failover?: DiscoveryFailover;
+}
+
+export interface DiscoveryFailover {
+  Targets?: string[];
+  Policy?: { Mode?: string; Regions?: string[] };
+  Regions?: string[];
+}
+
+export interface DiscoveryLoadBalancer {
+  Policy?: string;
+  RingHashConfig?: { MinimumRingSize?: number; MaximumRingSize?: number };
+  LeastRequestConfig?: { ChoiceCount?: number };
+  HashPolicies?: DiscoveryHashPolicy[];
+}
+
+export interface DiscoveryHashPolicy {
+  Field?: "header" | "cookie" | "query_parameter" | string;
+  FieldValue?: string;
+  CookieConfig?: { Session?: boolean; TTL?: string; Path?: string };
+  SourceIP?: boolean;
+  Terminal?: boolean;
+}
+
+export interface DiscoveryTarget {
+  ID: string;
+  Service: string;
+  ServiceSubset?: string;
+  Namespace?: string;
+  Partition?: string;
+  Datacenter: string;
+  Peer?: string;
+  ConnectTimeout?: string;
+  Subset?: { Filter?: string; OnlyPassing?: boolean };
+  MeshGateway?: { Mode?: string };
+  SNI?: string;
+  Name?: string;
+  Locality?: unknown;
+}
+
+/** The overrides an upstream's own Config puts on its chain (POST body). */
+export interface DiscoveryChainOverrides {
+  OverrideConnectTimeout?: string;
+  OverrideProtocol?: string;
+}

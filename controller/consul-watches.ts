@@ -6,19 +6,25 @@
 import { runBlockingWatch, type BlockingMode } from "./blocking-query.js";
 import type { Clock } from "./clock.js";
 import type { ConsulClient } from "./consul-client.js";
-import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, CompiledDiscoveryChain, ConsulPage, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import { targetQueryKey, type TargetQuery } from "./discovery-chain.js";
 import type { Logger } from "./logger.js";
 import type { UpstreamSpec } from "./sidecar-spec.js";
 
 /** What an upstream watch looks up (the upstream's destination, not its local listener). */
 export type UpstreamTarget = Pick<UpstreamSpec, "name" | "destinationType" | "destinationName" | "datacenter">;
 
+/** What a service upstream's discovery-chain watch asks for. */
+export type ChainRequest = Pick<UpstreamSpec, "name" | "destinationName" | "datacenter"> & { overrides: DiscoveryChainOverrides };
+
 export type WatchId =
   | { kind: "registration"; proxyId: string }
   | { kind: "roots" }
   | { kind: "leaf"; service: string }
   | { kind: "intentions"; service: string }
-  | { kind: "upstream"; upstream: UpstreamTarget };
+  | { kind: "upstream"; upstream: UpstreamTarget }
+  | { kind: "chain"; upstream: ChainRequest }
+  | { kind: "target"; query: TargetQuery };
 
 export interface UpstreamInstances {
   entries: ServiceInstanceEntry[];
@@ -33,6 +39,9 @@ export interface WatchValues {
   leaf: LeafCertificate;
   intentions: IntentionsAtIndex;
   upstream: UpstreamInstances;
+  chain: CompiledDiscoveryChain;
+  /** Instances with no critical check (passing only, when the query says OnlyPassing). */
+  target: ServiceInstanceEntry[];
 }
 
 export type SnapshotPart = { [K in WatchId["kind"]]: { kind: K; id: Extract<WatchId, { kind: K }>; value: WatchValues[K] } }[WatchId["kind"]];
@@ -49,6 +58,9 @@ export function watchKey(id: WatchId): string {
   if (id.kind === "registration") return `registration ${id.proxyId}`;
   if (id.kind === "roots") return "roots";
   if (id.kind === "upstream") return `upstream ${id.upstream.name}`;
+  // The overrides are part of the identity: a changed one restarts the watch.
+  if (id.kind === "chain") return `chain ${id.upstream.name} ${JSON.stringify(id.upstream.overrides)}`;
+  if (id.kind === "target") return `target ${targetQueryKey(id.query)}`;
   return `${id.kind} ${id.service}`;
 }
 
@@ -65,6 +77,12 @@ export function describeWatch(id: WatchId): string {
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       return `instances of ${destinationType === "prepared_query" ? "prepared query " : ""}${destinationName}${datacenter ? ` in ${datacenter}` : ""}`;
+    }
+    case "chain":
+      return `discovery chain of ${id.upstream.destinationName}${id.upstream.datacenter ? ` in ${id.upstream.datacenter}` : ""}`;
+    case "target": {
+      const { service, datacenter, filter, onlyPassing } = id.query;
+      return `instances of ${service} in ${datacenter}${filter ? ` matching ${filter}` : ""}${onlyPassing ? " (passing only)" : ""}`;
     }
   }
 }
@@ -98,7 +116,22 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
       const page = await consul.healthyConnectInstances(destinationName, datacenter, cursor, signal);
       return as({ ...page, value: { entries: page.value ?? [], service: destinationName } }, { kind: id.kind, id });
     }
+    case "chain": {
+      const { destinationName, datacenter, overrides } = id.upstream;
+      const page = await consul.discoveryChain(destinationName, { datacenter, overrides }, cursor, signal);
+      return as({ ...page, value: page.value.Chain }, { kind: id.kind, id });
+    }
+    case "target": {
+      const { service, datacenter, filter, onlyPassing } = id.query;
+      const page = await consul.connectInstances(service, { datacenter, filter, passing: onlyPassing }, cursor, signal);
+      return as({ ...page, value: withoutCritical(page.value ?? []) }, { kind: id.kind, id });
+    }
   }
+}
+
+/** Pure: the instances Envoy would send to: none of their checks critical (warning is healthy). */
+export function withoutCritical(entries: ServiceInstanceEntry[]): ServiceInstanceEntry[] {
+  return entries.filter((entry) => !(entry.Checks ?? []).some((check) => check.Status === "critical"));
 }
 
 /** The watches, as blocking queries against the local agent. */

@@ -1,15 +1,21 @@
 // Pure: a Consul snapshot → the HAProxy this sidecar should be running.
 import { leafPem, rootsPem } from "./consul-pem.js";
-import type { CaRoots, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
-import type { PublicListenerSpec, SidecarSpec, UpstreamSpec } from "./sidecar-spec.js";
+import type { CaRoots, CompiledDiscoveryChain, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import { planDiscoveryChain, targetQueryKey, type ChainPlan, type LoadBalancing, type RetryPolicy } from "./discovery-chain.js";
+import { SidecarSpecError, type PublicListenerSpec, type SidecarSpec, type UpstreamSpec } from "./sidecar-spec.js";
 
 /** What Consul says, as last seen by the watches. */
 export interface ConsulSnapshot {
   sidecar: SidecarSpec;
   roots: CaRoots;
   leaf: LeafCertificate;
-  /** Healthy instances per upstream name (UpstreamSpec.name); missing = not known yet. */
+  /**
+   * Verified instances by group: a prepared-query upstream's name, or a chain
+   * target's query key (targetQueryKey); missing = none known.
+   */
   upstreamInstances: Record<string, ServiceInstanceEntry[]>;
+  /** Service upstreams' discovery chains by upstream name; missing = not known yet. */
+  chains: Record<string, CompiledDiscoveryChain>;
   /** The intentions matching this destination; only their change matters (cache flush, revocation). */
   intentions?: IntentionsAtIndex;
 }
@@ -39,8 +45,24 @@ export interface ServerSlot {
   instance?: UpstreamInstance;
 }
 
-export interface UpstreamState extends UpstreamSpec {
+/** One HAProxy backend of an upstream: a chain target (or the prepared query), and its server slots. */
+export interface BackendState {
+  name: string;
+  /** The service its instances must prove to be; undefined for a prepared query (named only in its reply). */
+  service?: string;
+  datacenter?: string;
+  connectTimeoutMs: number;
+  loadBalancing: LoadBalancing;
+  retry?: RetryPolicy;
   slots: ServerSlot[];
+}
+
+export interface UpstreamState extends UpstreamSpec {
+  /** The discovery chain's routing; undefined for a prepared query, or a chain not known yet. */
+  chain?: Pick<ChainPlan, "shape" | "routes" | "leaves">;
+  /** What HAProxy 2.6 approximates or cannot do in the chain (logged, never silent). */
+  chainWarnings: string[];
+  backends: BackendState[];
 }
 
 export interface DesiredState {
@@ -110,16 +132,61 @@ export function intentionsFingerprint(intentions: ConsulSnapshot["intentions"]):
   return JSON.stringify(rules.map((i) => [i.ID ?? "", i.SourceName, i.Action ?? "", i.Permissions ?? [], i.Precedence ?? 0, i.ModifyIndex ?? 0]));
 }
 
+/**
+ * Pure: one upstream's state. A service upstream follows its discovery chain
+ * (one backend per target); before its chain is known, or if the chain cannot
+ * be served, it has one backend for its own service with no instances.
+ */
+function upstreamState(upstream: UpstreamSpec, snapshot: ConsulSnapshot, previousSlots: Map<string, ServerSlot[]>): UpstreamState {
+  const slotsFor = (backend: string, group: string) => assignSlots(previousSlots.get(backend), instancesFromEntries(snapshot.upstreamInstances[group] ?? []));
+  const plain = (chainWarnings: string[]): UpstreamState => ({
+    ...upstream,
+    chainWarnings,
+    backends: [
+      {
+        name: upstream.name,
+        ...(upstream.destinationType === "service" ? { service: upstream.destinationName } : {}),
+        ...(upstream.datacenter ? { datacenter: upstream.datacenter } : {}),
+        connectTimeoutMs: upstream.connectTimeoutMs,
+        loadBalancing: { algorithm: "roundrobin" },
+        slots: upstream.destinationType === "prepared_query" ? slotsFor(upstream.name, upstream.name) : slotsFor(upstream.name, ""),
+      },
+    ],
+  });
+  const chain = snapshot.chains[upstream.name];
+  if (upstream.destinationType !== "service" || !chain) return plain([]);
+  let plan: ChainPlan;
+  try {
+    plan = planDiscoveryChain(upstream, chain);
+  } catch (err) {
+    if (!(err instanceof SidecarSpecError)) throw err;
+    return plain([`the discovery chain cannot be served (${err.message}); no instances until it changes`]);
+  }
+  const { backends, warnings, ...routing } = plan;
+  return {
+    ...upstream,
+    protocol: plan.protocol,
+    chain: routing,
+    chainWarnings: warnings,
+    backends: backends.map((backend) => ({
+      name: backend.name,
+      service: backend.query.service,
+      datacenter: backend.query.datacenter,
+      connectTimeoutMs: backend.connectTimeoutMs,
+      loadBalancing: backend.loadBalancing,
+      ...(backend.retry ? { retry: backend.retry } : {}),
+      slots: slotsFor(backend.name, targetQueryKey(backend.query)),
+    })),
+  };
+}
+
 /** Pure: snapshot (+ what is running, for stable slots) → desired state. */
 export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths, running?: DesiredState): DesiredState {
-  const previousSlots = new Map(running?.upstreams.map((u) => [u.name, u.slots]));
+  const previousSlots = new Map(running?.upstreams.flatMap((u) => u.backends.map((b) => [b.name, b.slots] as const)));
   return {
     paths,
     publicListener: snapshot.sidecar.publicListener,
-    upstreams: snapshot.sidecar.upstreams.map((upstream) => ({
-      ...upstream,
-      slots: assignSlots(previousSlots.get(upstream.name), instancesFromEntries(snapshot.upstreamInstances[upstream.name] ?? [])),
-    })),
+    upstreams: snapshot.sidecar.upstreams.map((upstream) => upstreamState(upstream, snapshot, previousSlots)),
     leafCertificatePem: leafPem(snapshot.leaf),
     leafSerial: snapshot.leaf.SerialNumber,
     caRootsPem: rootsPem(snapshot.roots),

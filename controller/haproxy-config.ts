@@ -1,12 +1,11 @@
 // Pure: desired state → haproxy.cfg text. Runtime changes (server slots,
 // certificates) are rendered too, so a reload reproduces what is running.
-import type { DesiredState, UpstreamState } from "./desired-state.js";
+import type { DesiredState } from "./desired-state.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
+import { hostPort, renderUpstream } from "./upstream-config.js";
 
 export const publicFrontendName = "public_listener";
 export const localAppBackendName = "local_app";
-/** Where a free slot points; it is in maintenance, so nothing dials it. */
-export const freeSlotAddress = "127.0.0.1:1";
 /** Bounds the soft-stop of old workers on reload and shutdown. */
 export const hardStopAfterSeconds = 30;
 /** Longer than the worst-case authorization (agent round trip + timeouts). */
@@ -54,17 +53,6 @@ export function httpAuthorizationRules(target: string, passMap: string): string[
 
 function mode(protocol: ProxyProtocol): "tcp" | "http" {
   return isHttpProtocol(protocol) ? "http" : "tcp";
-}
-
-function hostPort(address: string, port: number): string {
-  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
-}
-
-/** ALPN the mTLS hop between sidecars offers, by protocol. */
-function meshAlpn(protocol: ProxyProtocol): string {
-  if (protocol === "http") return " alpn http/1.1";
-  if (protocol === "http2" || protocol === "grpc") return " alpn h2";
-  return "";
 }
 
 export interface RenderOptions {
@@ -151,56 +139,6 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     "",
   );
 
-  for (const upstream of state.upstreams) add(...renderUpstream(upstream, meshTls, authorization));
+  for (const upstream of state.upstreams) add(...renderUpstream(upstream, state, authorization));
   return lines.join("\n");
-}
-
-function renderUpstream(upstream: UpstreamState, meshTls: string, authorization: boolean): string[] {
-  const upstreamMode = mode(upstream.protocol);
-  const target = upstream.datacenter ? `${upstream.destinationName} in ${upstream.datacenter}` : upstream.destinationName;
-  return [
-    `# upstream ${upstream.destinationType === "prepared_query" ? "prepared query " : ""}${target}`,
-    `frontend ${upstream.name}`,
-    `    mode ${upstreamMode}`,
-    `    bind ${hostPort(upstream.bindAddress, upstream.bindPort)}`,
-    upstreamMode === "http" ? "    option httplog" : "    option tcplog",
-    `    default_backend ${upstream.name}`,
-    "",
-    `backend ${upstream.name}`,
-    `    mode ${upstreamMode}`,
-    // roundrobin is dynamic: slots can change address and state at run time.
-    "    balance roundrobin",
-    `    timeout connect ${upstream.connectTimeoutMs}ms`,
-    ...(authorization ? upstreamIdentityRules(upstream, upstreamMode) : []),
-    ...upstream.slots.map((slot) =>
-      slot.instance
-        ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`
-        : `    server ${slot.name} ${freeSlotAddress} ${meshTls}${meshAlpn(upstream.protocol)} disabled`,
-    ),
-    "",
-  ];
-}
-
-/**
- * Per connection (per response in HTTP), the server's certificate must name
- * the destination service: `verify required` checks only the chain. Response
- * rules run before a response byte is forwarded to the client (but after the
- * client's first bytes reached the server). The inspect-delay only lets the
- * action yield (a lazy trust-domain lookup); it adds no wait. Prepared queries
- * name their service only in their reply, which may change without a reload:
- * they keep the per-instance check alone.
- */
-function upstreamIdentityRules(upstream: UpstreamState, upstreamMode: "tcp" | "http"): string[] {
-  if (upstream.destinationType !== "service") return [];
-  if (upstreamMode === "http") {
-    return [
-      `    http-response lua.connect_verify_upstream ${upstream.destinationName}`,
-      "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
-    ];
-  }
-  return [
-    `    tcp-response inspect-delay ${authorizeInspectDelay}`,
-    `    tcp-response content lua.connect_verify_upstream ${upstream.destinationName}`,
-    "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
-  ];
 }

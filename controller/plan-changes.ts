@@ -1,5 +1,5 @@
 // Pure: what is running + what should run → the cheapest safe operations.
-import type { DesiredState, UpstreamState } from "./desired-state.js";
+import type { BackendState, DesiredState, UpstreamState } from "./desired-state.js";
 import { publicFrontendName } from "./haproxy-config.js";
 
 /** A change HAProxy takes at run time, with a human-readable description for the log. */
@@ -30,8 +30,45 @@ function structureOf(state: DesiredState) {
   return {
     paths: state.paths,
     publicListener: state.publicListener,
-    upstreams: state.upstreams.map(({ slots, ...rest }) => ({ ...rest, slotCount: slots.length })),
+    // Warnings are derived from the chain: they change only with it.
+    upstreams: state.upstreams.map(({ backends, chain, chainWarnings: _warnings, ...rest }) => ({
+      ...rest,
+      chain,
+      backends: backends.map(({ slots, ...backend }) => ({ ...backend, slotCount: slots.length })),
+    })),
   };
+}
+
+type UpstreamStructure = ReturnType<typeof structureOf>["upstreams"][number];
+
+/** Pure: what changed in an upstream's discovery chain, in a few words (e.g. "router added", "targets added: v2.api…"). */
+export function describeChainChange(before: UpstreamStructure, after: UpstreamStructure): string {
+  const words: string[] = [];
+  const shapeBefore = before.chain?.shape;
+  const shapeAfter = after.chain?.shape;
+  const toggled = (what: "router" | "splitter") => {
+    if (!shapeBefore?.[what] && shapeAfter?.[what]) words.push(`${what} added`);
+    if (shapeBefore?.[what] && !shapeAfter?.[what]) words.push(`${what} removed`);
+  };
+  toggled("router");
+  toggled("splitter");
+  const backendsBefore = new Map(before.backends.map((b) => [b.name, b]));
+  const backendsAfter = new Map(after.backends.map((b) => [b.name, b]));
+  const added = [...backendsAfter.keys()].filter((name) => !backendsBefore.has(name));
+  const removed = [...backendsBefore.keys()].filter((name) => !backendsAfter.has(name));
+  if (added.length) words.push(`backends added: ${added.join(", ")}`);
+  if (removed.length) words.push(`backends removed: ${removed.join(", ")}`);
+  const json = (value: unknown) => JSON.stringify(value);
+  if (words.length === 0) {
+    if (json(before.chain?.routes) !== json(after.chain?.routes)) words.push("routes changed");
+    if (json(before.chain?.leaves.map((l) => l.split)) !== json(after.chain?.leaves.map((l) => l.split))) words.push("splits changed");
+    if (json(before.chain?.leaves.map((l) => l.backends)) !== json(after.chain?.leaves.map((l) => l.backends))) words.push("targets or failover changed");
+    if (json(before.chain?.leaves.map((l) => l.requestTimeoutMs)) !== json(after.chain?.leaves.map((l) => l.requestTimeoutMs))) words.push("request timeouts changed");
+    const settings = (backends: Map<string, UpstreamStructure["backends"][number]>) => json([...backends.values()].map(({ slotCount: _slots, ...rest }) => rest));
+    if (settings(backendsBefore) !== settings(backendsAfter)) words.push("target settings changed");
+    if (before.protocol !== after.protocol) words.push(`protocol ${before.protocol} -> ${after.protocol}`);
+  }
+  return words.join(", ") || "settings changed";
 }
 
 /** Pure: human-readable reasons for a reload; empty when none is needed. */
@@ -50,8 +87,7 @@ export function structuralChanges(running: DesiredState, desired: DesiredState):
   for (const [name, upstream] of newUpstreams) {
     const old = oldUpstreams.get(name);
     if (!old) reasons.push(`upstream ${name} added on ${upstream.bindAddress}:${upstream.bindPort}`);
-    else if (old.slotCount !== upstream.slotCount) reasons.push(`upstream ${name} needs ${upstream.slotCount} server slots (has ${old.slotCount})`);
-    else if (JSON.stringify(old) !== JSON.stringify(upstream)) reasons.push(`upstream ${name} settings changed`);
+    else if (JSON.stringify(old) !== JSON.stringify(upstream)) reasons.push(upstreamChange(old, upstream));
   }
   for (const name of oldUpstreams.keys()) if (!newUpstreams.has(name)) reasons.push(`upstream ${name} removed`);
   if (before.upstreams.map((u) => u.name).join() !== after.upstreams.map((u) => u.name).join() && reasons.length === 0) {
@@ -60,7 +96,26 @@ export function structuralChanges(running: DesiredState, desired: DesiredState):
   return reasons;
 }
 
+function upstreamChange(old: UpstreamStructure, upstream: UpstreamStructure): string {
+  const { chain: oldChain, backends: oldBackends, ...oldRest } = old;
+  const { chain: newChain, backends: newBackends, ...newRest } = upstream;
+  const sameNames = oldBackends.map((b) => b.name).join() === newBackends.map((b) => b.name).join();
+  if (sameNames && JSON.stringify(oldChain) === JSON.stringify(newChain) && JSON.stringify(oldRest) === JSON.stringify(newRest)) {
+    const grown = newBackends.find((b, n) => b.slotCount !== oldBackends[n]!.slotCount);
+    const without = (backends: typeof newBackends) => JSON.stringify(backends.map(({ slotCount: _slots, ...rest }) => rest));
+    if (grown && without(oldBackends) === without(newBackends)) return `upstream ${grown.name} needs ${grown.slotCount} server slots (has ${oldBackends.find((b) => b.name === grown.name)!.slotCount})`;
+  }
+  const destination = `${upstream.destinationName}${upstream.datacenter ? ` in ${upstream.datacenter}` : ""}`;
+  if (oldChain || newChain) return `upstream ${destination}: discovery chain changed (${describeChainChange(old, upstream)})`;
+  return `upstream ${upstream.name} settings changed`;
+}
+
 function slotChanges(running: UpstreamState, desired: UpstreamState): RuntimeOperation[] {
+  const runningBackends = new Map(running.backends.map((b) => [b.name, b]));
+  return desired.backends.flatMap((backend) => backendSlotChanges(runningBackends.get(backend.name)!, backend));
+}
+
+function backendSlotChanges(running: BackendState, desired: BackendState): RuntimeOperation[] {
   const operations: RuntimeOperation[] = [];
   desired.slots.forEach((slot, n) => {
     const was = running.slots[n]?.instance;

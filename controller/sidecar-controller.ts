@@ -10,7 +10,8 @@ import { buildDesiredState, type DesiredState, type HaproxyPaths } from "./desir
 import { runtimePath, type HaproxyDriver } from "./haproxy-driver.js";
 import type { Logger } from "./logger.js";
 import { planChanges, type ReloadValidation, type RuntimeOperation } from "./plan-changes.js";
-import { consulSnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
+import { consulSnapshot, emptySnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
+import { describeShape } from "./upstream-config.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
 import { identityCheckMaterial, UpstreamIdentities, type IdentityProbe } from "./upstream-identity.js";
 
@@ -52,7 +53,7 @@ export class SidecarController {
   private stopped = false;
 
   constructor(private readonly options: SidecarControllerOptions) {
-    this.snapshot = { spec: parseSidecarSpec(options.registration), instances: {} };
+    this.snapshot = emptySnapshot(parseSidecarSpec(options.registration));
     this.startedAt = options.clock.now();
     this.identities = new UpstreamIdentities({ probe: options.probe, clock: options.clock, logger: options.logger, onVerdict: () => this.schedule(0) });
   }
@@ -84,7 +85,7 @@ export class SidecarController {
   }
 
   private watch(): void {
-    this.options.source.setWatches(wantedWatches(this.snapshot.spec), (part) => this.receive(part));
+    this.options.source.setWatches(wantedWatches(this.snapshot), (part) => this.receive(part));
   }
 
   private receive(part: SnapshotPart): void {
@@ -96,7 +97,8 @@ export class SidecarController {
       this.options.logger.error(`ignoring the new registration of ${this.snapshot.spec.proxyId}: ${err.message}`);
       return;
     }
-    if (part.kind === "registration") this.watch();
+    // The watch set follows the registration's upstreams and their chains' targets.
+    if (part.kind === "registration" || part.kind === "chain") this.watch();
     // A deny must apply at once, and a cache flush is cheap: intentions skip the coalescing window.
     this.schedule(part.kind === "intentions" ? 0 : (this.options.coalesceMs ?? 100));
   }
@@ -134,6 +136,7 @@ export class SidecarController {
       }
     }
     const desired = buildDesiredState(consulSnapshot(this.snapshot, this.identities.verified(upstreams)), paths, this.running);
+    this.logChainChanges(desired);
     if (!this.running) {
       driver.writeFiles(desired);
       await driver.start();
@@ -158,6 +161,19 @@ export class SidecarController {
       }
     }
     this.running = desired;
+  }
+
+  /** One line per discovery chain that changed (or is seen first), and one per field it approximates. */
+  private logChainChanges(desired: DesiredState): void {
+    const before = new Map(this.running?.upstreams.map((u) => [u.name, u]));
+    for (const upstream of desired.upstreams) {
+      if (!upstream.chain) continue;
+      const old = before.get(upstream.name);
+      const summary = (u: typeof upstream) => JSON.stringify([u.chain, u.backends.map((b) => b.name), u.chainWarnings]);
+      if (old && summary(old) === summary(upstream)) continue;
+      this.options.logger.info(`discovery chain of upstream ${upstream.destinationName}: ${describeShape(upstream)}`, { backends: upstream.backends.map((b) => b.name).join(",") });
+      for (const warning of upstream.chainWarnings) this.options.logger.warn(`discovery chain of upstream ${upstream.destinationName}: ${warning}`);
+    }
   }
 
   private async reload(reason: string, validation: ReloadValidation, desired: DesiredState): Promise<void> {

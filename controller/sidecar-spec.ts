@@ -26,6 +26,11 @@ export interface UpstreamSpec {
   bindPort: number;
   protocol: ProxyProtocol;
   connectTimeoutMs: number;
+  /**
+   * What the upstream's own Config sets, if anything: Consul compiles its
+   * discovery chain with these as OverrideProtocol / OverrideConnectTimeout.
+   */
+  configured?: { protocol?: ProxyProtocol; connectTimeoutMs?: number };
 }
 
 export interface SidecarSpec {
@@ -63,6 +68,10 @@ function positiveNumber(value: unknown, fallback: number, key: string): number {
   return Math.round(n);
 }
 
+function isSet(value: unknown): boolean {
+  return value !== undefined && value !== null && value !== "";
+}
+
 function haproxyName(text: string): string {
   return text.replace(/[^A-Za-z0-9_.-]/g, "_");
 }
@@ -86,7 +95,11 @@ function parseUpstream(upstream: UpstreamRegistration): UpstreamSpec {
     protocol: parseProtocol(config.protocol, where),
     connectTimeoutMs: positiveNumber(config.connect_timeout_ms, consulDefaults.connectTimeoutMs, `${where} connect_timeout_ms`),
   } as const;
-  return { name: upstreamName(spec), ...spec };
+  const configured = {
+    ...(isSet(config.protocol) ? { protocol: spec.protocol } : {}),
+    ...(isSet(config.connect_timeout_ms) ? { connectTimeoutMs: spec.connectTimeoutMs } : {}),
+  };
+  return { name: upstreamName(spec), ...spec, ...(Object.keys(configured).length > 0 ? { configured } : {}) };
 }
 
 /** Reads a connect-proxy registration; throws SidecarSpecError on what it cannot serve. */

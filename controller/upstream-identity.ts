@@ -118,9 +118,10 @@ export function retryDelayMs(kind: RefusalKind, failures: number, random: number
 
 type IdentityRecord = { state: "verified" } | { state: "pending"; failures: number } | { state: "refused"; retryAt: number; failures: number };
 
-/** The instances of one upstream, and who they must prove to be. */
+/** One group of upstream instances, and who they must prove to be. */
 export interface UpstreamToCheck {
-  upstreamName: string;
+  /** A prepared-query upstream's name, or a discovery-chain target's query key: how `verified` names the group. */
+  group: string;
   instances: UpstreamInstances;
   expected: ExpectedIdentity;
 }
@@ -138,9 +139,9 @@ export class UpstreamIdentities {
   refresh(upstreams: UpstreamToCheck[], material: IdentityCheckMaterial): void {
     const seen = new Set<string>();
     const now = this.options.clock.now();
-    for (const { upstreamName, instances, expected } of upstreams) {
+    for (const { group, instances, expected } of upstreams) {
       for (const entry of instances.entries) {
-        const key = identityKey(upstreamName, expected, entry);
+        const key = identityKey(group, expected, entry);
         seen.add(key);
         const record = this.records.get(key);
         if (record && (record.state !== "refused" || now < record.retryAt)) continue;
@@ -152,8 +153,8 @@ export class UpstreamIdentities {
 
   verified(upstreams: UpstreamToCheck[]): Record<string, ServiceInstanceEntry[]> {
     const result: Record<string, ServiceInstanceEntry[]> = {};
-    for (const { upstreamName, instances, expected } of upstreams) {
-      result[upstreamName] = instances.entries.filter((entry) => this.records.get(identityKey(upstreamName, expected, entry))?.state === "verified");
+    for (const { group, instances, expected } of upstreams) {
+      result[group] = instances.entries.filter((entry) => this.records.get(identityKey(group, expected, entry))?.state === "verified");
     }
     return result;
   }
@@ -192,6 +193,6 @@ export class UpstreamIdentities {
   }
 }
 
-function identityKey(upstreamName: string, expected: ExpectedIdentity, entry: ServiceInstanceEntry): string {
-  return `${upstreamName}|${expected.service}|${expected.datacenter ?? ""}|${instanceAddress(entry)}:${entry.Service.Port}`;
+function identityKey(group: string, expected: ExpectedIdentity, entry: ServiceInstanceEntry): string {
+  return `${group}|${expected.service}|${expected.datacenter ?? ""}|${instanceAddress(entry)}:${entry.Service.Port}`;
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // An HTTP service (the L7 tests) that answers every request with 200 and one
 // line: `<name> <method> <path as received>`, so a test sees who answered and
-// exactly which path the mesh forwarded.
+// exactly which path the mesh forwarded. The request's `x-` headers come back
+// as JSON in the `x-echo-headers` response header (what the mesh set or
+// removed); `?delay_ms=N` delays the answer (timeouts).
 //   node http-echo-app.mjs --port 8080 [--host 127.0.0.1] [--name api]
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
@@ -13,7 +15,10 @@ if (!values.port) {
 }
 const server = createServer((req, res) => {
   req.resume();
-  req.on("end", () => res.writeHead(200, { "content-type": "text/plain" }).end(`${values.name} ${req.method} ${req.url}\n`));
+  const seen = JSON.stringify(Object.fromEntries(Object.entries(req.headers).filter(([name]) => name.startsWith("x-"))));
+  const delayMs = Number(new URL(req.url ?? "/", "http://x").searchParams.get("delay_ms") ?? 0);
+  const answer = () => res.writeHead(200, { "content-type": "text/plain", "x-echo-headers": seen }).end(`${values.name} ${req.method} ${req.url}\n`);
+  req.on("end", () => (delayMs > 0 ? setTimeout(answer, delayMs) : answer()));
 });
 server.listen(Number(values.port), values.host, () => console.log(`http-echo-app ${values.name} listening on ${values.host}:${values.port}`));
 for (const signal of ["SIGTERM", "SIGINT"]) {

@@ -108,8 +108,8 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
         localRequestTimeoutMs: 1000,
       },
       upstreams: [
-        { name: "upstream_db", destinationType: "service", destinationName: "db", bindAddress: "127.0.0.1", bindPort: ports.upstreamDb, protocol: "tcp", connectTimeoutMs: 2000, slots: [{ name: "s1", instance: { id: "n/db-1", address: "127.0.0.1", port: ports.tcpImpostor } }] },
-        { name: "upstream_api", destinationType: "service", destinationName: "api", bindAddress: "127.0.0.1", bindPort: ports.upstreamApi, protocol: "http", connectTimeoutMs: 2000, slots: [{ name: "s1", instance: { id: "n/api-1", address: "127.0.0.1", port: ports.httpImpostor } }] },
+        { name: "upstream_db", destinationType: "service", destinationName: "db", bindAddress: "127.0.0.1", bindPort: ports.upstreamDb, protocol: "tcp", connectTimeoutMs: 2000, chainWarnings: [], backends: [{ name: "upstream_db", service: "db", connectTimeoutMs: 2000, loadBalancing: { algorithm: "roundrobin" }, slots: [{ name: "s1", instance: { id: "n/db-1", address: "127.0.0.1", port: ports.tcpImpostor } }] }] },
+        { name: "upstream_api", destinationType: "service", destinationName: "api", bindAddress: "127.0.0.1", bindPort: ports.upstreamApi, protocol: "http", connectTimeoutMs: 2000, chainWarnings: [], backends: [{ name: "upstream_api", service: "api", connectTimeoutMs: 2000, loadBalancing: { algorithm: "roundrobin" }, slots: [{ name: "s1", instance: { id: "n/api-1", address: "127.0.0.1", port: ports.httpImpostor } }] }] },
       ],
       leafCertificatePem: leafPem(web.issued),
       leafSerial: web.issued.SerialNumber,

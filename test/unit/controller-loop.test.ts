@@ -2,7 +2,8 @@
 // recording HAProxy driver, a fake identity probe and a clock the test moves.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { Clock } from "../../controller/clock.js";
-import type { AgentServiceRegistration, CaRoots, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-replies.js";
+import type { AgentServiceRegistration, CaRoots, CompiledDiscoveryChain, DiscoveryChainReply, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-replies.js";
+import { targetQuery } from "../../controller/discovery-chain.js";
 import { watchKey, type SnapshotPart, type SnapshotSource, type WatchId } from "../../controller/consul-watches.js";
 import type { DesiredState } from "../../controller/desired-state.js";
 import type { HaproxyDriver, ReloadTimings } from "../../controller/haproxy-driver.js";
@@ -114,8 +115,14 @@ const registration = fixture<AgentServiceRegistration>("agent-service-web-sideca
 const roots = fixture<CaRoots>("ca-roots");
 const leaf = fixture<LeafCertificate>("leaf-web");
 const [db1, db2] = dbInstances() as [ServiceInstanceEntry, ServiceInstanceEntry];
-const upstream = { name: "upstream_db", destinationType: "service", destinationName: "db", datacenter: undefined } as const;
-const instancesPart = (...entries: ServiceInstanceEntry[]): SnapshotPart => ({ kind: "upstream", id: { kind: "upstream", upstream }, value: { entries, service: "db" } });
+const dbChain = fixture<DiscoveryChainReply>("chain-db").Chain;
+const chainPart = (value: CompiledDiscoveryChain = dbChain): SnapshotPart => ({
+  kind: "chain",
+  id: { kind: "chain", upstream: { name: "upstream_db", destinationName: "db", datacenter: undefined, overrides: {} } },
+  value,
+});
+const dbTarget = Object.values(dbChain.Targets)[0]!;
+const instancesPart = (...entries: ServiceInstanceEntry[]): SnapshotPart => ({ kind: "target", id: { kind: "target", query: targetQuery(dbTarget) }, value: entries });
 const rootsPart = (value: CaRoots): SnapshotPart => ({ kind: "roots", id: { kind: "roots" }, value });
 const leafPart = (value: LeafCertificate): SnapshotPart => ({ kind: "leaf", id: { kind: "leaf", service: "web" }, value });
 const intentionsPart = (byDestination: Record<string, Intention[] | null>, index = 30): SnapshotPart => ({ kind: "intentions", id: { kind: "intentions", service: "web" }, value: { byDestination, index } });
@@ -145,6 +152,7 @@ function startLoop(): SidecarController {
     },
   });
   void controller.run(stop.signal);
+  source.send(chainPart());
   return controller;
 }
 
@@ -158,7 +166,7 @@ async function startedWithDb1(): Promise<void> {
   expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "start"]);
 }
 
-const serversIn = (state: DesiredState) => state.upstreams[0]!.slots.flatMap((slot) => (slot.instance ? [slot.instance.id] : []));
+const serversIn = (state: DesiredState) => state.upstreams[0]!.backends[0]!.slots.flatMap((slot) => (slot.instance ? [slot.instance.id] : []));
 
 beforeEach(() => {
   clock = new ManualClock();
@@ -173,11 +181,27 @@ beforeEach(() => {
 describe("the sidecar loop", () => {
   it("watches what the registration names, and follows it when the registration changes", () => {
     startLoop();
-    expect(source.watches).toEqual(["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web", "upstream upstream_db"]);
+    const common = ["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web"];
+    // The chain (delivered by startLoop) names one target: its instances are watched too.
+    expect(source.watches).toEqual([...common, "chain upstream_db {}", "target db dc1 not-critical "]);
     const proxy = registration.Proxy!;
-    const cacheUpstream = { DestinationType: "service" as const, DestinationName: "cache", LocalBindPort: 9292 };
+    const cacheUpstream = { DestinationType: "service" as const, DestinationName: "cache", LocalBindPort: 9292, Config: { protocol: "http", connect_timeout_ms: 1500 } };
     source.send({ kind: "registration", id: { kind: "registration", proxyId: registration.ID }, value: { ...registration, Proxy: { ...proxy, Upstreams: [cacheUpstream] } } });
-    expect(source.watches).toEqual(["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web", "upstream upstream_cache"]);
+    // The upstream's own protocol and connect timeout are sent as the chain's overrides; db's target is no longer watched.
+    expect(source.watches).toEqual([...common, 'chain upstream_cache {"OverrideConnectTimeout":"1500ms","OverrideProtocol":"http"}']);
+  });
+
+  it("watches every target of a chain, failover included, and stops watching those a new chain drops", () => {
+    startLoop();
+    source.send(chainPart({ ...fixture<DiscoveryChainReply>("chain-billing-router").Chain, ServiceName: "db" }));
+    expect(source.watches.filter((w) => w.startsWith("target ")).sort()).toEqual([
+      "target billing dc1 not-critical Service.Meta.version == v1",
+      "target billing dc1 passing Service.Meta.version == v2",
+      "target billing-admin dc1 not-critical ",
+      "target billing-backup dc1 not-critical ",
+    ]);
+    source.send(chainPart());
+    expect(source.watches.filter((w) => w.startsWith("target "))).toEqual(["target db dc1 not-critical "]);
   });
 
   it("starts HAProxy once roots, leaf and verified upstream instances are known", async () => {

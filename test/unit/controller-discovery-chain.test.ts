@@ -1,0 +1,299 @@
+// Discovery chains recorded from a real 1.22.3 agent (scripts/record-fixtures.mjs)
+// → the plan, the rendered frontend and backends, and the change plan.
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import type { CompiledDiscoveryChain, DiscoveryChainReply, DiscoveryResolverNode, ServiceInstanceEntry } from "../../controller/consul-replies.js";
+import { buildDesiredState, type DesiredState } from "../../controller/desired-state.js";
+import { durationMs, planDiscoveryChain, targetQuery, targetQueryKey } from "../../controller/discovery-chain.js";
+import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
+import { planChanges } from "../../controller/plan-changes.js";
+import { upstreamsToCheck, type SidecarSnapshot } from "../../controller/sidecar-snapshot.js";
+import { parseSidecarSpec } from "../../controller/sidecar-spec.js";
+import { prefixRewrite, routeMatchTerms as aclTerms } from "../../controller/upstream-config.js";
+import { checkHaproxyConfig } from "../harness/haproxy.js";
+import { dbInstances, defaultChainFor, fixture, paths, snapshotFor } from "./controller-fixtures.js";
+
+const chain = (name: string): CompiledDiscoveryChain => fixture<DiscoveryChainReply>(name).Chain;
+const upstream = { name: "upstream_billing" };
+const web = "agent-service-web-sidecar-proxy";
+
+/** web's sidecar with its db upstream following `compiled` (renamed to db), instances by target ID. */
+function stateWith(compiled: CompiledDiscoveryChain, instancesByTarget: Record<string, ServiceInstanceEntry[]> = {}, running?: DesiredState): DesiredState {
+  const snapshot = snapshotFor(web, {}, { upstream_db: compiled });
+  for (const [id, entries] of Object.entries(instancesByTarget)) snapshot.upstreamInstances[targetQueryKey(targetQuery(compiled.Targets[id]!))] = entries;
+  return buildDesiredState(snapshot, paths, running);
+}
+
+const frontendOf = (config: string, name: string) => config.slice(config.indexOf(`\nfrontend ${name}\n`), config.indexOf("\n\n", config.indexOf(`\nfrontend ${name}\n`)));
+const backendOf = (config: string, name: string) => config.slice(config.indexOf(`\nbackend ${name}\n`), config.indexOf("\n\n", config.indexOf(`\nbackend ${name}\n`)));
+
+describe("durationMs", () => {
+  it("reads Go durations and the nanoseconds Consul uses for a resolver's RequestTimeout", () => {
+    expect(durationMs("1.5s")).toBe(1500);
+    expect(durationMs("1m30s")).toBe(90_000);
+    expect(durationMs("250ms")).toBe(250);
+    expect(durationMs(10_000_000_000)).toBe(10_000);
+    expect(durationMs(undefined)).toBeUndefined();
+    expect(() => durationMs("soon")).toThrow(/cannot read duration/);
+  });
+});
+
+describe("planDiscoveryChain on recorded chains", () => {
+  it("a service with no config entry: one resolver, one backend named as the upstream (as before chains)", () => {
+    expect(defaultChainFor({ destinationName: "db", protocol: "tcp", connectTimeoutMs: 5000 })).toMatchObject({
+      StartNode: chain("chain-db").StartNode,
+      Protocol: chain("chain-db").Protocol,
+      Nodes: chain("chain-db").Nodes,
+    });
+    const plan = planDiscoveryChain({ name: "upstream_db" }, chain("chain-db"));
+    expect(plan).toMatchObject({ protocol: "tcp", routes: [], leaves: [{ backends: ["upstream_db"] }], warnings: [] });
+    expect(plan.backends).toEqual([
+      { name: "upstream_db", targetId: "db.default.default.dc1", query: { service: "db", datacenter: "dc1", onlyPassing: false }, connectTimeoutMs: 5000, loadBalancing: { algorithm: "roundrobin" } },
+    ]);
+  });
+
+  it("the upstream's overrides compiled in: connect timeout 1.5 s", () => {
+    expect(planDiscoveryChain({ name: "upstream_db" }, chain("chain-db-overrides")).backends[0]).toMatchObject({ connectTimeoutMs: 1500 });
+  });
+
+  it("resolver: DefaultSubset with its filter, failover in order, ring_hash on a header, timeouts", () => {
+    const plan = planDiscoveryChain(upstream, chain("chain-billing-resolver"));
+    expect(plan.leaves).toEqual([{ backends: ["upstream_billing.v1.billing.default.default.dc1", "upstream_billing.billing-backup.default.default.dc1"], requestTimeoutMs: 10_000 }]);
+    expect(plan.backends[0]).toEqual({
+      name: "upstream_billing.v1.billing.default.default.dc1",
+      targetId: "v1.billing.default.default.dc1",
+      query: { service: "billing", datacenter: "dc1", filter: "Service.Meta.version == v1", onlyPassing: false },
+      connectTimeoutMs: 3000,
+      loadBalancing: { algorithm: "hash", expression: "req.hdr(x-user)" },
+    });
+    expect(plan.warnings).toEqual([
+      "LoadBalancer.RingHashConfig: HAProxy sizes its consistent-hash ring itself",
+      "LoadBalancer.HashPolicies: only the first of 2 hash policies is hashed (Envoy combines them, stopping at a Terminal one that produced a value)",
+      "RequestTimeout: HAProxy's server timeout is an inactivity timeout (Envoy's is the whole request); a stream that keeps sending is not cut",
+    ]);
+  });
+
+  it("splitter: compiled weights 66.67/33.33 as ranges of 10000, with per-split header changes", () => {
+    const plan = planDiscoveryChain(upstream, chain("chain-billing-splitter"));
+    expect(plan.leaves.map((leaf) => [leaf.split?.from, leaf.split?.to, leaf.backends[0]])).toEqual([
+      [0, 6667, "upstream_billing.v1.billing.default.default.dc1"],
+      [6667, 10000, "upstream_billing.v2.billing.default.default.dc1"],
+    ]);
+    expect(plan.leaves[0]!.split!.requestHeaders).toEqual({ add: [], set: [["x-split", "v1"]], remove: [] });
+    expect(plan.leaves[1]!.split!.responseHeaders).toEqual({ add: [["x-from", "v2"]], set: [], remove: ["server"] });
+    // v2 is OnlyPassing: its instances are asked with ?passing.
+    expect(plan.backends.find((b) => b.targetId === "v2.billing.default.default.dc1")!.query.onlyPassing).toBe(true);
+  });
+
+  it("router: routes in order with the default route last, destinations' retries and timeouts", () => {
+    const plan = planDiscoveryChain(upstream, chain("chain-billing-router"));
+    expect(plan.routes).toHaveLength(4);
+    expect(plan.leaves.map((leaf) => [leaf.route, leaf.backends[0], leaf.requestTimeoutMs])).toEqual([
+      [0, "upstream_billing.billing-admin.default.default.dc1", 2000],
+      [1, "upstream_billing.v2.billing.default.default.dc1", 10_000],
+      [2, "upstream_billing.v1.billing.default.default.dc1", 10_000],
+      [2, "upstream_billing.v2.billing.default.default.dc1", 10_000],
+      [3, "upstream_billing.v1.billing.default.default.dc1", 10_000],
+      [3, "upstream_billing.v2.billing.default.default.dc1", 10_000],
+    ]);
+    expect(plan.backends.find((b) => b.targetId === "billing-admin.default.default.dc1")!.retry).toEqual({
+      retries: 3,
+      retryOn: ["conn-failure", "503", "502", "empty-response", "junk-response", "500", "501", "504", "response-timeout"],
+    });
+    expect(plan.warnings).toContain("IdleTimeout: the stream idle timeout is not supported; HAProxy's server inactivity timeout applies");
+    expect(plan.warnings).toContain('RetryOn: "reset" retries empty and invalid responses (Envoy: any reset, disconnect or read timeout)');
+  });
+
+  it("redirect: compiled away, the chain starts at the target it names", () => {
+    const plan = planDiscoveryChain({ name: "upstream_billing-old" }, chain("chain-billing-old-redirect"));
+    expect(plan.leaves).toEqual([{ backends: ["upstream_billing-old.v2.billing.default.default.dc1", "upstream_billing-old.billing-backup.default.default.dc1"], requestTimeoutMs: 10_000 }]);
+  });
+
+  it("load balancer policies: maglev on a cookie, least_request, random, round_robin", () => {
+    const maglev = planDiscoveryChain({ name: "upstream_ledger" }, chain("chain-ledger-maglev"));
+    expect(maglev.backends[0]!.loadBalancing).toEqual({ algorithm: "hash", expression: "req.cook(session)" });
+    const least = planDiscoveryChain({ name: "upstream_db" }, chain("chain-db-least-request"));
+    expect(least.backends[0]).toMatchObject({ loadBalancing: { algorithm: "leastconn" }, connectTimeoutMs: 2000 });
+    expect(least.warnings).toEqual(["LoadBalancer.LeastRequestConfig: leastconn compares every server, not a random choice of ChoiceCount"]);
+    const withPolicy = (policy: string) => {
+      const compiled = chain("chain-db");
+      const node = Object.values(compiled.Nodes)[0] as DiscoveryResolverNode;
+      return { ...compiled, Nodes: { [compiled.StartNode]: { ...node, LoadBalancer: { Policy: policy } } } };
+    };
+    expect(planDiscoveryChain({ name: "upstream_db" }, withPolicy("random")).backends[0]!.loadBalancing).toEqual({ algorithm: "random" });
+    expect(planDiscoveryChain({ name: "upstream_db" }, withPolicy("round_robin")).backends[0]!.loadBalancing).toEqual({ algorithm: "roundrobin" });
+  });
+
+  it("a TCP chain with a router cannot be served: the upstream keeps one empty backend and says why", () => {
+    const tcpRouter = { ...chain("chain-billing-router"), Protocol: "tcp" };
+    const state = stateWith(tcpRouter);
+    expect(state.upstreams[0]!.chain).toBeUndefined();
+    expect(state.upstreams[0]!.backends.map((b) => b.name)).toEqual(["upstream_db"]);
+    expect(state.upstreams[0]!.chainWarnings[0]).toMatch(/cannot be served \(discovery chain of billing is tcp but has a router\)/);
+  });
+});
+
+/** The terms as they would read inline: `{ test }` or `!{ test }`. */
+const routeMatchTerms = (match: Parameters<typeof aclTerms>[0]) => aclTerms(match).map((term) => `${term.negated ? "!" : ""}{ ${term.test} }`);
+
+describe("route matches as HAProxy ACL terms", () => {
+  const route = planDiscoveryChain(upstream, chain("chain-billing-router")).routes;
+  it("path prefix, headers (Envoy's missing-header rule on Invert), query parameters, methods: all must hold", () => {
+    expect(routeMatchTerms(route[0]!.match)).toEqual([
+      "{ path -m beg -- '/admin' }",
+      "{ req.fhdr(x-debug) -m found }",
+      // Inverted Exact: the header must be there and differ.
+      "{ req.fhdr(x-env) -m found }",
+      "!{ req.fhdr(x-env) -m str -- 'prod' }",
+      "{ req.fhdr(x-team) -m beg -- 'pay' }",
+      "{ req.fhdr(x-zone) -m end -- '-1' }",
+      "{ req.fhdr(x-id) -m reg -- '^(?:[0-9]+)$' }",
+      "{ urlp(q) -m str -- '1' }",
+      "{ urlp(p) -m found }",
+      "{ urlp(r) -m reg -- '^(?:a.*)$' }",
+      "{ method GET POST }",
+    ]);
+  });
+  it("exact paths case-insensitively, regexes on the whole path, the default route without a term", () => {
+    expect(routeMatchTerms(route[1]!.match)).toEqual(["{ path -i -m str -- '/Exact' }"]);
+    expect(routeMatchTerms(route[2]!.match)).toEqual(["{ path -m reg -- '^(?:/re/[0-9]+)$' }"]);
+    expect(routeMatchTerms(route[3]!.match)).toEqual([]);
+    expect(routeMatchTerms({ Header: [{ Name: "x-beta", Present: true, Invert: true }] })).toEqual(["!{ req.fhdr(x-beta) -m found }"]);
+  });
+  it("quotes what it cannot leave bare, and rewrites only the matched prefix", () => {
+    expect(routeMatchTerms({ PathExact: "/it's" })).toEqual(["{ path -m str -- '/it'\\''s' }"]);
+    expect(prefixRewrite({ PathPrefix: "/admin" }, "/")).toBe("'^\\/admin(.*)$' '/\\1'");
+    expect(prefixRewrite({ PathExact: "/old" }, "/new%")).toBe("'^.*$' '/new%%'");
+  });
+});
+
+describe("the rendered chain", () => {
+  const config = renderHaproxyConfig(stateWith(chain("chain-billing-router")));
+  const frontend = frontendOf(config, "upstream_db");
+
+  it("routes first match wins, then the split pick, then one leaf per route and split", () => {
+    expect(frontend).toContain(
+      [
+        "    acl chain_route1_3 req.fhdr(x-env) -m found",
+        "    acl chain_route1_4 req.fhdr(x-env) -m str -- 'prod'",
+        "    acl chain_route1_5 req.fhdr(x-team) -m beg -- 'pay'",
+      ].join("\n"),
+    );
+    expect(frontend).toContain(
+      "    http-request set-var(txn.chain_route) int(1) if chain_route1_1 chain_route1_2 chain_route1_3 !chain_route1_4 chain_route1_5 chain_route1_6 chain_route1_7 chain_route1_8 chain_route1_9 chain_route1_10 chain_route1_11\n",
+    );
+    expect(frontend).toContain("    acl chain_route2_1 path -i -m str -- '/Exact'\n    http-request set-var(txn.chain_route) int(2) if !{ var(txn.chain_route) -m found } chain_route2_1\n");
+    expect(frontend).toContain("    http-request set-var(txn.chain_route) int(4) if !{ var(txn.chain_route) -m found }\n    http-request set-var(txn.chain_pick) rand(10000)");
+    expect(frontend).toContain(
+      "    http-request set-var(txn.chain_leaf) int(4) if { var(txn.chain_route) -m int eq 3 } { var(txn.chain_pick) -m int ge 6667 } { var(txn.chain_pick) -m int lt 10000 }",
+    );
+  });
+
+  it("route and split header changes, the prefix rewrite and the timeout, each under its condition", () => {
+    expect(frontend).toContain(
+      [
+        "    http-request del-header x-r if { var(txn.chain_route) -m int eq 1 }",
+        "    http-request add-header x-a '1' if { var(txn.chain_route) -m int eq 1 }",
+        "    http-request set-header x-s '2' if { var(txn.chain_route) -m int eq 1 }",
+        "    http-request replace-path '^\\/admin(.*)$' '/\\1' if { var(txn.chain_route) -m int eq 1 }",
+        "    http-response set-header x-resp 'y' if { var(txn.chain_route) -m int eq 1 }",
+        "    http-request set-var(txn.chain_timeout) int(2000) if { var(txn.chain_leaf) -m int eq 1 }",
+      ].join("\n"),
+    );
+    expect(frontend).toContain("    http-response add-header x-from 'v2' if { var(txn.chain_leaf) -m int eq 4 }");
+  });
+
+  it("failover in order by usable servers, the primary when none has one", () => {
+    const v2 = "upstream_db.v2.billing.default.default.dc1";
+    const backup = "upstream_db.billing-backup.default.default.dc1";
+    expect(frontend).toContain(
+      [
+        `    use_backend ${v2} if { var(txn.chain_leaf) -m int eq 2 } { nbsrv(${v2}) gt 0 }`,
+        `    use_backend ${backup} if { var(txn.chain_leaf) -m int eq 2 } { nbsrv(${backup}) gt 0 }`,
+        `    use_backend ${v2} if { var(txn.chain_leaf) -m int eq 2 }`,
+      ].join("\n"),
+    );
+  });
+
+  it("one backend per target: its balance, connect timeout, retries, the timeout variable and the target's identity", () => {
+    expect(backendOf(config, "upstream_db.billing-admin.default.default.dc1")).toMatch(
+      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response lua.connect_verify_upstream billing-admin\n/,
+    );
+    expect(backendOf(config, "upstream_db.v1.billing.default.default.dc1")).toMatch(/balance hash req.hdr\(x-user\)\n    hash-type consistent\n    timeout connect 3000ms\n/);
+  });
+
+  it("is accepted by haproxy -c for every recorded chain", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ch-chain-render-"));
+    const local = { ...paths, configFile: join(dir, "haproxy.cfg"), leafCertificateFile: join(dir, "leaf.pem"), caRootsFile: join(dir, "roots.pem"), statsSocket: join(dir, "stats.sock"), masterSocket: join(dir, "master.sock"), luaBundle: join(dir, "stub.lua") };
+    writeFileSync(local.luaBundle, 'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\ncore.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\n');
+    for (const name of ["chain-db", "chain-db-overrides", "chain-billing-resolver", "chain-billing-splitter", "chain-billing-router", "chain-billing-old-redirect", "chain-ledger-maglev", "chain-db-least-request"]) {
+      const snapshot = snapshotFor(web, {}, { upstream_db: chain(name) });
+      const state = buildDesiredState(snapshot, local);
+      writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
+      writeFileSync(local.caRootsFile, state.caRootsPem);
+      writeFileSync(local.configFile, renderHaproxyConfig(state));
+      await checkHaproxyConfig(local.configFile);
+    }
+  });
+});
+
+describe("planning chain changes", () => {
+  const resolver = chain("chain-billing-resolver");
+  const v1 = "v1.billing.default.default.dc1";
+  const backup = "billing-backup.default.default.dc1";
+  const [db1] = dbInstances() as [ServiceInstanceEntry];
+
+  it("a router added is a validated reload that says so", () => {
+    const running = stateWith(chain("chain-billing-splitter"));
+    expect(planChanges(running, stateWith(chain("chain-billing-router"), {}, running))).toEqual({
+      kind: "reload",
+      reason: "upstream db: discovery chain changed (router added, backends added: upstream_db.billing-admin.default.default.dc1)",
+      validation: "haproxy -c",
+    });
+  });
+
+  it("a splitter added to a plain upstream names it, and weights moved name the splits", () => {
+    const plain = stateWith(chain("chain-db"));
+    expect(planChanges(plain, stateWith(chain("chain-billing-splitter"), {}, plain))).toMatchObject({ kind: "reload", reason: expect.stringMatching(/^upstream db: discovery chain changed \(splitter added, backends added: .*backends removed: upstream_db\)$/) });
+    const split = chain("chain-billing-splitter");
+    const splitter = split.Nodes["splitter:billing.default.default"]!;
+    const moved = { ...split, Nodes: { ...split.Nodes, "splitter:billing.default.default": { ...splitter, Splits: (splitter as { Splits: { Weight: number }[] }).Splits.map((s, n) => ({ ...s, Weight: n === 0 ? 10 : 90 })) } } } as unknown as CompiledDiscoveryChain;
+    const running = stateWith(split);
+    expect(planChanges(running, stateWith(moved, {}, running))).toMatchObject({ reason: "upstream db: discovery chain changed (splits changed)" });
+  });
+
+  it("failover taking over and giving back needs no reload: only server slots change", () => {
+    const running = stateWith(resolver, { [v1]: [db1], [backup]: [] });
+    const failedOver = stateWith(resolver, { [v1]: [], [backup]: [db1] }, running);
+    const plan = planChanges(running, failedOver);
+    expect(plan.kind).toBe("runtime");
+    expect(plan.kind === "runtime" && plan.operations.map((op) => op.kind === "set-server" && [op.backend, op.server, op.ready])).toEqual([
+      ["upstream_db.v1.billing.default.default.dc1", "s1", false],
+      ["upstream_db.billing-backup.default.default.dc1", "s1", true],
+    ]);
+    expect(planChanges(failedOver, stateWith(resolver, { [v1]: [db1], [backup]: [] }, failedOver)).kind).toBe("runtime");
+  });
+
+  it("the same chain again plans nothing", () => {
+    const running = stateWith(chain("chain-billing-router"), { [v1]: [db1] });
+    expect(planChanges(running, stateWith(chain("chain-billing-router"), { [v1]: [db1] }, running))).toEqual({ kind: "none" });
+  });
+});
+
+describe("identity per target", () => {
+  it("each target's instances must prove the target's service and datacenter, not the upstream's name", () => {
+    const spec = parseSidecarSpec(fixture(web));
+    const router = chain("chain-billing-router");
+    const [db1] = dbInstances() as [ServiceInstanceEntry];
+    const targetInstances = Object.fromEntries(Object.values(router.Targets).map((t) => [targetQueryKey(targetQuery(t)), [db1]]));
+    const snapshot: SidecarSnapshot = { spec, instances: {}, chains: { upstream_db: router }, targetInstances };
+    expect(upstreamsToCheck(snapshot, "td.consul").map((u) => [u.expected.service, u.expected.datacenter, u.group]).sort()).toEqual([
+      ["billing", "dc1", "billing dc1 not-critical Service.Meta.version == v1"],
+      ["billing", "dc1", "billing dc1 passing Service.Meta.version == v2"],
+      ["billing-admin", "dc1", "billing-admin dc1 not-critical "],
+      ["billing-backup", "dc1", "billing-backup dc1 not-critical "],
+    ]);
+  });
+});
