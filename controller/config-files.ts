@@ -22,5 +22,6 @@ export function writeHaproxyFiles(state: DesiredState): void {
   writeFileAtomic(state.paths.caRootsFile, state.caRootsPem, 0o644);
   // HAProxy loads the map at start (empty): its entries live only in the running process.
   writeFileAtomic(state.paths.passMap, "", 0o600);
+  writeFileAtomic(state.paths.serverPassMap, "", 0o600);
   writeFileAtomic(state.paths.configFile, renderHaproxyConfig(state), 0o600);
 }

@@ -29,6 +29,8 @@ export interface HaproxyPaths {
   masterSocket: string;
   /** CONNECT_PASS_MAP: written empty; the authorizer fills it at run time (lua-src/request-passes.ts). */
   passMap: string;
+  /** CONNECT_SERVER_PASS_MAP: written empty; server certificates verified by connect_verify_upstream. */
+  serverPassMap: string;
   luaBundle: string;
 }
 

@@ -90,6 +90,7 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
       ? [
         `    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`,
         ...(mode(pub.protocol) === "http" ? [`    setenv CONNECT_PASS_MAP ${paths.passMap}`] : []),
+        ...(state.upstreams.some((upstream) => mode(upstream.protocol) === "http") ? [`    setenv CONNECT_SERVER_PASS_MAP ${paths.serverPassMap}`] : []),
         `    lua-load ${paths.luaBundle}`,
       ]
       : []),

@@ -7,15 +7,15 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { systemClock } from "./clock.js";
 import { ConsulClient, ConsulError } from "./consul-client.js";
-import { ConsulWatches, fetchPart, watchKey } from "./consul-watches.js";
+import { ConsulWatches } from "./consul-watches.js";
 import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
 import { renderHaproxyConfig } from "./haproxy-config.js";
 import { ProcessDriver } from "./haproxy-driver.js";
 import { createLogger, isLogLevel, type Logger } from "./logger.js";
 import { SidecarController } from "./sidecar-controller.js";
 import { findSidecar, LookupError, type SidecarSelector } from "./sidecar-lookup.js";
-import { consulSnapshot, emptySnapshot, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
-import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
+import { readSnapshotOnce } from "./snapshot-once.js";
+import { SidecarSpecError } from "./sidecar-spec.js";
 import { verifyUpstreamIdentity } from "./upstream-identity.js";
 
 export const exitCodes = { ok: 0, runtimeFailure: 1, usage: 2 } as const;
@@ -46,6 +46,7 @@ export function pathsIn(configDir: string): HaproxyPaths {
     caRootsFile: join(configDir, "certs", "roots.pem"),
     statsSocket: join(configDir, "stats.sock"),
     passMap: join(configDir, "passes.map"),
+    serverPassMap: join(configDir, "server-passes.map"),
     masterSocket: join(configDir, "master.sock"),
     luaBundle: luaBundlePath(),
   };
@@ -197,22 +198,9 @@ async function renderOnce(options: CommonOptions, out: Writable, err: Writable, 
     consul = new ConsulClient({ httpAddr: options.httpAddr, token: readToken(options), caCertFile: options.caFile });
     const logger = loggerFor(options, err);
     const registration = await findSidecar(consul, selector, logger, systemClock, signal);
-    // The same requests the watches make, once each, without blocking.
-    let snapshot: SidecarSnapshot = emptySnapshot(parseSidecarSpec(registration));
-    // Twice: the chains read in the first round name the targets read in the second.
-    const fetched = new Set<string>();
-    for (let round = 0; round < 2; round++) {
-      const ids = wantedWatches(snapshot).filter((id) => !fetched.has(watchKey(id)));
-      ids.forEach((id) => fetched.add(watchKey(id)));
-      const parts = await Promise.all(ids.map((id) => fetchPart(consul!, id, {}, signal)));
-      for (const page of parts) snapshot = withPart(snapshot, page.value);
-    }
-    const allInstances = {
-      ...Object.fromEntries(Object.entries(snapshot.instances).map(([name, known]) => [name, known.entries])),
-      ...snapshot.targetInstances,
-    };
+    const snapshot = await readSnapshotOnce(consul, registration, signal);
     const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
-    const state = buildDesiredState(consulSnapshot(snapshot, allInstances), pathsIn(configDir));
+    const state = buildDesiredState(snapshot, pathsIn(configDir));
     out.write(renderHaproxyConfig(state));
     return exitCodes.ok;
   } catch (error) {

@@ -198,7 +198,7 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
       ...(backend.retry ? [`    retries ${backend.retry.retries}`, `    retry-on ${backend.retry.retryOn.join(" ")}`] : []),
       // set-timeout is a backend action in 2.6: the frontend's rules leave the chain's timeout in a variable.
       ...(usesTimeout ? [`    http-request set-timeout server var(${timeoutVar}) if { var(${timeoutVar}) -m found }`] : []),
-      ...(authorization && backend.service ? upstreamIdentityRules(backend.service, upstreamMode) : []),
+      ...(authorization && backend.service ? upstreamIdentityRules(backend.service, upstreamMode, state.paths.serverPassMap) : []),
       ...backend.slots.map((slot) =>
         slot.instance
           ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`
@@ -223,7 +223,7 @@ export function describeShape(upstream: Pick<UpstreamState, "chain" | "backends"
 }
 
 /**
- * Per connection (per response in HTTP), the server's certificate must name
+ * Per connection (per response in HTTP, by a map lookup once verified), the server's certificate must name
  * the target's service: `verify required` checks only the chain. Response
  * rules run before a response byte is forwarded to the client (but after the
  * client's first bytes reached the server). The inspect-delay only lets the
@@ -231,9 +231,14 @@ export function describeShape(upstream: Pick<UpstreamState, "chain" | "backends"
  * name their service only in their reply, which may change without a reload:
  * they keep the per-instance check alone.
  */
-function upstreamIdentityRules(service: string, upstreamMode: "tcp" | "http"): string[] {
+function upstreamIdentityRules(service: string, upstreamMode: "tcp" | "http", serverPassMap: string): string[] {
   if (upstreamMode === "http") {
-    return [`    http-response lua.connect_verify_upstream ${service}`, "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }"];
+    // A certificate the action verified for this service passes by its fingerprint (lua-src/request-passes.ts).
+    return [
+      `    http-response set-var(txn.connect_upstream_ok) int(1) if { ssl_s_sha1,hex,map(${serverPassMap}) -m str ${service} }`,
+      `    http-response lua.connect_verify_upstream ${service} unless { var(txn.connect_upstream_ok) -m found }`,
+      "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
+    ];
   }
   return [
     `    tcp-response inspect-delay ${verifyInspectDelay}`,

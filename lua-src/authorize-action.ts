@@ -27,7 +27,7 @@ import type { TrustDomainSource } from "./trust";
 import type { ServiceIdentity } from "./spiffe";
 import type { IntentionWatch } from "./intention-watch";
 import type { ConnectionRegistry } from "./connection-registry";
-import type { RequestPasses } from "./request-passes";
+import { passUntil, type RequestPasses } from "./request-passes";
 import { decidingPermission, governingIntention, type Intention } from "./intentions";
 import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
@@ -108,7 +108,7 @@ function grantPass(context: AuthorizeContext, txn: Txn, target: string, identity
   const until = context.authorizer.allowFreshUntil(target, identity.uri);
   if (until === undefined) return;
   const key = target + "|" + identity.uri;
-  const failure = passes.grant(key, until);
+  const failure = passes.grant(key, passUntil(until));
   if (failure !== undefined) {
     txn.Warning("connect_authorize: CONNECT_PASS_MAP cannot be written (" + failure + "): every HTTP request runs the action; reference the map in haproxy.cfg (docs/standalone.md)");
     return;

@@ -33,6 +33,8 @@ export interface Config {
   logAllowed: boolean;
   /** A map haproxy.cfg checks natively before running the action on an HTTP request (request-passes.ts). */
   passMap: string | undefined;
+  /** A map haproxy.cfg checks natively before running connect_verify_upstream on an HTTP response. */
+  serverPassMap: string | undefined;
   warnings: string[];
 }
 
@@ -65,6 +67,7 @@ export const KNOBS: [string, string][] = [
   ["CONNECT_DEFAULT_TARGET", "target service for lua.connect_authorize_default (and `lua.connect_authorize -`)"],
   ["CONNECT_AGENT_DOWN_GRACE", "honour an allow that expired at most this long ago when the agent is unreachable (default 0 = never, max 5m)"],
   ["CONNECT_LOG_ALLOWED", "1 to log allow decisions at info instead of debug"],
+  ["CONNECT_SERVER_PASS_MAP", "map file haproxy.cfg checks before running connect_verify_upstream on HTTP responses (server certificates already verified; docs/standalone.md)"],
   ["CONNECT_PASS_MAP", "map file haproxy.cfg checks before running the action on HTTP requests (passes for sources an L4 intention allows; docs/standalone.md)"],
 ];
 
@@ -213,6 +216,7 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
     agentDownGraceMs: duration("CONNECT_AGENT_DOWN_GRACE", DEFAULTS.agentDownGraceMs, MAX_AGENT_DOWN_GRACE_MS),
     logAllowed,
     passMap: env("CONNECT_PASS_MAP"),
+    serverPassMap: env("CONNECT_SERVER_PASS_MAP"),
     warnings,
   };
 }
@@ -232,6 +236,7 @@ export function describeConfig(config: Config, trustDomain: string): string {
     format("agent_down_grace_ms: %d", config.agentDownGraceMs),
     "log_allowed: " + (config.logAllowed ? "yes" : "no"),
     "pass_map: " + (config.passMap ?? "(none)"),
+    "server_pass_map: " + (config.serverPassMap ?? "(none)"),
   ];
   for (const warning of config.warnings) lines.push("warning: " + warning);
   return table.concat(lines, "\n") + "\n";

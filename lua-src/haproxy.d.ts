@@ -97,6 +97,8 @@ export interface Fetches {
    * once the server connection's handshake is done; nil otherwise.
    */
   ssl_s_der(): string | undefined;
+  /** SHA-1 of the server certificate (20 bytes), as `ssl_s_sha1`. */
+  ssl_s_sha1(): string | undefined;
   /** 1 if the front connection is SSL. */
   ssl_fc(): number | undefined;
   src(): string | undefined;

@@ -96,7 +96,14 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   );
   const trustDomains = new trust.TrustDomainSource(
     settings.trustDomain,
-    { fetchRoots: client.caRoots, now, sleep, log, random: () => math.random(), stopping: () => core.get_info().get("Stopping") === 1 },
+    {
+      fetchRoots: client.caRoots, now, sleep, log, random: () => math.random(), stopping: () => core.get_info().get("Stopping") === 1,
+      // Passes skip the trust-domain check: none may outlive a change.
+      changed: () => {
+        context.passes.revokeAll();
+        upstreamContext.passes.revokeAll();
+      },
+    },
     waitLimitMs,
   );
   const watch = new intentionWatch.IntentionWatch(
@@ -128,7 +135,10 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);
   core.register_action("connect_authorize_default", ["tcp-req", "http-req"], (txn) => authorizeAction.authorizeTransaction(context, txn, undefined), 0);
   // Same trust domain as the authorizer; no agent call.
-  const upstreamContext: verifyUpstreamAction.VerifyUpstreamContext = { identities: new peerIdentity.PeerIdentities(peerIdentity.SERVER_ROLE, trustDomains) };
+  const upstreamContext: verifyUpstreamAction.VerifyUpstreamContext = {
+    identities: new peerIdentity.PeerIdentities(peerIdentity.SERVER_ROLE, trustDomains),
+    passes: new requestPasses.RequestPasses(requestPasses.haproxyPassMap(core, settings.serverPassMap), peerIdentity.SERVER_ROLE.cacheSize),
+  };
   core.register_action("connect_verify_upstream", ["tcp-res", "http-res"], (txn, service) => verifyUpstreamAction.verifyUpstreamTransaction(upstreamContext, txn, service), 1);
   statsCommands.registerCommands(core, context);
   const refreshTask = (): void => {

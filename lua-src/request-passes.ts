@@ -19,10 +19,26 @@
 // controller's `connect cache flush`) removes every entry at once, so the next
 // request on every connection is decided again. A path the action would have
 // to refuse or normalize (one with "%" or "\") always takes the action.
+//
+// The same class keeps the server passes of connect_verify_upstream
+// (CONNECT_SERVER_PASS_MAP): the SHA-1 of a server certificate whose identity
+// checked out → its service, so that the responses of an HTTP upstream are
+// checked by a map lookup rather than a Lua action each:
+//
+//   http-response set-var(txn.connect_upstream_ok) int(1) if { ssl_s_sha1,hex,map(<map>) -m str <service> }
+//   http-response lua.connect_verify_upstream <service> unless { var(txn.connect_upstream_ok) -m found }
+//
+// A certificate's identity never changes; both kinds are removed when the
+// trust domain does.
 
 import type { Core } from "./haproxy";
 
 const floor = math.floor;
+
+/** A request pass's value: the second its verdict stops being fresh (compared with `date`). */
+export function passUntil(expiresAtMs: number): string {
+  return tostring(floor(expiresAtMs / 1000));
+}
 
 /** What the map needs from HAProxy (core.set_map / core.del_map), injectable for specs. */
 export interface PassMap {
@@ -48,14 +64,14 @@ export class RequestPasses {
   }
 
   /**
-   * Lets `key`'s later requests through until `expiresAtMs` (truncated to the
-   * second). Returns the failure when the map cannot be written, once: the
-   * caller logs it; every request then takes the action, as without passes.
+   * Sets `key` to `value` in the map (what haproxy.cfg compares). Returns the
+   * failure when the map cannot be written, once: the caller logs it; every
+   * request then takes the action, as without passes.
    */
-  grant(key: string, expiresAtMs: number): string | undefined {
+  grant(key: string, value: string): string | undefined {
     const map = this.map;
     if (map === undefined || this.failure !== undefined) return undefined;
-    const [ok, problem] = pcall(map.set, key, tostring(floor(expiresAtMs / 1000)));
+    const [ok, problem] = pcall(map.set, key, value);
     if (!ok) {
       this.failure = tostring(problem);
       return this.failure;

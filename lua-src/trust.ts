@@ -30,6 +30,8 @@ export interface TrustDomainDeps {
   random: (this: void) => number;
   /** True once HAProxy soft-stops (or reloads): the task must end so the process can exit. */
   stopping: (this: void) => boolean;
+  /** The learned trust domain changed (not called when first learned): what was verified against the old one is stale. */
+  changed?: (this: void) => void;
 }
 
 export class TrustDomainSource {
@@ -103,7 +105,9 @@ export class TrustDomainSource {
     const trustDomain = lower(answer.trustDomain);
     if (trustDomain !== this.learned) {
       this.deps.log("info", "connect-haproxy: trust domain " + (this.learned === undefined ? "is " : "changed from " + this.learned + " to ") + trustDomain);
+      const before = this.learned;
       this.learned = trustDomain;
+      if (before !== undefined && this.deps.changed !== undefined) this.deps.changed();
     }
     // Consul's rules: an index that goes backwards resets to 0; 0 is never blocked on.
     this.index = answer.index < this.index ? 0 : answer.index;

@@ -20,11 +20,38 @@ import type { ServiceIdentity } from "./spiffe";
 import type { CertificateReading, PeerIdentities } from "./peer-identity";
 import { quoted } from "./sanitize";
 import { runFailClosed, type Verdict } from "./fail-closed";
+import type { RequestPasses } from "./request-passes";
 
 const format = string.format;
 
 export interface VerifyUpstreamContext {
   identities: PeerIdentities;
+  /** Server certificates already verified, checked natively on HTTP responses (request-passes.ts). */
+  passes: RequestPasses;
+}
+
+const byte = string.byte;
+const gsub = string.gsub;
+
+/** Upper-case hex, as HAProxy's `hex` converter writes it. */
+function hex(binary: string): string {
+  const [text] = gsub(binary, ".", (character: string) => format("%02X", byte(character)));
+  return text;
+}
+
+/**
+ * The server's certificate checked out for `service` on an HTTP response:
+ * later responses over any connection presenting it pass by its fingerprint.
+ */
+function grantServerPass(context: VerifyUpstreamContext, txn: Txn, service: string): void {
+  const passes = context.passes;
+  if (txn.http === undefined || !passes.enabled()) return;
+  const fingerprint = txn.f.ssl_s_sha1();
+  if (typeof fingerprint !== "string" || fingerprint.length !== 20) return;
+  const failure = passes.grant(hex(fingerprint), service);
+  if (failure !== undefined) {
+    txn.Warning("connect_verify_upstream: CONNECT_SERVER_PASS_MAP cannot be written (" + failure + "): every HTTP response runs the action; reference the map in haproxy.cfg (docs/standalone.md)");
+  }
 }
 
 /**
@@ -66,4 +93,5 @@ export function verifyUpstreamTransaction(context: VerifyUpstreamContext, txn: T
   const [ok, reason, , identity] = runFailClosed(evaluate, publish, "txn.connect_upstream_ok", context, txn, expected);
   // A pass is the normal case and is not logged (one line per connection would be noise).
   if (!ok) pcall(logRefusal, txn, expected, reason, identity);
+  else pcall(grantServerPass, context, txn, expected as string);
 }

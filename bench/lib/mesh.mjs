@@ -4,7 +4,8 @@
 // without authorization.
 import { join } from "node:path";
 import { buildDesiredState } from "../../dist/controller/desired-state.js";
-import { parseSidecarSpec } from "../../dist/controller/sidecar-spec.js";
+import { ConsulClient } from "../../dist/controller/consul-client.js";
+import { readSnapshotOnce } from "../../dist/controller/snapshot-once.js";
 import { luaBundlePath } from "../../dist/test/harness/paths.js";
 import { waitFor } from "../../dist/test/harness/processes.js";
 
@@ -57,18 +58,19 @@ export async function registerMesh(consul, ports, { protocol = "tcp" } = {}) {
 
 /**
  * The desired state of `service`'s sidecar (`<service>-sidecar-proxy`), from
- * what the controller's watches read: its registration, the CA roots, its leaf
- * certificate and the healthy instances of each upstream. Its files live in
+ * what the controller's watches read (the requests `connect-haproxy render`
+ * makes): its registration, the CA roots, its leaf certificate, each
+ * upstream's discovery chain and the instances of its targets. Its files live in
  * `dir` as `<service>-sidecar.cfg`, `<service>-sidecar.sock`, `<service>-leaf.pem`, `roots.pem`.
  */
 export async function sidecarState(consul, service, dir) {
-  const sidecar = parseSidecarSpec(await consul.api("GET", `/v1/agent/service/${service}-sidecar-proxy`));
-  const [roots, leaf] = await Promise.all([consul.api("GET", "/v1/agent/connect/ca/roots"), consul.api("GET", `/v1/agent/connect/ca/leaf/${service}`)]);
-  const upstreamInstances = {};
-  for (const upstream of sidecar.upstreams) {
-    if (upstream.destinationType !== "service") throw new Error(`bench: upstream ${upstream.name}: only service upstreams are benchmarked`);
-    const dc = upstream.datacenter ? `&dc=${encodeURIComponent(upstream.datacenter)}` : "";
-    upstreamInstances[upstream.name] = await consul.api("GET", `/v1/health/connect/${encodeURIComponent(upstream.destinationName)}?passing${dc}`);
+  const registration = await consul.api("GET", `/v1/agent/service/${service}-sidecar-proxy`);
+  const client = new ConsulClient({ httpAddr: consul.httpAddr });
+  let snapshot;
+  try {
+    snapshot = await readSnapshotOnce(client, registration);
+  } finally {
+    client.close();
   }
   const paths = {
     configFile: join(dir, `${service}-sidecar.cfg`),
@@ -76,8 +78,9 @@ export async function sidecarState(consul, service, dir) {
     caRootsFile: join(dir, "roots.pem"),
     statsSocket: join(dir, `${service}-sidecar.sock`),
     passMap: join(dir, `${service}-passes.map`),
+    serverPassMap: join(dir, `${service}-server-passes.map`),
     masterSocket: join(dir, `${service}-master.sock`),
     luaBundle: luaBundlePath,
   };
-  return buildDesiredState({ sidecar, roots, leaf, upstreamInstances }, paths);
+  return buildDesiredState(snapshot, paths);
 }

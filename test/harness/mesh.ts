@@ -95,7 +95,7 @@ export function tcpRoundTrip(port: number, line: string, host = "127.0.0.1", tim
   });
 }
 
-/** Service registration with a sidecar, as operators write it. */
+/** Service registration with a sidecar, as operators write it (sidecarPort: required on loopback). */
 export function serviceWithSidecar(options: {
   id: string;
   name: string;
@@ -105,6 +105,12 @@ export function serviceWithSidecar(options: {
   upstreams?: { DestinationName: string; LocalBindPort: number; Config?: Record<string, unknown> }[];
   check?: boolean;
 }): Record<string, unknown> {
+  // Consul hands out sidecar ports from 21000 per agent: two dev agents on one
+  // host (vitest runs two files at once) give two sidecars the same port, and
+  // one test's probe then reaches the other test's HAProxy.
+  if (options.address === undefined && options.sidecarPort === undefined) {
+    throw new Error(`serviceWithSidecar(${options.id}): a loopback sidecar needs a sidecarPort from freePorts()`);
+  }
   return {
     ID: options.id,
     Name: options.name,

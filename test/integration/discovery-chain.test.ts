@@ -65,7 +65,8 @@ const resolver = { Kind: "service-resolver", Name: "api", DefaultSubset: "v1", S
 
 beforeAll(async () => {
   consul = await startConsulDev();
-  const ports = await freePorts(6);
+  const ports = await freePorts(11);
+  const [v1Sidecar, v2Sidecar, backupSidecar, adminSidecar, webSidecar] = ports.slice(6) as [number, number, number, number, number];
   const [v1App, v2App, backupApp, adminApp] = ports as [number, number, number, number];
   apiUpstream = ports[4]!;
   legacyUpstream = ports[5]!;
@@ -75,15 +76,16 @@ beforeAll(async () => {
   await entry({ Kind: "service-resolver", Name: "legacy", Redirect: { Service: "backup" } });
   apps.push(startHttpEchoApp(v1App, "api-v1"), startHttpEchoApp(v2App, "api-v2"), startHttpEchoApp(backupApp, "backup"), startHttpEchoApp(adminApp, "admin"));
   const register = (body: Record<string, unknown>) => consul.api("PUT", "/v1/agent/service/register", body);
-  await register({ ...serviceWithSidecar({ id: "api-v1", name: "api", port: v1App }), Meta: { version: "v1" } });
-  await register({ ...serviceWithSidecar({ id: "api-v2", name: "api", port: v2App }), Meta: { version: "v2" } });
-  await register(serviceWithSidecar({ id: "backup", name: "backup", port: backupApp }));
-  await register(serviceWithSidecar({ id: "admin", name: "admin", port: adminApp }));
+  await register({ ...serviceWithSidecar({ id: "api-v1", name: "api", port: v1App, sidecarPort: v1Sidecar }), Meta: { version: "v1" } });
+  await register({ ...serviceWithSidecar({ id: "api-v2", name: "api", port: v2App, sidecarPort: v2Sidecar }), Meta: { version: "v2" } });
+  await register(serviceWithSidecar({ id: "backup", name: "backup", port: backupApp, sidecarPort: backupSidecar }));
+  await register(serviceWithSidecar({ id: "admin", name: "admin", port: adminApp, sidecarPort: adminSidecar }));
   await register(
     serviceWithSidecar({
       id: "web",
       name: "web",
       port: 1,
+      sidecarPort: webSidecar,
       upstreams: [
         { DestinationName: "api", LocalBindPort: apiUpstream },
         { DestinationName: "legacy", LocalBindPort: legacyUpstream },

@@ -7,9 +7,11 @@
 //   client ──TCP───► web's sidecar (upstream db)  ══mTLS══► db's sidecar  ──► db app
 import { Agent, request } from "node:http";
 import { connect } from "node:net";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import { serviceWithSidecar, startConnectHaproxy, startDbApp, startHttpEchoApp, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
+import { parseKeyValues, sendRuntimeCommand } from "../harness/haproxy.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
@@ -59,14 +61,14 @@ const l7Rules = [
 
 beforeAll(async () => {
   consul = await startConsulDev({ config: { default_intention_policy: "deny" } });
-  const [apiApp, dbApp, apiUpstream, dbUpstream, webApp] = await freePorts(5);
+  const [apiApp, dbApp, apiUpstream, dbUpstream, webApp, apiSidecar, dbSidecar, webSidecar] = await freePorts(8);
   ports = { apiApp: apiApp!, dbApp: dbApp!, apiUpstream: apiUpstream!, dbUpstream: dbUpstream!, webApp: webApp! };
   await consul.api("PUT", "/v1/config", { Kind: "service-defaults", Name: "api", Protocol: "http" });
   await writeIntentions(l7Rules);
   await consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
   apps.push(startHttpEchoApp(ports.apiApp, "api"), startDbApp(ports.dbApp, "db"));
-  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api", name: "api", port: ports.apiApp }));
-  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db", name: "db", port: ports.dbApp }));
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api", name: "api", port: ports.apiApp, sidecarPort: apiSidecar! }));
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db", name: "db", port: ports.dbApp, sidecarPort: dbSidecar! }));
   await consul.api(
     "PUT",
     "/v1/agent/service/register",
@@ -74,6 +76,7 @@ beforeAll(async () => {
       id: "web",
       name: "web",
       port: ports.webApp,
+      sidecarPort: webSidecar!,
       upstreams: [
         { DestinationName: "api", LocalBindPort: ports.apiUpstream },
         { DestinationName: "db", LocalBindPort: ports.dbUpstream },
@@ -141,6 +144,9 @@ describe("L7 intentions through sidecars run by the controller", () => {
     await writeIntentions([{ Name: "web", Action: "allow" }]);
     await waitFor("/other allowed", async () => ((await status("GET", "/other")) === 200 ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
     expect(Date.now() - changedAt).toBeLessThan(1000);
+    // Allowed for every request: web's source holds a pass, checked natively by api's HAProxy.
+    const apiStats = async () => parseKeyValues(await sendRuntimeCommand(join(sidecars[0]!.configDir, "stats.sock"), "connect cache stats"));
+    expect((await apiStats()).passes).toBe(1);
     // L4 → L7 with one permission: only /health passes. (While the agent already
     // names the L7 intention and the authorizer's list does not have it yet, every
     // request is refused: only both answers together prove the new rule applies.)
@@ -151,6 +157,8 @@ describe("L7 intentions through sidecars run by the controller", () => {
       intervalMs: 20,
     });
     expect(Date.now() - changedAt).toBeLessThan(1000);
+    // The L7 rules decide every request: the pass went with the change.
+    expect((await apiStats()).passes).toBe(0);
     // L7 → L4 deny: nothing passes.
     changedAt = Date.now();
     await writeIntentions([{ Name: "web", Action: "deny" }]);

@@ -95,6 +95,7 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
         statsSocket: "{{STATS_SOCKET}}",
         masterSocket: join(dir, "master.sock"),
         passMap: join(dir, "passes.map"),
+        serverPassMap: join(dir, "server-passes.map"),
         luaBundle: luaBundlePath,
       },
       publicListener: {
@@ -120,6 +121,8 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
     };
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);
+    writeFileSync(state.paths.passMap, "");
+    writeFileSync(state.paths.serverPassMap, "");
     haproxy = await startHaproxy(renderHaproxyConfig(state));
   });
 

@@ -26,6 +26,24 @@ describe("the trust-domain task", function()
     assert.are.equal("suspended", coroutine.status(task), "it runs forever")
   end)
 
+  it("removes every request and server pass when the trust domain changes, not when it is first learned", function()
+    local world = haproxy({ CONNECT_PASS_MAP = "/p.map", CONNECT_SERVER_PASS_MAP = "/s.map" })
+    world.core.maps["/p.map"], world.core.maps["/s.map"] = {}, {}
+    world.installed.context.passes:grant("api|" .. WEB, "2000000000")
+    world.installed.upstreamContext.passes:grant("AB12", "db")
+    local task = coroutine.create(world.core.tasks[1])
+    assert(coroutine.resume(task))
+    assert.are.equal("db", world.core.maps["/s.map"].AB12, "first learned: nothing was verified against another one")
+    local original = bundle.TD
+    bundle.TD = "22222222-2222-3333-4444-555555555555.consul"
+    local ok, err = coroutine.resume(task)
+    bundle.TD = original
+    assert(ok, err)
+    assert.matches("trust_domain: 22222222", stub.cli(world.core, "connect show config"))
+    assert.is_nil(next(world.core.maps["/p.map"]))
+    assert.is_nil(next(world.core.maps["/s.map"]))
+  end)
+
   it("ends once HAProxy is stopping, so that a soft stop or a reload is not held up", function()
     local world = haproxy()
     local task = coroutine.create(world.core.tasks[1])

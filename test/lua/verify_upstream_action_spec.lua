@@ -133,4 +133,34 @@ describe("connect_verify_upstream", function()
     world.agent.down = true
     refused(world.check(db_der, "db"), "trust domain unknown")
   end)
+
+  describe("server passes (CONNECT_SERVER_PASS_MAP)", function()
+    local MAP = "/run/connect/servers.map"
+    local function fingerprint(der)
+      return (stub.sha1(der):gsub(".", function(c) return string.format("%02X", c:byte()) end))
+    end
+
+    it("an HTTP response from a verified server stores its certificate's fingerprint → service; TCP and refusals store nothing", function()
+      local world = haproxy({ CONNECT_TRUST_DOMAIN = TD, CONNECT_SERVER_PASS_MAP = MAP })
+      world.core.maps[MAP] = {}
+      world.check(db_der, "db")
+      assert.is_nil(next(world.core.maps[MAP]), "TCP: checked once per connection anyway")
+      world.check(web_der, "db", { http = { path = "/" } })
+      assert.is_nil(next(world.core.maps[MAP]), "a refused server gets no pass")
+      local txn = world.check(db_der, "db", { http = { path = "/" } })
+      assert.are.equal(1, txn.vars["txn.connect_upstream_ok"])
+      assert.are.same({ [fingerprint(db_der)] = "db" }, world.core.maps[MAP])
+    end)
+
+    it("a map haproxy.cfg does not reference: one warning, the response still checked", function()
+      local world = haproxy({ CONNECT_TRUST_DOMAIN = TD, CONNECT_SERVER_PASS_MAP = "/missing.map" })
+      local txn = world.check(db_der, "db", { http = { path = "/" } })
+      assert.are.equal(1, txn.vars["txn.connect_upstream_ok"])
+      assert.are.equal(1, #txn.logs)
+      assert.matches("CONNECT_SERVER_PASS_MAP cannot be written", txn.logs[1].message, nil, true)
+      txn = world.check(db_der, "db", { http = { path = "/" } })
+      assert.are.equal(0, #txn.logs)
+    end)
+
+  end)
 end)

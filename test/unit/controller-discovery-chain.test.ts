@@ -219,14 +219,16 @@ describe("the rendered chain", () => {
 
   it("one backend per target: its balance, connect timeout, retries, the timeout variable and the target's identity", () => {
     expect(backendOf(config, "upstream_db.billing-admin.default.default.dc1")).toMatch(
-      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response lua.connect_verify_upstream billing-admin\n/,
+      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response set-var\(txn.connect_upstream_ok\) int\(1\) if \{ ssl_s_sha1,hex,map\(\/run\/ch\/server-passes.map\) -m str billing-admin \}\n    http-response lua.connect_verify_upstream billing-admin unless \{ var\(txn.connect_upstream_ok\) -m found \}\n/,
     );
     expect(backendOf(config, "upstream_db.v1.billing.default.default.dc1")).toMatch(/balance hash req.hdr\(x-user\)\n    hash-type consistent\n    timeout connect 3000ms\n/);
   });
 
   it("is accepted by haproxy -c for every recorded chain", async () => {
     const dir = mkdtempSync(join(tmpdir(), "ch-chain-render-"));
-    const local = { ...paths, configFile: join(dir, "haproxy.cfg"), leafCertificateFile: join(dir, "leaf.pem"), caRootsFile: join(dir, "roots.pem"), statsSocket: join(dir, "stats.sock"), masterSocket: join(dir, "master.sock"), luaBundle: join(dir, "stub.lua") };
+    const local = { ...paths, configFile: join(dir, "haproxy.cfg"), leafCertificateFile: join(dir, "leaf.pem"), caRootsFile: join(dir, "roots.pem"), statsSocket: join(dir, "stats.sock"), masterSocket: join(dir, "master.sock"), luaBundle: join(dir, "stub.lua"), passMap: join(dir, "passes.map"), serverPassMap: join(dir, "server-passes.map") };
+    writeFileSync(local.passMap, "");
+    writeFileSync(local.serverPassMap, "");
     writeFileSync(local.luaBundle, 'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\ncore.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\n');
     for (const name of ["chain-db", "chain-db-overrides", "chain-billing-resolver", "chain-billing-splitter", "chain-billing-router", "chain-billing-old-redirect", "chain-ledger-maglev", "chain-db-least-request"]) {
       const snapshot = snapshotFor(web, {}, { upstream_db: chain(name) });

@@ -17,6 +17,7 @@ export const paths: HaproxyPaths = {
   caRootsFile: "/run/ch/certs/roots.pem",
   statsSocket: "/run/ch/stats.sock",
   passMap: "/run/ch/passes.map",
+  serverPassMap: "/run/ch/server-passes.map",
   masterSocket: "/run/ch/master.sock",
   luaBundle: "/opt/connect-haproxy/dist/connect-haproxy.lua",
 };

@@ -157,7 +157,11 @@ describe("renderHaproxyConfig", () => {
   it("checks the upstream server's identity on every HTTP response, except for prepared queries", () => {
     const api = renderHaproxyConfig(buildDesiredState(snapshotFor("agent-service-api-sidecar-proxy"), paths));
     const webBackend = api.slice(api.indexOf("\nbackend upstream_web\n"), api.indexOf("\n\n", api.indexOf("\nbackend upstream_web\n")));
-    expect(webBackend).toContain("    http-response lua.connect_verify_upstream web\n    http-response deny unless { var(txn.connect_upstream_ok) -m bool }\n");
+    expect(webBackend).toContain(
+      "    http-response set-var(txn.connect_upstream_ok) int(1) if { ssl_s_sha1,hex,map(/run/ch/server-passes.map) -m str web }\n" +
+        "    http-response lua.connect_verify_upstream web unless { var(txn.connect_upstream_ok) -m found }\n" +
+        "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }\n",
+    );
     expect(webBackend).not.toContain("tcp-response");
     const queryBackend = api.slice(api.indexOf("\nbackend upstream_query_db-query\n"));
     expect(queryBackend).toMatch(/^\nbackend upstream_query_db-query\n[^]*server s1 /);
@@ -167,7 +171,7 @@ describe("renderHaproxyConfig", () => {
   describe("without authorization (the benchmark's plain pair)", () => {
     // The lines of the Lua authorizer, and nothing else.
     const authorizerLine = (line: string) =>
-      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
+      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
     const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
     const lua = "    lua-load /opt/connect-haproxy/dist/connect-haproxy.lua";
 
@@ -192,6 +196,7 @@ describe("renderHaproxyConfig", () => {
         [
           `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
           "    setenv CONNECT_PASS_MAP /run/ch/passes.map",
+          "    setenv CONNECT_SERVER_PASS_MAP /run/ch/server-passes.map",
           lua,
           "    http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(/run/ch/passes.map)",
           "    http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\\\ }",
@@ -199,7 +204,8 @@ describe("renderHaproxyConfig", () => {
           "    http-request set-var(txn.connect_spiffe) var(sess.connect_spiffe) if { var(txn.connect_allowed) -m found }",
           "    http-request lua.connect_authorize api unless { var(txn.connect_allowed) -m found }",
           "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }",
-          "    http-response lua.connect_verify_upstream web",
+          "    http-response set-var(txn.connect_upstream_ok) int(1) if { ssl_s_sha1,hex,map(/run/ch/server-passes.map) -m str web }",
+          "    http-response lua.connect_verify_upstream web unless { var(txn.connect_upstream_ok) -m found }",
           "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
           "    tcp-response inspect-delay 5s",
           "    tcp-response content lua.connect_verify_upstream db",
@@ -212,7 +218,7 @@ describe("renderHaproxyConfig", () => {
       const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
       expect(full.filter(authorizerLine)).toEqual(authorizerLines);
       expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
-      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP)|inspect-delay/);
+      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP)|inspect-delay|ssl_s_sha1/);
     });
   });
 
@@ -225,6 +231,7 @@ describe("renderHaproxyConfig", () => {
       caRootsFile: join(dir, "roots.pem"),
       statsSocket: join(dir, "stats.sock"),
       passMap: join(dir, "passes.map"),
+      serverPassMap: join(dir, "server-passes.map"),
       masterSocket: join(dir, "master.sock"),
       luaBundle: join(dir, "stub.lua"),
     };
@@ -238,6 +245,7 @@ describe("renderHaproxyConfig", () => {
       writeFileSync(local.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
       writeFileSync(local.caRootsFile, state.caRootsPem);
       writeFileSync(local.passMap, "");
+      writeFileSync(local.serverPassMap, "");
       writeFileSync(local.configFile, renderHaproxyConfig(state));
       await checkHaproxyConfig(local.configFile);
       // No Lua loaded at all: nothing in the plain render may refer to it.

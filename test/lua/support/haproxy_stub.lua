@@ -133,6 +133,19 @@ end
 -- variables), http = { method, path, headers = { name = { v1, ... } } }
 -- for an HTTP stream (txn.http set; header names lowercased, values 0-based
 -- as HAProxy's req_get_headers hands them).
+-- SHA-1 of `data` (20 bytes), by `openssl dgst`.
+function M.sha1(data)
+  local path = os.tmpname()
+  local file = assert(io.open(path, "wb"))
+  file:write(data)
+  file:close()
+  local pipe = assert(io.popen("openssl dgst -sha1 -binary " .. path, "r"))
+  local digest = pipe:read("a")
+  pipe:close()
+  os.remove(path)
+  return digest
+end
+
 function M.txn(der, opts)
   opts = opts or {}
   local txn = { vars = {}, logs = {} }
@@ -143,6 +156,8 @@ function M.txn(der, opts)
     ssl_c_verify = function(self) assert(self == txn.f); if opts.verify == nil then return 0 end return opts.verify end,
     ssl_c_der = function(self) assert(self == txn.f); if opts.der_error then error(opts.der_error) end return der end,
     ssl_s_der = function(self) assert(self == txn.f); if opts.server_der_error then error(opts.server_der_error) end return opts.server_der end,
+    -- The SHA-1 of the server certificate, computed by openssl as HAProxy would.
+    ssl_s_sha1 = function(self) assert(self == txn.f); return opts.server_der and M.sha1(opts.server_der) end,
     src = function(self) assert(self == txn.f); return opts.src or "127.0.0.1" end,
     src_port = function(self) assert(self == txn.f); return opts.src_port or 40000 end,
     fe_name = function(self) assert(self == txn.f); return opts.fe_name or "public" end,
