@@ -58,6 +58,8 @@ describe("connect-haproxy CLI with a real Consul agent", () => {
     mkdirSync(join(dir, "certs"));
     writeFileSync(join(dir, "certs", "leaf.pem"), leafPem((await client.leafCertificate("web", {})).value));
     writeFileSync(join(dir, "certs", "roots.pem"), rootsPem((await client.caRoots({})).value));
+    writeFileSync(join(dir, "passes.map"), "");
+    writeFileSync(join(dir, "server-passes.map"), "");
     client.close();
     writeFileSync(join(dir, "haproxy.cfg"), out.text);
     await checkHaproxyConfig(join(dir, "haproxy.cfg"));

@@ -139,12 +139,17 @@ describe("L7 intentions through sidecars run by the controller", () => {
 
   it("enforces a changed L7 intention within a second, and switches between L4 and L7", async () => {
     const reloadsBefore = reloadCount(sidecars[0]!);
+    const flushesBefore = flushCount(sidecars[0]!);
     // L7 → L4 allow: everything passes.
     let changedAt = Date.now();
     await writeIntentions([{ Name: "web", Action: "allow" }]);
     await waitFor("/other allowed", async () => ((await status("GET", "/other")) === 200 ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
     expect(Date.now() - changedAt).toBeLessThan(1000);
-    // Allowed for every request: web's source holds a pass, checked natively by api's HAProxy.
+    // Allowed for every request: web's source holds a pass, checked natively by api's
+    // HAProxy. Asked once api's controller has flushed for this change (its flush
+    // empties the passes) and one more request was allowed after it.
+    await waitFor("api's controller to flush for the change", async () => (flushCount(sidecars[0]!) > flushesBefore ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+    expect(await status("GET", "/other")).toBe(200);
     const apiStats = async () => parseKeyValues(await sendRuntimeCommand(join(sidecars[0]!.configDir, "stats.sock"), "connect cache stats"));
     expect((await apiStats()).passes).toBe(1);
     // L4 → L7 with one permission: only /health passes. (While the agent already
@@ -195,4 +200,8 @@ describe("L7 intentions through sidecars run by the controller", () => {
 /** Reloads so far, from the controller's own log (a reload logs its path). */
 function reloadCount(sidecar: SidecarProcess): number {
   return sidecar.process.output().split("\n").filter((line) => /path="(validated|seamless) reload/.test(line)).length;
+}
+
+function flushCount(sidecar: SidecarProcess): number {
+  return sidecar.process.output().split("\n").filter((line) => line.includes('path="stats socket: connect cache flush"')).length;
 }
