@@ -6,21 +6,22 @@
 //          authorizer's lines (same logging, same TLS): no authorization at all
 //   l4     connect-haproxy run by the controller, web → db allowed by an L4 intention
 //   l7     the same, web → db governed by an L7 intention of 10 permissions
-//          (the request matches the 10th; the first nine are POST-only with a header regex)
+//          (the request matches the 10th; the first nine are POST-only with a
+//          header regex), decided by the native rules the controller renders
+//          (checked to be switched on before measuring)
 // Rounds interleave the set-ups; each figure is a median over rounds, each
 // ratio the median of the per-round ratios; the spread of the plain pair's
 // rounds is the noise figure.
 //   node bench/http-pair.mjs [--rounds N] [--seconds S]   (after npm run build; CONSUL_BIN)
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { startConsulDev } from "../dist/test/harness/consul.js";
 import { freePorts } from "../dist/test/harness/ports.js";
 import { runProgram, stopAll } from "../dist/test/harness/processes.js";
-import { startHaproxy } from "../dist/test/harness/haproxy.js";
+import { sendRuntimeCommand, startHaproxy } from "../dist/test/harness/haproxy.js";
 import { appsDir } from "../dist/test/harness/paths.js";
-import { readFileSync } from "node:fs";
 import { runWrk } from "./lib/load.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
 import { startSetup } from "./lib/setups.mjs";
@@ -65,6 +66,12 @@ runProgram("http-pair", async () => {
           const load = { port: setup.entryPort, connections: 16, path: "/api/items/42", cpu: cpu.a };
           const warm = await runWrk({ ...load, seconds: 2 });
           if (warm.errorCount > 0) throw new Error(`${id}: warm-up: ${JSON.stringify(warm.errors)} (status counts answers of 400 and above)`);
+          if (id === "l7") {
+            // The figure is the native rules' only if db's authorizer switched them on (controller/native-l7.ts).
+            const socket = setup.dbStatsSocket();
+            const map = await sendRuntimeCommand(socket, `show map ${join(dirname(socket), "passes.map")}`);
+            if (!/ l7 0\b/.test(map)) throw new Error(`l7: db's native L7 rules are off (pass map: ${JSON.stringify(map)})`);
+          }
           const run = await runWrk({ ...load, seconds });
           if (run.errorCount > 0) throw new Error(`${id}: ${JSON.stringify(run.errors)} (status counts answers of 400 and above)`);
           samples[id].push(Math.round(run.requestsPerSecond));

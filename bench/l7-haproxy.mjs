@@ -18,7 +18,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { httpAuthorizationRules, pathNormalization } from "../dist/controller/haproxy-config.js";
-import { startHaproxy } from "../dist/test/harness/haproxy.js";
+import { nativeL7Rules } from "../dist/controller/native-l7.js";
+import { sendRuntimeCommand, startHaproxy } from "../dist/test/harness/haproxy.js";
 import { luaBundlePath } from "../dist/test/harness/paths.js";
 import { freePorts } from "../dist/test/harness/ports.js";
 import { cpuSeconds, userCpuSeconds } from "../dist/test/harness/process-stats.js";
@@ -46,11 +47,17 @@ function certificates(dir) {
 }
 
 /** The agent: the intention list (blocking queries held for their wait), /v1/agent/self, and authorize. */
+/** The L7 intention: the request matches the 10th permission. */
+const permissions = [
+  ...Array.from({ length: 9 }, (_, i) => ({ Action: "deny", HTTP: { PathPrefix: `/p${i + 1}/`, Methods: ["POST"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } })),
+  { Action: "allow", HTTP: { PathPrefix: "/api/", Methods: ["GET", "HEAD"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } },
+];
+const intentionFor = (governedBy) => ({ SourceName: "web", SourceNS: "default", DestinationName: "db", Precedence: 9, SourceType: "consul", ...(governedBy === "L7" ? { Permissions: permissions } : { Action: "allow" }) });
+/** The stub agent's X-Consul-Index for the list. */
+const LIST_INDEX = 7;
+
 function stubAgent(governedBy) {
-  const permissions = [];
-  for (let i = 1; i <= 9; i++) permissions.push({ Action: "deny", HTTP: { PathPrefix: `/p${i}/`, Methods: ["POST"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } });
-  permissions.push({ Action: "allow", HTTP: { PathPrefix: "/api/", Methods: ["GET", "HEAD"], Header: [{ Name: "x-v", Regex: "v[0-9]+" }] } });
-  const intention = { SourceName: "web", SourceNS: "default", DestinationName: "db", Precedence: 9, SourceType: "consul", ...(governedBy === "L7" ? { Permissions: permissions } : { Action: "allow" }) };
+  const intention = intentionFor(governedBy);
   const list = JSON.stringify({ db: [intention] });
   const verdict = governedBy === "L7"
     ? { Authorized: false, Reason: "Matched L7 intention: default/web => default/db (Precedence: 9)" }
@@ -62,7 +69,7 @@ function stubAgent(governedBy) {
       if (req.url.startsWith("/v1/agent/connect/authorize")) return res.end(JSON.stringify(verdict));
       // A blocking query with an index: held for its wait, as Consul does when nothing changed.
       const delay = /[?&]index=/.test(req.url) ? 4000 : 0;
-      setTimeout(() => res.writeHead(200, { "X-Consul-Index": "7" }).end(list), delay);
+      setTimeout(() => res.writeHead(200, { "X-Consul-Index": String(LIST_INDEX) }).end(list), delay);
     });
   });
 }
@@ -74,6 +81,8 @@ function config({ dir, agentPort, entryPort, meshPort, action }) {
     noop: ["    http-request lua.bench_noop"],
     // As the controller renders it: passes for L4-allowed sources.
     authorize: httpAuthorizationRules("db", passMap).map((line) => `    ${line}`),
+    // As the controller renders it with the intention list: L7 permissions decided by HAProxy's own rules.
+    authorizeNative: httpAuthorizationRules("db", passMap, nativeL7Rules([intentionFor("L7")], "db", LIST_INDEX, passMap).lines).map((line) => `    ${line}`),
     // Every request through the action (an operator's config without CONNECT_PASS_MAP).
     authorizeEveryRequest: ["    http-request lua.connect_authorize db", "    http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }"],
   }[action];
@@ -83,7 +92,8 @@ function config({ dir, agentPort, entryPort, meshPort, action }) {
     "    expose-experimental-directives",
     `    setenv CONSUL_HTTP_ADDR 127.0.0.1:${agentPort}`,
     `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
-    ...(action === "authorize" ? [`    setenv CONNECT_PASS_MAP ${passMap}`] : []),
+    ...(action === "authorize" || action === "authorizeNative" ? [`    setenv CONNECT_PASS_MAP ${passMap}`] : []),
+    ...(action === "authorizeNative" ? [`    setenv CONNECT_NATIVE_L7_RULES db@${LIST_INDEX}`] : []),
     `    lua-load ${luaBundlePath}`,
     `    lua-load ${join(dir, "noop.lua")}`,
     "defaults",
@@ -135,6 +145,11 @@ async function measure(dir, action, governedBy) {
     const userAfter = userCpuSeconds(haproxy.process.pid);
     if (profile !== undefined) await profile.stop();
     if (run.errorCount > 0) throw new Error(`${action}: ${run.errorCount} errors (${JSON.stringify(run.errors)})`);
+    if (action === "authorizeNative") {
+      // The figure is the native rules' only if the authorizer switched them on.
+      const map = await sendRuntimeCommand(haproxy.statsSocket, `show map ${join(dir, "passes.map")}`);
+      if (!/ l7 0\b/.test(map)) throw new Error(`${action}: the native L7 rules were not switched on (pass map: ${JSON.stringify(map)})`);
+    }
     return { requestsPerSecond: Math.round(run.requestsPerSecond), cpuUsPerRequest: +(((after - before) / run.requests) * 1e6).toFixed(2), userCpuUsPerRequest: +(((userAfter - userBefore) / run.requests) * 1e6).toFixed(2) };
   } finally {
     await haproxy.stop();
@@ -148,6 +163,7 @@ const RUNS = {
   authorizeL4Intention: ["authorize", "L4"],
   authorizeL4IntentionNoPasses: ["authorizeEveryRequest", "L4"],
   authorizeL7TenPermissions: ["authorize", "L7"],
+  authorizeL7TenPermissionsNative: ["authorizeNative", "L7"],
 };
 
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];

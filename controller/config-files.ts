@@ -21,6 +21,7 @@ export function writeHaproxyFiles(state: DesiredState): void {
   writeFileAtomic(state.paths.leafCertificateFile, state.leafCertificatePem, 0o600);
   writeFileAtomic(state.paths.caRootsFile, state.caRootsPem, 0o644);
   // HAProxy loads the map at start (empty): its entries live only in the running process.
+  // Empty: the authorizer fills it at run time (passes, and the native L7 rules' guard once confirmed).
   writeFileAtomic(state.paths.passMap, "", 0o600);
   writeFileAtomic(state.paths.serverPassMap, "", 0o600);
   writeFileAtomic(state.paths.configFile, renderHaproxyConfig(state), 0o600);

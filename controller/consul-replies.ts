@@ -81,9 +81,15 @@ export interface IntentionsAtIndex {
 export interface Intention {
   ID?: string;
   SourceName: string;
+  SourceNS?: string;
+  SourcePartition?: string;
+  SourcePeer?: string;
+  SourceSamenessGroup?: string;
+  SourceType?: string;
   DestinationName: string;
   Action?: "allow" | "deny";
   Permissions?: unknown[] | null;
+  JWT?: unknown;
   Precedence?: number;
   ModifyIndex?: number;
 }

@@ -2,7 +2,8 @@
 import { leafPem, rootsPem } from "./consul-pem.js";
 import type { CaRoots, CompiledDiscoveryChain, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
 import { planDiscoveryChain, targetQueryKey, type ChainPlan, type LoadBalancing, type RetryPolicy } from "./discovery-chain.js";
-import { SidecarSpecError, type PublicListenerSpec, type SidecarSpec, type UpstreamSpec } from "./sidecar-spec.js";
+import { nativeL7Rules, type NativeL7 } from "./native-l7.js";
+import { isHttpProtocol, SidecarSpecError, type PublicListenerSpec, type SidecarSpec, type UpstreamSpec } from "./sidecar-spec.js";
 
 /** What Consul says, as last seen by the watches. */
 export interface ConsulSnapshot {
@@ -81,6 +82,8 @@ export interface DesiredState {
   intentionsFingerprint: string;
   /** The Consul index the intentions were read at (0: not read yet). */
   intentionsIndex: number;
+  /** HTTP public listener: the L7 intentions' rules HAProxy applies itself while current (native-l7.ts). */
+  nativeL7: NativeL7;
 }
 
 export const slotBlockSize = 8;
@@ -195,5 +198,14 @@ export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths,
     trustDomain: snapshot.roots.TrustDomain,
     intentionsFingerprint: intentionsFingerprint(snapshot.intentions),
     intentionsIndex: snapshot.intentions?.index ?? 0,
+    nativeL7: nativeL7For(snapshot, paths),
   };
+}
+
+/** No rules for a TCP listener (decided per connection by the agent) or before the intentions are read. */
+function nativeL7For(snapshot: ConsulSnapshot, paths: HaproxyPaths): NativeL7 {
+  const listener = snapshot.sidecar.publicListener;
+  if (!isHttpProtocol(listener.protocol) || !snapshot.intentions) return { lines: [], index: 0, leftToLua: [] };
+  const service = listener.destinationServiceName;
+  return nativeL7Rules(snapshot.intentions.byDestination[service] ?? [], service, snapshot.intentions.index, paths.passMap);
 }

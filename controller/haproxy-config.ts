@@ -40,11 +40,12 @@ const httpLogFormat =
  * (first request of a connection, L7 intentions, denials, paths with "%" or
  * "\\") run the action. lua-src/request-passes.ts says why.
  */
-export function httpAuthorizationRules(target: string, passMap: string): string[] {
+export function httpAuthorizationRules(target: string, passMap: string, nativeL7: string[] = []): string[] {
   return [
     `http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(${passMap})`,
     "http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\\\ }",
     "http-request set-var(txn.connect_reason) var(sess.connect_pass_reason) if { var(txn.connect_allowed) -m found }",
+    ...nativeL7,
     "http-request set-var(txn.connect_spiffe) var(sess.connect_spiffe) if { var(txn.connect_allowed) -m found }",
     `http-request lua.connect_authorize ${target} unless { var(txn.connect_allowed) -m found }`,
     "http-request deny deny_status 403 unless { var(txn.connect_allowed) -m bool }",
@@ -90,6 +91,11 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
       ? [
         `    setenv CONNECT_TRUST_DOMAIN ${state.trustDomain}`,
         ...(mode(pub.protocol) === "http" ? [`    setenv CONNECT_PASS_MAP ${paths.passMap}`] : []),
+        // The authorizer switches the native L7 rules on once its first list is the one they were rendered from.
+        // ("none" too: a reload inherits the master's environment from the previous configuration.)
+        ...(mode(pub.protocol) === "http"
+          ? [`    setenv CONNECT_NATIVE_L7_RULES ${state.nativeL7.lines.length > 0 ? `${pub.destinationServiceName}@${state.nativeL7.index}` : "none"}`]
+          : []),
         ...(state.upstreams.some((upstream) => mode(upstream.protocol) === "http") ? [`    setenv CONNECT_SERVER_PASS_MAP ${paths.serverPassMap}`] : []),
         `    lua-load ${paths.luaBundle}`,
       ]
@@ -118,7 +124,7 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
   if (pubMode === "http") {
     add(`    log-format ${httpLogFormat}`, `    timeout http-request ${authorizeInspectDelay}`, ...pathNormalization.map((line) => `    ${line}`));
     // Every request is decided (L4 and L7 intentions alike), so a kept-alive or pooled connection never carries one past a deny.
-    if (authorization) add(...httpAuthorizationRules(pub.destinationServiceName, paths.passMap).map((line) => `    ${line}`));
+    if (authorization) add(...httpAuthorizationRules(pub.destinationServiceName, paths.passMap, state.nativeL7.lines).map((line) => `    ${line}`));
   } else {
     add(`    log-format ${tcpLogFormat}`);
     if (authorization) {

@@ -43,6 +43,8 @@ export function runtimePath(operation: RuntimeOperation): string {
       return "stats socket: connect sync";
     case "revoke-connections":
       return "stats socket: connect revoked, show sess, shutdown session";
+    case "enable-native-l7":
+      return "stats socket: connect l7-rules current";
   }
 }
 
@@ -102,6 +104,9 @@ export class ProcessDriver implements HaproxyDriver {
         return [];
       case "sync-intentions":
         await this.runtimeApi.syncIntentions(operation.target, operation.index);
+        return [];
+      case "enable-native-l7":
+        await this.runtimeApi.enableNativeL7(operation.target, operation.index);
         return [];
       case "revoke-connections": {
         const closed = await this.runtimeApi.revokeConnections(operation.frontend, operation.target);

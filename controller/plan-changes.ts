@@ -9,7 +9,8 @@ export type RuntimeOperation =
   | { kind: "update-ca-file"; file: string; pem: string; change: string }
   | { kind: "sync-intentions"; target: string; index: number; change: string }
   | { kind: "flush-authorization-cache"; change: string }
-  | { kind: "revoke-connections"; frontend: string; target: string; change: string };
+  | { kind: "revoke-connections"; frontend: string; target: string; change: string }
+  | { kind: "enable-native-l7"; target: string; index: number; change: string };
 
 /**
  * How a reload is validated before the master CLI runs it: `haproxy -c` when
@@ -24,6 +25,27 @@ export type Plan =
   | { kind: "none" }
   | { kind: "runtime"; operations: RuntimeOperation[] }
   | { kind: "reload"; reason: string; validation: ReloadValidation };
+
+/** Whether the running configuration's native L7 rules are those `desired` would render. */
+export function sameNativeRules(running: DesiredState, desired: DesiredState): boolean {
+  return JSON.stringify(running.nativeL7.lines) === JSON.stringify(desired.nativeL7.lines);
+}
+
+/**
+ * After a change the running rules still fit, the authorizer switches them on
+ * again (after a start or reload it does so itself: CONNECT_NATIVE_L7_RULES).
+ */
+export function enableNativeL7(state: DesiredState, change: string): RuntimeOperation {
+  return { kind: "enable-native-l7", target: state.publicListener.destinationServiceName, index: state.nativeL7.index, change };
+}
+
+/**
+ * What runs after a runtime plan: the desired state, except the native L7
+ * rules, which only a reload changes (until then the authorizer decides).
+ */
+export function runningAfterRuntime(running: DesiredState, desired: DesiredState): DesiredState {
+  return sameNativeRules(running, desired) ? desired : { ...desired, nativeL7: running.nativeL7 };
+}
 
 /** Everything that a runtime command cannot change (a difference means a reload). */
 function structureOf(state: DesiredState) {
@@ -181,8 +203,8 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
   }
   const runningUpstreams = new Map(running.upstreams.map((u) => [u.name, u]));
   for (const upstream of desired.upstreams) operations.push(...slotChanges(runningUpstreams.get(upstream.name)!, upstream));
+  const service = desired.publicListener.destinationServiceName;
   if (running.intentionsFingerprint !== desired.intentionsFingerprint) {
-    const service = desired.publicListener.destinationServiceName;
     const change = `intentions for ${service} changed`;
     // The authorizer's own list first (no older list decides a request after this), then the agent's verdicts, then what is already open.
     operations.push(
@@ -190,6 +212,11 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
       { kind: "flush-authorization-cache", change },
       { kind: "revoke-connections", frontend: publicFrontendName, target: service, change },
     );
+    // The flush switched the native L7 rules off; the same rules fit the new list: back on at once.
+    if (sameNativeRules(running, desired) && desired.nativeL7.lines.length > 0) operations.push(enableNativeL7(desired, change));
+  } else if (!sameNativeRules(running, desired)) {
+    // The authorizer decides these requests meanwhile: the rules follow after a quiet period (the loop's), by a reload.
+    return { kind: "reload", reason: `native L7 rules for ${service} follow its intentions at index ${desired.intentionsIndex}`, validation: "haproxy -c" };
   }
   return operations.length > 0 ? { kind: "runtime", operations } : { kind: "none" };
 }

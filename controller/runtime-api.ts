@@ -92,6 +92,16 @@ export class RuntimeApi {
   }
 
   /**
+   * Switches on haproxy.cfg's native L7 rules, rendered from `target`'s
+   * intentions at `index` (controller/native-l7.ts): the authorizer does so
+   * only if its own list is at that index. Throws with its answer otherwise.
+   */
+  async enableNativeL7(target: string, index: number): Promise<void> {
+    const answer = await this.command(`connect l7-rules current ${target} ${index}`);
+    if (!/ enabled /.test(answer)) throw new RuntimeApiError(`connect l7-rules current ${target} ${index}`, answer || "no answer");
+  }
+
+  /**
    * Closes the live connections on `frontend` whose source the intentions now
    * deny (Envoy only checks new connections and requests): the authorizer
    * names them (`connect revoked`, after `connect sync`); `show sess` gives

@@ -9,7 +9,7 @@ import type { SnapshotPart, SnapshotSource } from "./consul-watches.js";
 import { buildDesiredState, type DesiredState, type HaproxyPaths } from "./desired-state.js";
 import { runtimePath, type HaproxyDriver } from "./haproxy-driver.js";
 import type { Logger } from "./logger.js";
-import { planChanges, type ReloadValidation, type RuntimeOperation } from "./plan-changes.js";
+import { planChanges, runningAfterRuntime, sameNativeRules, type ReloadValidation, type RuntimeOperation } from "./plan-changes.js";
 import { consulSnapshot, emptySnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
 import { describeShape } from "./upstream-config.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
@@ -23,6 +23,7 @@ const bestEffort: Partial<Record<RuntimeOperation["kind"], string>> = {
   "sync-intentions": "bring the authorizer's intention list up to date (L7 requests are refused until it is)",
   "flush-authorization-cache": "flush the authorizer's cache",
   "revoke-connections": "close the connections the intentions now deny",
+  "enable-native-l7": "switch on the native L7 rules (the authorizer decides those requests, slower)",
 };
 
 export interface SidecarControllerOptions {
@@ -35,6 +36,8 @@ export interface SidecarControllerOptions {
   clock: Clock;
   /** Bursts of Consul changes within this window are planned together. */
   coalesceMs?: number;
+  /** How long intentions must stay unchanged before new native L7 rules are reloaded (default 2 s). */
+  nativeRulesQuietMs?: number;
   /** How long the first start waits for upstream instances before starting without them. */
   upstreamWaitMs?: number;
   /** When a refused reload is tried again if Consul does not change before. */
@@ -137,6 +140,10 @@ export class SidecarController {
     }
     const desired = buildDesiredState(consulSnapshot(this.snapshot, this.identities.verified(upstreams)), paths, this.running);
     this.logChainChanges(desired);
+    const leftToLua = desired.nativeL7.leftToLua;
+    if (leftToLua.length > 0 && JSON.stringify(leftToLua) !== JSON.stringify(this.running?.nativeL7.leftToLua ?? [])) {
+      logger.info("native L7 rules leave these intentions to the authorizer (decided per request in Lua)", { intentions: leftToLua.join("; ") });
+    }
     if (!this.running) {
       driver.writeFiles(desired);
       await driver.start();
@@ -149,7 +156,16 @@ export class SidecarController {
     // Dual-write first: whatever happens next, a reload or restart reproduces the desired state.
     driver.writeFiles(desired);
     if (plan.kind === "reload") return this.reload(plan.reason, plan.validation, desired);
-    for (const operation of plan.operations) {
+    if (!(await this.applyOperations(plan.operations, desired))) return;
+    this.running = runningAfterRuntime(this.running, desired);
+    // New native L7 rules need a reload: after a quiet period, so that a burst of intention changes makes one.
+    if (!sameNativeRules(this.running, desired)) this.schedule(this.options.nativeRulesQuietMs ?? 2_000);
+  }
+
+  /** Runs runtime operations in order; false when one that must succeed failed (a reload was attempted instead). */
+  private async applyOperations(operations: RuntimeOperation[], desired: DesiredState): Promise<boolean> {
+    const { driver, logger } = this.options;
+    for (const operation of operations) {
       try {
         const done = await driver.runtime(operation);
         if (operation.kind !== "revoke-connections") logger.info("applied change", { change: operation.change, path: runtimePath(operation) });
@@ -157,10 +173,13 @@ export class SidecarController {
       } catch (err) {
         const attempted = bestEffort[operation.kind];
         if (attempted) logger.warn(`could not ${attempted}: ${(err as Error).message}`, { change: operation.change });
-        else return this.reload(`runtime command failed (${(err as Error).message})`, "haproxy -c", desired);
+        else {
+          await this.reload(`runtime command failed (${(err as Error).message})`, "haproxy -c", desired);
+          return false;
+        }
       }
     }
-    this.running = desired;
+    return true;
   }
 
   /** One line per discovery chain that changed (or is seen first), and one per field it approximates. */

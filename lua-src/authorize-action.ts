@@ -98,6 +98,19 @@ function noPermissionReason(intention: Intention, defaultReason: string): string
 }
 
 /**
+ * The first request of an HTTP connection verified the client: later ones
+ * recall the reading (sess.connect_reading), the access log and the native
+ * rules read the identity (sess.connect_spiffe; sess.connect_src, the service,
+ * only for the default namespace and partition, the only ones those rules know).
+ */
+function rememberForConnection(txn: Txn, certificate: CertificateReading): void {
+  const identity = certificate.identity as ServiceIdentity;
+  txn.set_var(READING_VARIABLE, certificate.id);
+  txn.set_var("sess.connect_spiffe", identity.uri);
+  if (identity.namespace === "default" && identity.partition === "default") txn.set_var("sess.connect_src", identity.service);
+}
+
+/**
  * The agent allowed `identity` for every request (an L4 verdict): later
  * requests on this connection pass natively while the cached verdict is fresh
  * and no flush happened (request-passes.ts).
@@ -115,7 +128,6 @@ function grantPass(context: AuthorizeContext, txn: Txn, target: string, identity
   }
   txn.set_var("sess.connect_pass_key", key);
   txn.set_var("sess.connect_pass_reason", reason);
-  txn.set_var("sess.connect_spiffe", identity.uri);
 }
 
 /**
@@ -185,7 +197,7 @@ function evaluate(context: AuthorizeContext, txn: Txn, targetArgument: string | 
     const [read, problem, problemKind] = context.identities.verify(fetches.ssl_c_der());
     if (problem !== "") return $multi(false, problem, problemKind, undefined);
     certificate = read as CertificateReading;
-    if (http) txn.set_var(READING_VARIABLE, certificate.id);
+    if (http) rememberForConnection(txn, certificate);
   }
   const identity = certificate.identity as ServiceIdentity;
 

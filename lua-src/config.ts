@@ -33,6 +33,9 @@ export interface Config {
   logAllowed: boolean;
   /** A map haproxy.cfg checks natively before running the action on an HTTP request (request-passes.ts). */
   passMap: string | undefined;
+  /** "<target>@<index>": haproxy.cfg has native L7 rules rendered from target's intentions at index (controller/native-l7.ts). */
+  nativeRulesTarget: string | undefined;
+  nativeRulesIndex: number | undefined;
   /** A map haproxy.cfg checks natively before running connect_verify_upstream on an HTTP response. */
   serverPassMap: string | undefined;
   warnings: string[];
@@ -68,6 +71,7 @@ export const KNOBS: [string, string][] = [
   ["CONNECT_AGENT_DOWN_GRACE", "honour an allow that expired at most this long ago when the agent is unreachable (default 0 = never, max 5m)"],
   ["CONNECT_LOG_ALLOWED", "1 to log allow decisions at info instead of debug"],
   ["CONNECT_SERVER_PASS_MAP", "map file haproxy.cfg checks before running connect_verify_upstream on HTTP responses (server certificates already verified; docs/standalone.md)"],
+  ["CONNECT_NATIVE_L7_RULES", "<service>@<index>: haproxy.cfg's native L7 rules were rendered from that list (set by the controller; none: no such rules)"],
   ["CONNECT_PASS_MAP", "map file haproxy.cfg checks before running the action on HTTP requests (passes for sources an L4 intention allows; docs/standalone.md)"],
 ];
 
@@ -196,6 +200,18 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
     }
   }
 
+  const nativeText = env("CONNECT_NATIVE_L7_RULES");
+  let nativeRulesTarget: string | undefined = undefined;
+  let nativeRulesIndex: number | undefined = undefined;
+  if (nativeText !== undefined && nativeText !== "none") {
+    const [target, index] = match(nativeText, "^%s*([%w%-_%.]+)@(%d+)%s*$");
+    if (target === undefined) warnings.push(format("CONNECT_NATIVE_L7_RULES=%q is not <service>@<index>: the native L7 rules stay off", nativeText));
+    else {
+      nativeRulesTarget = target;
+      nativeRulesIndex = tonumber(index);
+    }
+  }
+
   const logAllowedText = env("CONNECT_LOG_ALLOWED");
   const logAllowed = logAllowedText !== undefined && find(lower(logAllowedText), "^%s*[1ty]")[0] !== undefined;
 
@@ -217,6 +233,8 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
     logAllowed,
     passMap: env("CONNECT_PASS_MAP"),
     serverPassMap: env("CONNECT_SERVER_PASS_MAP"),
+    nativeRulesTarget,
+    nativeRulesIndex,
     warnings,
   };
 }

@@ -86,6 +86,8 @@ export interface IntentionWatchDeps {
   stopping: (this: void) => boolean;
   /** Runs `body` as an HAProxy task (core.register_task). */
   startTask: (this: void, body: (this: void) => void) => void;
+  /** A destination's first list was loaded, at `index`. */
+  firstList?: (this: void, target: string, index: number) => void;
   /** A destination's list or known default policy changed (not called for the first list or the first default). */
   onChange: (this: void, target: string) => void;
 }
@@ -234,7 +236,7 @@ export class IntentionWatch {
         if (!first) {
           rules.changes++;
           this.deps.onChange(rules.target);
-        }
+        } else if (this.deps.firstList !== undefined) this.deps.firstList(rules.target, rules.index);
         // The probe's answer can change with the list (a `*` intention).
         this.refreshDefault(rules, true);
       }

@@ -119,6 +119,15 @@ export function install(core: Core, getenv: (this: void, name: string) => string
       startTask: (body) => core.register_task(body),
       // New TCP connections and every HTTP request see a change at once, not after a cached verdict expires.
       onChange: () => authorizeAction.flushVerdicts(context),
+      // The controller's native L7 rules apply only if rendered from this very list.
+      firstList: (target, index) => {
+        if (target !== settings.nativeRulesTarget) return;
+        if (index === settings.nativeRulesIndex && context.passes.enableNativeRules()) {
+          log("info", string.format("connect-haproxy: native L7 rules for %s on (intentions at index %d)", target, index));
+        } else {
+          log("info", string.format("connect-haproxy: native L7 rules for %s stay off: rendered at index %d, list at %d; the controller follows", target, settings.nativeRulesIndex ?? -1, index));
+        }
+      },
     },
     waitLimitMs,
   );
@@ -148,6 +157,8 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   if (settings.agentAddressError === undefined) {
     watch.startTasks();
     if (settings.defaultTarget !== undefined) watch.watch(settings.defaultTarget);
+    // Its first list switches the native rules on: load it now, not at the first request.
+    if (settings.nativeRulesTarget !== undefined) watch.watch(settings.nativeRulesTarget);
   }
 
   for (const warning of settings.warnings) core.Warning("connect-haproxy: " + warning);

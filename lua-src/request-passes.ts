@@ -35,6 +35,9 @@ import type { Core } from "./haproxy";
 
 const floor = math.floor;
 
+/** The pass map's entry under which the controller's native L7 rules apply (controller/native-l7.ts). */
+export const NATIVE_GUARD_KEY = "l7";
+
 /** A request pass's value: the second its verdict stops being fresh (compared with `date`). */
 export function passUntil(expiresAtMs: number): string {
   return tostring(floor(expiresAtMs / 1000));
@@ -85,10 +88,32 @@ export class RequestPasses {
     return undefined;
   }
 
-  /** Every later request is decided by the action again; returns how many entries were removed. */
+  /**
+   * The controller's native L7 rules (controller/native-l7.ts) apply while the
+   * entry NATIVE_GUARD_KEY is in the map: set here only when the controller
+   * asks and the list it rendered them from is the one in force. False when
+   * the map cannot be written.
+   */
+  enableNativeRules(): boolean {
+    const map = this.map;
+    if (map === undefined || this.failure !== undefined) return false;
+    // A number: the same map is read as integers for passes (map_str_int refuses any other value, and HAProxy then drops the entry).
+    const [ok] = pcall(map.set, NATIVE_GUARD_KEY, "0");
+    this.nativeRules = ok;
+    return ok;
+  }
+
+  nativeRules = false;
+
+  /** Every later request is decided by the action again (native L7 rules too); returns how many passes were removed. */
   revokeAll(): number {
     const map = this.map;
-    if (map === undefined || this.count === 0) return 0;
+    if (map === undefined) return 0;
+    if (this.nativeRules) {
+      pcall(map.remove, NATIVE_GUARD_KEY);
+      this.nativeRules = false;
+    }
+    if (this.count === 0) return 0;
     const removed = this.count;
     for (const [key] of this.keys) pcall(map.remove, key);
     this.keys = new LuaTable();

@@ -4,6 +4,8 @@
 //   connect show config   the settings in effect; the token only as set / not set
 //   connect intentions    each watched destination: index, intentions, default policy, last error
 //   connect revoked       recorded TCP connections whose source the current intentions deny
+//   connect sync <target> <index>              no list older than <index> decides a request
+//   connect l7-rules current <target> <index>  switch on haproxy.cfg's native L7 rules (controller/native-l7.ts)
 // The numbers are those of the Lua state that answers: with lua-load (one
 // shared state) that is the whole process.
 
@@ -73,6 +75,27 @@ export function syncCommand(context: AuthorizeContext, words: string[]): string 
   return format("%s %s index %d (wanted %d)\n", target, current ? "current" : "behind", rules.index, Math.floor(index));
 }
 
+/**
+ * `connect l7-rules current <target> <index>`: the controller rendered its
+ * native L7 rules from <target>'s intentions at <index>. They are switched on
+ * when this authorizer's list is at exactly that index (waiting up to
+ * SYNC_WAIT_MS for it); any later flush switches them off again.
+ */
+export function nativeRulesCommand(context: AuthorizeContext, words: string[]): string {
+  let at = 0;
+  for (let i = 0; i < words.length; i++) if (words[i] === "current") at = i;
+  const target = words[at + 1];
+  const index = tonumber(words[at + 2] ?? "");
+  if (at === 0 || target === undefined || target === "" || index === undefined || index < 0) return "usage: connect l7-rules current <target> <index>\n";
+  context.intentions.sync(target, Math.floor(index), SYNC_WAIT_MS);
+  const rules = context.intentions.watch(target);
+  if (rules.list === undefined || rules.index !== Math.floor(index)) {
+    return format("%s stale: list at index %d, rules rendered at %d\n", target, rules.index, Math.floor(index));
+  }
+  if (!context.passes.enableNativeRules()) return format("%s off: CONNECT_PASS_MAP cannot be written\n", target);
+  return format("%s enabled at index %d\n", target, rules.index);
+}
+
 function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext) => string, context: AuthorizeContext): void {
   const [ok, text] = pcall(produce, context);
   applet.send(ok ? text : "error: " + tostring(text) + "\n");
@@ -89,6 +112,10 @@ export function registerCommands(core: Core, context: AuthorizeContext): void {
     answer(applet, intentionsCommand, context));
   core.register_cli(["connect", "sync"], "connect sync <target> <index> : use no intention list older than <index> for <target>; waits up to 1 s for it", (applet, ...words) => {
     const [ok, text] = pcall(syncCommand, context, words);
+    applet.send(ok ? text : "error: " + tostring(text) + "\n");
+  });
+  core.register_cli(["connect", "l7-rules"], "connect l7-rules current <target> <index> : switch on haproxy.cfg's native L7 rules rendered from <target>'s intentions at <index>", (applet, ...words) => {
+    const [ok, text] = pcall(nativeRulesCommand, context, words);
     applet.send(ok ? text : "error: " + tostring(text) + "\n");
   });
   core.register_cli(["connect", "revoked"], "connect revoked : recorded TCP connections whose source the current intentions deny", (applet) =>

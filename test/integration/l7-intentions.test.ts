@@ -137,41 +137,60 @@ describe("L7 intentions through sidecars run by the controller", () => {
     }
   });
 
-  it("enforces a changed L7 intention within a second, and switches between L4 and L7", async () => {
-    const reloadsBefore = reloadCount(sidecars[0]!);
-    const flushesBefore = flushCount(sidecars[0]!);
-    // L7 → L4 allow: everything passes.
-    let changedAt = Date.now();
-    await writeIntentions([{ Name: "web", Action: "allow" }]);
-    await waitFor("/other allowed", async () => ((await status("GET", "/other")) === 200 ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
-    expect(Date.now() - changedAt).toBeLessThan(1000);
-    // Allowed for every request: web's source holds a pass, checked natively by api's
-    // HAProxy. Asked once api's controller has flushed for this change (its flush
-    // empties the passes) and one more request was allowed after it.
-    await waitFor("api's controller to flush for the change", async () => (flushCount(sidecars[0]!) > flushesBefore ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+  it("enforces a changed L7 intention within a second, before any reload; new native rules follow by a reload once quiet", async () => {
+    const api = sidecars[0]!;
+    const apiStats = async () => parseKeyValues(await sendRuntimeCommand(join(api.configDir, "stats.sock"), "connect cache stats"));
+    /** Writes the intentions and waits for `enforced`: within 1 s, and before the reload that brings native rules for them. */
+    async function change(sources: unknown[], what: string, enforced: () => Promise<boolean>): Promise<number> {
+      const nativeBefore = nativeRulesReloads(api);
+      const flushesBefore = flushCount(api);
+      const changedAt = Date.now();
+      await writeIntentions(sources);
+      await waitFor(what, async () => ((await enforced()) ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+      expect(Date.now() - changedAt, what).toBeLessThan(1000);
+      expect(nativeRulesReloads(api), `${what}: enforced by the authorizer, before any reload`).toBe(nativeBefore);
+      // Once api's controller flushed for this change (its flush empties the passes and switches the native rules off).
+      await waitFor("api's controller to flush for the change", async () => (flushCount(api) > flushesBefore ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+      return nativeBefore;
+    }
+    const nativeRulesFollow = (before: number) =>
+      waitFor("the reload that brings the native rules", async () => (nativeRulesReloads(api) > before ? true : undefined), { timeoutMs: 10_000, intervalMs: 50 });
+
+    // L7 → L4 allow: everything passes; web's source holds a pass, checked natively by api's HAProxy.
+    let before = await change([{ Name: "web", Action: "allow" }], "/other allowed", async () => (await status("GET", "/other")) === 200);
     expect(await status("GET", "/other")).toBe(200);
-    const apiStats = async () => parseKeyValues(await sendRuntimeCommand(join(sidecars[0]!.configDir, "stats.sock"), "connect cache stats"));
     expect((await apiStats()).passes).toBe(1);
+    await nativeRulesFollow(before);
+
     // L4 → L7 with one permission: only /health passes. (While the agent already
     // names the L7 intention and the authorizer's list does not have it yet, every
     // request is refused: only both answers together prove the new rule applies.)
-    changedAt = Date.now();
-    await writeIntentions([{ Name: "web", Permissions: [{ Action: "allow", HTTP: { PathExact: "/health" } }] }]);
-    await waitFor("/health allowed and /other refused", async () => ((await status("GET", "/health")) === 200 && (await status("GET", "/other")) === 403 ? true : undefined), {
-      timeoutMs: 5000,
-      intervalMs: 20,
-    });
-    expect(Date.now() - changedAt).toBeLessThan(1000);
-    // The L7 rules decide every request: the pass went with the change.
+    before = await change([{ Name: "web", Permissions: [{ Action: "allow", HTTP: { PathExact: "/health" } }] }], "/health allowed and /other refused", async () =>
+      (await status("GET", "/health")) === 200 && (await status("GET", "/other")) === 403);
     expect((await apiStats()).passes).toBe(0);
-    // L7 → L4 deny: nothing passes.
-    changedAt = Date.now();
-    await writeIntentions([{ Name: "web", Action: "deny" }]);
-    await waitFor("/health refused", async () => ((await status("GET", "/health")) === 403 ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
-    expect(Date.now() - changedAt).toBeLessThan(1000);
-    expect(reloadCount(sidecars[0]!)).toBe(reloadsBefore);
+    await nativeRulesFollow(before);
+    // Now HAProxy decides the permission itself on the connection's later requests (the access log says so); the rest stays the authorizer's.
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      for (let i = 0; i < 4; i++) {
+        expect((await send("GET", "/health", {}, agent)).status).toBe(200);
+        expect((await send("GET", "/other", {}, agent)).status).toBe(403);
+      }
+    } finally {
+      agent.destroy();
+    }
+    await waitFor("a request decided by haproxy.cfg's rules", async () => (/reason="L7 intention web => api permission 1: allow \[haproxy\.cfg\]"/.test(api.process.output()) ? true : undefined), {
+      timeoutMs: 5000,
+      intervalMs: 50,
+    });
+
+    // L7 → L4 deny: nothing passes, at once, native rules or not.
+    before = await change([{ Name: "web", Action: "deny" }], "/health refused", async () => (await status("GET", "/health")) === 403);
+    await nativeRulesFollow(before);
+    before = nativeRulesReloads(api);
     await writeIntentions(l7Rules);
     await waitFor("the L7 rules back", async () => ((await status("GET", "/health")) === 200 ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+    await nativeRulesFollow(before);
   });
 
   it("closes a live TCP connection within a second of its source being denied", async () => {
@@ -198,8 +217,8 @@ describe("L7 intentions through sidecars run by the controller", () => {
 });
 
 /** Reloads so far, from the controller's own log (a reload logs its path). */
-function reloadCount(sidecar: SidecarProcess): number {
-  return sidecar.process.output().split("\n").filter((line) => /path="(validated|seamless) reload/.test(line)).length;
+function nativeRulesReloads(sidecar: SidecarProcess): number {
+  return sidecar.process.output().split("\n").filter((line) => /applied change.*native L7 rules for api follow/.test(line)).length;
 }
 
 function flushCount(sidecar: SidecarProcess): number {

@@ -118,6 +118,7 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
       trustDomain: roots.TrustDomain,
       intentionsFingerprint: "none",
       intentionsIndex: 0,
+      nativeL7: { lines: [], index: 0, leftToLua: [] },
     };
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);

@@ -421,6 +421,7 @@ describe("L7 intentions", function()
     local function world_with_passes(list, default_policy)
       local world = world_with(list, default_policy, { CONNECT_TRUST_DOMAIN = TD, CONNECT_PASS_MAP = MAP })
       world.core.maps[MAP] = {}
+      world.core.int_maps[MAP] = true -- as haproxy.cfg reads it (map_str_int)
       return world
     end
 
@@ -469,6 +470,34 @@ describe("L7 intentions", function()
       assert.is_nil(next(world.core.maps[MAP]), "revoked by the flush")
       local stats = require("test.lua.support.haproxy_stub").cli(world.core, "connect cache stats")
       assert.matches("passes: 0\npasses_granted: 2\npasses_revoked: 2\n", stats)
+    end)
+
+    it("the controller's native L7 rules: on when the first list is the one they were rendered from, off at the next flush", function()
+      local env = { CONNECT_TRUST_DOMAIN = TD, CONNECT_PASS_MAP = MAP, CONNECT_NATIVE_L7_RULES = "api@7" }
+      local world = bundle.haproxy(env, function(body) return consul_authorize(world, body) end)
+      world.core.maps[MAP] = {}
+      world.core.int_maps[MAP] = true
+      world.intentions.api = { l4("web", "allow") }
+      world.self = { DefaultIntentionPolicy = "deny" }
+      world.poll("api")
+      assert.are.equal("0", world.core.maps[MAP].l7, "an integer: a text value would be dropped by map_str_int")
+      world.intentions.api = { l4("web", "deny") }
+      world.intentions_index = 8
+      world.poll("api")
+      assert.is_nil(world.core.maps[MAP].l7)
+      -- The controller confirms rules that still fit the new list.
+      assert.are.equal("api stale: list at index 8, rules rendered at 7\n", require("test.lua.support.haproxy_stub").cli(world.core, "connect l7-rules current api 7"))
+      assert.are.equal("api enabled at index 8\n", require("test.lua.support.haproxy_stub").cli(world.core, "connect l7-rules current api 8"))
+      assert.are.equal("0", world.core.maps[MAP].l7)
+    end)
+
+    it("native L7 rules rendered from another list stay off", function()
+      local env = { CONNECT_TRUST_DOMAIN = TD, CONNECT_PASS_MAP = MAP, CONNECT_NATIVE_L7_RULES = "api@6" }
+      local world = bundle.haproxy(env, function(body) return consul_authorize(world, body) end)
+      world.core.maps[MAP] = {}
+      world.intentions.api = { l4("web", "allow") }
+      world.poll("api")
+      assert.is_nil(world.core.maps[MAP].l7)
     end)
 
     it("a map haproxy.cfg does not reference: one warning, the request still decided, no key set", function()

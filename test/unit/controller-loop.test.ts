@@ -7,6 +7,7 @@ import { targetQuery } from "../../controller/discovery-chain.js";
 import { watchKey, type SnapshotPart, type SnapshotSource, type WatchId } from "../../controller/consul-watches.js";
 import type { DesiredState } from "../../controller/desired-state.js";
 import type { HaproxyDriver, ReloadTimings } from "../../controller/haproxy-driver.js";
+import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { silentLogger } from "../../controller/logger.js";
 import type { ReloadValidation, RuntimeOperation } from "../../controller/plan-changes.js";
 import { SidecarController } from "../../controller/sidecar-controller.js";
@@ -136,9 +137,9 @@ let probes: ProbeCall[];
 let verdictFor: (call: ProbeCall) => IdentityVerdict | undefined;
 let stop: AbortController;
 
-function startLoop(): SidecarController {
+function startLoop(serviceRegistration: AgentServiceRegistration = registration): SidecarController {
   const controller = new SidecarController({
-    registration,
+    registration: serviceRegistration,
     paths,
     source,
     driver,
@@ -262,6 +263,34 @@ describe("the sidecar loop", () => {
       { call: "runtime", operation: { kind: "flush-authorization-cache", change: "intentions for web changed" } },
       { call: "runtime", operation: { kind: "revoke-connections", frontend: "public_listener", target: "web", change: "intentions for web changed" } },
     ]);
+  });
+
+  it("renders native L7 rules for the authorizer to switch on; new ones follow a change by a reload once intentions are quiet for 2 s", async () => {
+    const proxy = registration.Proxy!;
+    startLoop({ ...registration, Proxy: { ...proxy, Config: { ...(proxy.Config ?? {}), protocol: "http" } } });
+    const l7 = (prefix: string): Intention => ({ SourceName: "api", DestinationName: "web", Precedence: 9, Permissions: [{ Action: "allow", HTTP: { PathPrefix: prefix } }] });
+    source.send(rootsPart(roots));
+    source.send(leafPart(leaf));
+    source.send(instancesPart(db1));
+    source.send(intentionsPart({ web: [l7("/a")] }, 30));
+    await clock.advance(100);
+    const kinds = (calls = driver.take()) => calls.map((c) => (c.call === "runtime" ? `${c.operation.kind}${c.operation.kind === "enable-native-l7" ? ` ${c.operation.index}` : ""}` : c.call));
+    const started = driver.take();
+    expect(kinds(started)).toEqual(["writeFiles", "start"]);
+    // The authorizer switches them on itself once its first list is at that index.
+    expect(renderHaproxyConfig((started[0] as { state: DesiredState }).state)).toContain("setenv CONNECT_NATIVE_L7_RULES web@30");
+    // The same rules fit a list that only gained an L4 intention: on again at once, no reload.
+    source.send(intentionsPart({ web: [l7("/a"), { SourceName: "db", DestinationName: "web", Action: "deny", Precedence: 9 }] }, 31));
+    await clock.advance(0);
+    expect(kinds()).toEqual(["writeFiles", "sync-intentions", "flush-authorization-cache", "revoke-connections", "enable-native-l7 31"]);
+    // New rules: the authorizer decides (its flush switched the old ones off) until the reload 2 s later.
+    source.send(intentionsPart({ web: [l7("/b")] }, 32));
+    await clock.advance(0);
+    expect(kinds()).toEqual(["writeFiles", "sync-intentions", "flush-authorization-cache", "revoke-connections"]);
+    await clock.advance(1_999);
+    expect(kinds()).toEqual([]);
+    await clock.advance(1);
+    expect(kinds()).toEqual(["writeFiles", "reload"]);
   });
 
   it("does not reload when closing revoked connections fails", async () => {

@@ -171,7 +171,7 @@ describe("renderHaproxyConfig", () => {
   describe("without authorization (the benchmark's plain pair)", () => {
     // The lines of the Lua authorizer, and nothing else.
     const authorizerLine = (line: string) =>
-      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
+      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP|NATIVE_L7_RULES) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
     const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
     const lua = "    lua-load /opt/connect-haproxy/dist/connect-haproxy.lua";
 
@@ -196,6 +196,7 @@ describe("renderHaproxyConfig", () => {
         [
           `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
           "    setenv CONNECT_PASS_MAP /run/ch/passes.map",
+          "    setenv CONNECT_NATIVE_L7_RULES none",
           "    setenv CONNECT_SERVER_PASS_MAP /run/ch/server-passes.map",
           lua,
           "    http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(/run/ch/passes.map)",
@@ -218,7 +219,7 @@ describe("renderHaproxyConfig", () => {
       const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
       expect(full.filter(authorizerLine)).toEqual(authorizerLines);
       expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
-      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP)|inspect-delay|ssl_s_sha1/);
+      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP|NATIVE_L7_RULES)|inspect-delay|ssl_s_sha1/);
     });
   });
 

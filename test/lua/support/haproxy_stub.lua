@@ -95,10 +95,14 @@ function M.core(agent)
   function core.register_task(fn) core.tasks[#core.tasks + 1] = fn end
   -- Maps as HAProxy keeps them: only files haproxy.cfg references exist (core.maps[file] = {} declares one).
   core.maps = {}
+  -- core.int_maps[file] = true: haproxy.cfg also reads the map with map_str_int;
+  -- HAProxy then drops an entry whose value is not an integer (without an error).
+  core.int_maps = {}
   function core.set_map(file, key, value)
     local map = core.maps[file]
     if map == nil then error("'set_map': unknown map file '" .. tostring(file) .. "'") end
     assert(type(key) == "string" and type(value) == "string", "set_map takes strings")
+    if core.int_maps[file] and not value:find("^%-?%d+$") then map[key] = nil return end
     map[key] = value
   end
   function core.del_map(file, key)
