@@ -122,7 +122,8 @@ export function install(core: Core, getenv: (this: void, name: string) => string
       // The controller's native L7 rules apply only if rendered from this very list.
       firstList: (target, index) => {
         if (target !== settings.nativeRulesTarget) return;
-        if (index === settings.nativeRulesIndex && context.passes.enableNativeRules()) {
+        const newer = watch.watch(target).requiredIndex > index; // the controller already saw a newer list
+        if (index === settings.nativeRulesIndex && !newer && context.passes.enableNativeRules()) {
           log("info", string.format("connect-haproxy: native L7 rules for %s on (intentions at index %d)", target, index));
         } else {
           log("info", string.format("connect-haproxy: native L7 rules for %s stay off: rendered at index %d, list at %d; the controller follows", target, settings.nativeRulesIndex ?? -1, index));

@@ -105,6 +105,14 @@ export class RequestPasses {
 
   nativeRules = false;
 
+  /** The native L7 rules off (passes stay): a newer list than this authorizer's exists. */
+  disableNativeRules(): void {
+    const map = this.map;
+    if (map === undefined || !this.nativeRules) return;
+    pcall(map.remove, NATIVE_GUARD_KEY);
+    this.nativeRules = false;
+  }
+
   /** Every later request is decided by the action again (native L7 rules too); returns how many passes were removed. */
   revokeAll(): number {
     const map = this.map;

@@ -70,6 +70,9 @@ export function syncCommand(context: AuthorizeContext, words: string[]): string 
   const target = words[at + 1];
   const index = tonumber(words[at + 2] ?? "");
   if (target === undefined || target === "" || index === undefined || index < 0) return "usage: connect sync <target> <index>\n";
+  // The controller saw a newer list than this one: the native rules (rendered from an older one) stop deciding now.
+  const known = context.intentions.watch(target);
+  if (known.list === undefined || known.index < Math.floor(index)) context.passes.disableNativeRules();
   const current = context.intentions.sync(target, Math.floor(index), SYNC_WAIT_MS);
   const rules = context.intentions.watch(target);
   return format("%s %s index %d (wanted %d)\n", target, current ? "current" : "behind", rules.index, Math.floor(index));
@@ -89,7 +92,7 @@ export function nativeRulesCommand(context: AuthorizeContext, words: string[]): 
   if (at === 0 || target === undefined || target === "" || index === undefined || index < 0) return "usage: connect l7-rules current <target> <index>\n";
   context.intentions.sync(target, Math.floor(index), SYNC_WAIT_MS);
   const rules = context.intentions.watch(target);
-  if (rules.list === undefined || rules.index !== Math.floor(index)) {
+  if (rules.list === undefined || rules.index !== Math.floor(index) || rules.requiredIndex > rules.index) {
     return format("%s stale: list at index %d, rules rendered at %d\n", target, rules.index, Math.floor(index));
   }
   if (!context.passes.enableNativeRules()) return format("%s off: CONNECT_PASS_MAP cannot be written\n", target);

@@ -322,11 +322,10 @@ describe("connect_authorize against a Consul dev agent (ACLs off: default allow)
 
   it("denies with a deny intention once the cache is flushed, and allows again after the flip back", async () => {
     await mesh.consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "deny" });
-    // The allow is cached for 60 s: still allowed.
-    let { outcome } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem));
-    expect(outcome.echoed).toBe("ping\n");
-
-    expect(await mesh.haproxy.command("connect cache flush")).toMatch(/^flushed 1 cached verdicts/);
+    // Whether the allow cached for 60 s still answers now depends on when the authorizer's own
+    // intention task sees the change (it flushes too): only the flush is certain.
+    expect(await mesh.haproxy.command("connect cache flush")).toMatch(/^flushed [01] cached verdicts/);
+    let outcome: { echoed: string; error?: string };
     let decision: Decision;
     ({ outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
     expect(outcome.echoed).toBe("");
@@ -337,8 +336,6 @@ describe("connect_authorize against a Consul dev agent (ACLs off: default allow)
     expect(mesh.haproxy.process.output()).toMatch(/connect_authorize: deny target=db client=spiffe:\/\/\S+\/svc\/web reason="Matched L4 intention/);
 
     await mesh.consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
-    ({ outcome } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
-    expect(outcome.echoed, "the deny is cached for 60 s").toBe("");
     await mesh.haproxy.command("connect cache flush");
     ({ outcome, decision } = await decided(mesh.haproxy, "db_tcp", () => tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)));
     expect(outcome.echoed).toBe("ping\n");

@@ -489,6 +489,12 @@ describe("L7 intentions", function()
       assert.are.equal("api stale: list at index 8, rules rendered at 7\n", require("test.lua.support.haproxy_stub").cli(world.core, "connect l7-rules current api 7"))
       assert.are.equal("api enabled at index 8\n", require("test.lua.support.haproxy_stub").cli(world.core, "connect l7-rules current api 8"))
       assert.are.equal("0", world.core.maps[MAP].l7)
+      -- A sync to an index newer than the authorizer's list switches them off before that list arrives,
+      -- and rules from the older list cannot be switched on again.
+      require("test.lua.support.haproxy_stub").cli(world.core, "connect sync api 9")
+      assert.is_nil(world.core.maps[MAP].l7)
+      assert.matches("^api stale", require("test.lua.support.haproxy_stub").cli(world.core, "connect l7-rules current api 8"))
+      assert.is_nil(world.core.maps[MAP].l7)
     end)
 
     it("native L7 rules rendered from another list stay off", function()
