@@ -1,6 +1,7 @@
 // The command line: `run(argv, out, err)` resolves with the exit code, so tests
 // call it directly; cli.ts is the bin shim around it.
 import { Command, CommanderError, Option } from "commander";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -31,6 +32,36 @@ export interface RunOptions {
 }
 
 class UsageError extends Error {}
+
+/** package.json, found from dist/controller/ (built) or controller/ (sources). */
+function packageVersion(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const path of [resolve(here, "..", "..", "package.json"), resolve(here, "..", "package.json")]) {
+    if (existsSync(path)) return (JSON.parse(readFileSync(path, "utf8")) as { version?: string }).version ?? "unknown";
+  }
+  return "unknown";
+}
+
+/**
+ * `--version`: this package, the HAProxy it would run, the Lua bundle it would
+ * load. False when HAProxy or the bundle is missing (each named on its line).
+ */
+function writeVersions(haproxyBin: string, out: Writable): boolean {
+  let ok = true;
+  out.write(`connect-haproxy ${packageVersion()}\n`);
+  try {
+    const line = execFileSync(haproxyBin, ["-v"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 5000 }).split("\n")[0]!.trim();
+    out.write(`haproxy: ${line} (${haproxyBin})\n`);
+  } catch (error) {
+    ok = false;
+    out.write(`haproxy: not usable (${haproxyBin}: ${(error as Error).message.split("\n")[0]})\n`);
+  }
+  const bundle = luaBundlePath();
+  const bundleVersion = existsSync(bundle) ? /^____exports\.version = "([^"]+)"/m.exec(readFileSync(bundle, "utf8"))?.[1] : undefined;
+  if (bundleVersion === undefined) ok = false;
+  out.write(`lua bundle: ${bundleVersion !== undefined ? `connect-haproxy ${bundleVersion}` : "missing or unreadable (run npm run build)"} (${bundle})\n`);
+  return ok;
+}
 
 /** dist/connect-haproxy.lua, found from dist/controller/ (built) or controller/ (sources). */
 export function luaBundlePath(): string {
@@ -104,7 +135,12 @@ export async function run(argv: string[], out: Writable, err: Writable, runOptio
     .addHelpText("after", exitCodeHelp);
   addConsulOptions(program)
     .addOption(new Option("--haproxy-bin <path>", "HAProxy 2.6+ binary").env("HAPROXY_BIN").default("haproxy"))
-    .action(async (options: RunCommandOptions) => {
+    .option("--version", "print the versions of connect-haproxy, the HAProxy it would run and its Lua bundle, then exit")
+    .action(async (options: RunCommandOptions & { version?: boolean }) => {
+      if (options.version) {
+        exitCode = writeVersions(options.haproxyBin, out) ? exitCodes.ok : exitCodes.runtimeFailure;
+        return;
+      }
       exitCode = await runSidecar(options, out, err, signal);
     });
   addConsulOptions(program.command("render"))

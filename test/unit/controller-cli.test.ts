@@ -1,4 +1,6 @@
 // The command line through run(argv, out, err): help, usage errors, exit codes.
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { exitCodes, luaBundlePath, run } from "../../controller/run.js";
 
@@ -39,6 +41,22 @@ describe("connect-haproxy CLI", () => {
     expect(code).toBe(0);
     expect(out.trim()).toBe(luaBundlePath());
     expect(out.trim()).toMatch(/^\/.*\/dist\/connect-haproxy\.lua$/);
+  });
+
+  it("--version names the package, the HAProxy it would run and the Lua bundle, and exits 1 when HAProxy is not usable", async () => {
+    const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+    const haproxyLine = execFileSync("haproxy", ["-v"], { encoding: "utf8" }).split("\n")[0]!.trim();
+    let { code, out } = await cli("--version", "--haproxy-bin", "haproxy");
+    expect(code).toBe(exitCodes.ok);
+    expect(out.split("\n")).toEqual([
+      `connect-haproxy ${version}`,
+      `haproxy: ${haproxyLine} (haproxy)`,
+      `lua bundle: connect-haproxy ${version} (${luaBundlePath()})`,
+      "",
+    ]);
+    ({ code, out } = await cli("--version", "--haproxy-bin", "/nonexistent/haproxy"));
+    expect(code).toBe(exitCodes.runtimeFailure);
+    expect(out).toMatch(/^haproxy: not usable \(\/nonexistent\/haproxy: .*ENOENT\)$/m);
   });
 
   it("exits 2 on an unknown option", async () => {
