@@ -211,8 +211,8 @@ export interface RouteDestination {
 }
 
 export interface DiscoverySplit {
-  /** The compiled weight (percent, 0.01 precision): the one to use. */
-  Weight: number;
+  /** The compiled weight (percent, 0.01 precision): the one to use. Absent when 0 (Consul 1.22.3 omits it). */
+  Weight?: number;
   Definition?: { Weight?: number; Service?: string; ServiceSubset?: string; RequestHeaders?: HeaderModifiers; ResponseHeaders?: HeaderModifiers };
   NextNode: string;
 }

@@ -268,7 +268,8 @@ export function planDiscoveryChain(upstream: Pick<UpstreamSpec, "name">, chain: 
       const leaves: ChainLeaf[] = [];
       node.Splits.forEach((split, n) => {
         // Cumulative rounding, so the ranges cover 0..10000 with no gap whatever the weights' decimals.
-        const to = n === node.Splits.length - 1 ? 10000 : Math.round((from / 100 + split.Weight) * 100);
+        // A split of weight 0 comes without its Weight (test: "splitter: a split of weight 0 …").
+        const to = n === node.Splits.length - 1 ? 10000 : Math.round((from / 100 + (split.Weight ?? 0)) * 100);
         const { backends: leafBackends, requestTimeoutMs } = resolve(split.NextNode, retry);
         if (to > from) {
           const splitRange = { from, to, requestHeaders: headerChanges(split.Definition?.RequestHeaders), responseHeaders: headerChanges(split.Definition?.ResponseHeaders) };

@@ -23,9 +23,9 @@ export function startWebApp(port: number, dbAddress: string, launch: Launcher = 
   return launch("web app", process.execPath, [webApp, "--port", String(port), "--db", dbAddress]);
 }
 
-/** An HTTP service (test/apps/http-echo-app.mjs) answering `<name> <method> <path>`. */
-export function startHttpEchoApp(port: number, name: string, launch: Launcher = onThisHost): StartedProcess {
-  return launch(`http app ${name}`, process.execPath, [httpEchoApp, "--port", String(port), "--name", name]);
+/** An HTTP service (test/apps/http-echo-app.mjs) answering `<name> <method> <path>`, with 200 or else `status` (a failing instance). */
+export function startHttpEchoApp(port: number, name: string, launch: Launcher = onThisHost, { status }: { status?: number } = {}): StartedProcess {
+  return launch(`http app ${name}`, process.execPath, [httpEchoApp, "--port", String(port), "--name", name, ...(status === undefined ? [] : ["--status", String(status)])]);
 }
 
 export interface SidecarProcess {

@@ -87,6 +87,17 @@ describe("planDiscoveryChain on recorded chains", () => {
     expect(plan.backends.find((b) => b.targetId === "v2.billing.default.default.dc1")!.query.onlyPassing).toBe(true);
   });
 
+  it("splitter: a split of weight 0 (compiled without its Weight, as Consul sends it) gets no range, the other all of it", () => {
+    const split = chain("chain-billing-splitter");
+    const name = "splitter:billing.default.default";
+    const splitter = split.Nodes[name] as { Splits: { Weight?: number }[] };
+    const weights = (first: number | undefined, second: number | undefined) =>
+      ({ ...split, Nodes: { ...split.Nodes, [name]: { ...splitter, Splits: splitter.Splits.map(({ Weight: _omitted, ...s }, n) => ({ ...s, ...((n === 0 ? first : second) === undefined ? {} : { Weight: n === 0 ? first : second }) })) } } }) as unknown as CompiledDiscoveryChain;
+    const ranges = (compiled: CompiledDiscoveryChain) => planDiscoveryChain(upstream, compiled).leaves.map((leaf) => [leaf.split?.from, leaf.split?.to, leaf.backends[0]]);
+    expect(ranges(weights(undefined, 100))).toEqual([[0, 10000, "upstream_billing.v2.billing.default.default.dc1"]]);
+    expect(ranges(weights(100, undefined))).toEqual([[0, 10000, "upstream_billing.v1.billing.default.default.dc1"]]);
+  });
+
   it("router: routes in order with the default route last, destinations' retries and timeouts", () => {
     const plan = planDiscoveryChain(upstream, chain("chain-billing-router"));
     expect(plan.routes).toHaveLength(4);
