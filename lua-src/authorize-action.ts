@@ -259,6 +259,20 @@ export function flushVerdicts(context: AuthorizeContext): number {
   return context.authorizer.flush();
 }
 
+/**
+ * Switches on the controller's native L7 rules, rendered from `target`'s
+ * intentions at `index`, if that is exactly the list in force here and no
+ * newer one is known to exist. Returns what happened, in a few words.
+ */
+export function switchOnNativeRules(context: AuthorizeContext, target: string, index: number): string {
+  const rules = context.intentions.watch(target);
+  if (rules.list === undefined || rules.index !== index || rules.requiredIndex > rules.index) {
+    return format("%s stale: list at index %d, rules rendered at %d", target, rules.index, index);
+  }
+  if (!context.passes.enableNativeRules()) return format("%s off: CONNECT_PASS_MAP cannot be written", target);
+  return format("%s enabled at index %d", target, index);
+}
+
 /** The action body. Never raises; always sets txn.connect_allowed. */
 export function authorizeTransaction(context: AuthorizeContext, txn: Txn, targetArgument: string | undefined): void {
   const [allowed, reason, origin, identity] = runFailClosed(evaluate, publish, "txn.connect_allowed", context, txn, targetArgument);

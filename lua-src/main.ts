@@ -120,14 +120,9 @@ export function install(core: Core, getenv: (this: void, name: string) => string
       // New TCP connections and every HTTP request see a change at once, not after a cached verdict expires.
       onChange: () => authorizeAction.flushVerdicts(context),
       // The controller's native L7 rules apply only if rendered from this very list.
-      firstList: (target, index) => {
-        if (target !== settings.nativeRulesTarget) return;
-        const newer = watch.watch(target).requiredIndex > index; // the controller already saw a newer list
-        if (index === settings.nativeRulesIndex && !newer && context.passes.enableNativeRules()) {
-          log("info", string.format("connect-haproxy: native L7 rules for %s on (intentions at index %d)", target, index));
-        } else {
-          log("info", string.format("connect-haproxy: native L7 rules for %s stay off: rendered at index %d, list at %d; the controller follows", target, settings.nativeRulesIndex ?? -1, index));
-        }
+      firstList: (target) => {
+        if (target !== settings.nativeRulesTarget || settings.nativeRulesIndex === undefined) return;
+        log("info", "connect-haproxy: native L7 rules: " + authorizeAction.switchOnNativeRules(context, target, settings.nativeRulesIndex));
       },
     },
     waitLimitMs,

@@ -56,6 +56,8 @@ export class RequestPasses {
   revoked = 0;
   /** Why the map cannot be written (not referenced by haproxy.cfg): passes are off from then on. */
   failure: string | undefined;
+  /** Whether NATIVE_GUARD_KEY is in the map. */
+  nativeRules = false;
 
   constructor(
     private readonly map: PassMap | undefined,
@@ -95,17 +97,14 @@ export class RequestPasses {
    * the map cannot be written.
    */
   enableNativeRules(): boolean {
-    const map = this.map;
-    if (map === undefined || this.failure !== undefined) return false;
+    if (!this.enabled()) return false;
     // A number: the same map is read as integers for passes (map_str_int refuses any other value, and HAProxy then drops the entry).
-    const [ok] = pcall(map.set, NATIVE_GUARD_KEY, "0");
+    const [ok] = pcall((this.map as PassMap).set, NATIVE_GUARD_KEY, "0");
     this.nativeRules = ok;
     return ok;
   }
 
-  nativeRules = false;
-
-  /** The native L7 rules off (passes stay): a newer list than this authorizer's exists. */
+  /** The native L7 rules off (passes stay): a newer list than this authorizer's exists, or a flush. */
   disableNativeRules(): void {
     const map = this.map;
     if (map === undefined || !this.nativeRules) return;
@@ -115,13 +114,9 @@ export class RequestPasses {
 
   /** Every later request is decided by the action again (native L7 rules too); returns how many passes were removed. */
   revokeAll(): number {
+    this.disableNativeRules();
     const map = this.map;
-    if (map === undefined) return 0;
-    if (this.nativeRules) {
-      pcall(map.remove, NATIVE_GUARD_KEY);
-      this.nativeRules = false;
-    }
-    if (this.count === 0) return 0;
+    if (map === undefined || this.count === 0) return 0;
     const removed = this.count;
     for (const [key] of this.keys) pcall(map.remove, key);
     this.keys = new LuaTable();

@@ -10,7 +10,7 @@
 // shared state) that is the whole process.
 
 import type { CliApplet, Core } from "./haproxy";
-import { flushVerdicts, type AuthorizeContext } from "./authorize-action";
+import { flushVerdicts, switchOnNativeRules, type AuthorizeContext } from "./authorize-action";
 import { describeConfig } from "./config";
 import { revokedCommand as listRevoked } from "./connection-registry";
 
@@ -65,17 +65,24 @@ export const SYNC_WAIT_MS = 1000;
  * ("behind": L7 requests are refused until it catches up).
  */
 export function syncCommand(context: AuthorizeContext, words: string[]): string {
-  let at = 0;
-  for (let i = 0; i < words.length; i++) if (words[i] === "sync") at = i;
-  const target = words[at + 1];
-  const index = tonumber(words[at + 2] ?? "");
-  if (target === undefined || target === "" || index === undefined || index < 0) return "usage: connect sync <target> <index>\n";
+  const [target, index] = targetAndIndex(words, "sync");
+  if (target === undefined || index === undefined) return "usage: connect sync <target> <index>\n";
   // The controller saw a newer list than this one: the native rules (rendered from an older one) stop deciding now.
   const known = context.intentions.watch(target);
-  if (known.list === undefined || known.index < Math.floor(index)) context.passes.disableNativeRules();
-  const current = context.intentions.sync(target, Math.floor(index), SYNC_WAIT_MS);
+  if (known.list === undefined || known.index < index) context.passes.disableNativeRules();
+  const current = context.intentions.sync(target, index, SYNC_WAIT_MS);
   const rules = context.intentions.watch(target);
-  return format("%s %s index %d (wanted %d)\n", target, current ? "current" : "behind", rules.index, Math.floor(index));
+  return format("%s %s index %d (wanted %d)\n", target, current ? "current" : "behind", rules.index, index);
+}
+
+/** `<keyword> <target> <index>` among a command's words (HAProxy hands over every word); nil for bad usage. */
+function targetAndIndex(words: string[], keyword: string): LuaMultiReturn<[string | undefined, number | undefined]> {
+  let at = -1;
+  for (let i = 0; i < words.length; i++) if (words[i] === keyword) at = i;
+  const target = words[at + 1];
+  const index = tonumber(words[at + 2] ?? "");
+  if (at < 0 || target === undefined || target === "" || index === undefined || index < 0) return $multi(undefined, undefined);
+  return $multi(target, Math.floor(index));
 }
 
 /**
@@ -85,22 +92,14 @@ export function syncCommand(context: AuthorizeContext, words: string[]): string 
  * SYNC_WAIT_MS for it); any later flush switches them off again.
  */
 export function nativeRulesCommand(context: AuthorizeContext, words: string[]): string {
-  let at = 0;
-  for (let i = 0; i < words.length; i++) if (words[i] === "current") at = i;
-  const target = words[at + 1];
-  const index = tonumber(words[at + 2] ?? "");
-  if (at === 0 || target === undefined || target === "" || index === undefined || index < 0) return "usage: connect l7-rules current <target> <index>\n";
-  context.intentions.sync(target, Math.floor(index), SYNC_WAIT_MS);
-  const rules = context.intentions.watch(target);
-  if (rules.list === undefined || rules.index !== Math.floor(index) || rules.requiredIndex > rules.index) {
-    return format("%s stale: list at index %d, rules rendered at %d\n", target, rules.index, Math.floor(index));
-  }
-  if (!context.passes.enableNativeRules()) return format("%s off: CONNECT_PASS_MAP cannot be written\n", target);
-  return format("%s enabled at index %d\n", target, rules.index);
+  const [target, index] = targetAndIndex(words, "current");
+  if (target === undefined || index === undefined) return "usage: connect l7-rules current <target> <index>\n";
+  context.intentions.sync(target, index, SYNC_WAIT_MS);
+  return switchOnNativeRules(context, target, index) + "\n";
 }
 
-function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext) => string, context: AuthorizeContext): void {
-  const [ok, text] = pcall(produce, context);
+function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext, words: string[]) => string, context: AuthorizeContext, words: string[] = []): void {
+  const [ok, text] = pcall(produce, context, words);
   applet.send(ok ? text : "error: " + tostring(text) + "\n");
 }
 
@@ -113,14 +112,10 @@ export function registerCommands(core: Core, context: AuthorizeContext): void {
     answer(applet, configCommand, context));
   core.register_cli(["connect", "intentions"], "connect intentions : watched destinations, their intention lists and default policy", (applet) =>
     answer(applet, intentionsCommand, context));
-  core.register_cli(["connect", "sync"], "connect sync <target> <index> : use no intention list older than <index> for <target>; waits up to 1 s for it", (applet, ...words) => {
-    const [ok, text] = pcall(syncCommand, context, words);
-    applet.send(ok ? text : "error: " + tostring(text) + "\n");
-  });
-  core.register_cli(["connect", "l7-rules"], "connect l7-rules current <target> <index> : switch on haproxy.cfg's native L7 rules rendered from <target>'s intentions at <index>", (applet, ...words) => {
-    const [ok, text] = pcall(nativeRulesCommand, context, words);
-    applet.send(ok ? text : "error: " + tostring(text) + "\n");
-  });
+  core.register_cli(["connect", "sync"], "connect sync <target> <index> : use no intention list older than <index> for <target>; waits up to 1 s for it", (applet, ...words) =>
+    answer(applet, syncCommand, context, words));
+  core.register_cli(["connect", "l7-rules"], "connect l7-rules current <target> <index> : switch on haproxy.cfg's native L7 rules rendered from <target>'s intentions at <index>", (applet, ...words) =>
+    answer(applet, nativeRulesCommand, context, words));
   core.register_cli(["connect", "revoked"], "connect revoked : recorded TCP connections whose source the current intentions deny", (applet) =>
     answer(applet, revokedCommand, context));
 }
