@@ -1,6 +1,7 @@
 // Pure: desired state → haproxy.cfg text. Runtime changes (server slots,
 // certificates) are rendered too, so a reload reproduces what is running.
 import type { DesiredState } from "./desired-state.js";
+import { PLAIN_PATH } from "./native-l7.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
 import { hostPort, renderUpstream } from "./upstream-config.js";
 
@@ -43,7 +44,7 @@ const httpLogFormat =
 export function httpAuthorizationRules(target: string, passMap: string, nativeL7: string[] = []): string[] {
   return [
     `http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(${passMap})`,
-    "http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\\\ }",
+    `http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } ${PLAIN_PATH}`,
     "http-request set-var(txn.connect_reason) var(sess.connect_pass_reason) if { var(txn.connect_allowed) -m found }",
     ...nativeL7,
     "http-request set-var(txn.connect_spiffe) var(sess.connect_spiffe) if { var(txn.connect_allowed) -m found }",

@@ -26,6 +26,13 @@ import type { Intention } from "./consul-replies.js";
 /** The pass map's entry that says the native rules are current. */
 export const NATIVE_GUARD_KEY = "l7";
 
+/**
+ * A path that needs no normalization check (no "%", no backslash): only such
+ * paths are decided in haproxy.cfg (passes and these rules); the rest go to
+ * the authorizer, which refuses what cannot be normalized safely.
+ */
+export const PLAIN_PATH = "{ path -m beg / } !{ path -m sub % \\\\ }";
+
 /** Suffixes of txn.connect_reason that carry a native verdict. */
 const ALLOW_MARK = ": allow [haproxy.cfg]";
 const DENY_MARK = ": deny [haproxy.cfg]";
@@ -189,9 +196,7 @@ export function nativeL7Rules(intentions: Intention[], service: string, index: n
         // A repeated header is matched on all its values joined (Envoy): left to the action.
         const single = [...new Set(rendered.flatMap((permission) => permission.headers))].map((name) => `{ req.fhdr_cnt(${name}) le 1 }`);
         const current = `{ str(${NATIVE_GUARD_KEY}),map(${passMap}) -m found }`;
-        // The path the rules match must be the path forwarded: one the action would have to check is left to it.
-        const plainPath = "{ path -m beg / } !{ path -m sub % \\\\ }";
-        lines.push(`http-request set-var(txn.connect_l7) int(${governing}) if !{ var(txn.connect_allowed) -m found } ${current} ${plainPath} ${[...who, ...single].join(" ")}`);
+        lines.push(`http-request set-var(txn.connect_l7) int(${governing}) if !{ var(txn.connect_allowed) -m found } ${current} ${PLAIN_PATH} ${[...who, ...single].join(" ")}`);
         rendered.forEach((permission, n) => {
           const verdict = `L7 intention ${label} permission ${n + 1}${permission.allow ? ALLOW_MARK : DENY_MARK}`;
           lines.push(`http-request set-var(txn.connect_reason) "str(${verdict})" if { var(txn.connect_l7) -m int ${governing} } !{ var(txn.connect_reason) -m found } ${permission.conditions.join(" ")}`.trimEnd());

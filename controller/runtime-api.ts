@@ -87,8 +87,7 @@ export class RuntimeApi {
 
   /** The authorizer uses no intention list for `target` older than `index` (it waits up to 1 s to catch up). */
   async syncIntentions(target: string, index: number): Promise<void> {
-    const answer = await this.command(`connect sync ${target} ${index}`);
-    if (!/ current /.test(answer)) throw new RuntimeApiError(`connect sync ${target} ${index}`, answer || "no answer");
+    await this.commandAnswering(`connect sync ${target} ${index}`, / current /);
   }
 
   /**
@@ -97,8 +96,13 @@ export class RuntimeApi {
    * only if its own list is at that index. Throws with its answer otherwise.
    */
   async enableNativeL7(target: string, index: number): Promise<void> {
-    const answer = await this.command(`connect l7-rules current ${target} ${index}`);
-    if (!/ enabled /.test(answer)) throw new RuntimeApiError(`connect l7-rules current ${target} ${index}`, answer || "no answer");
+    await this.commandAnswering(`connect l7-rules current ${target} ${index}`, / enabled /);
+  }
+
+  /** An authorizer command whose answer must match `expected`; throws with the answer otherwise. */
+  private async commandAnswering(command: string, expected: RegExp): Promise<void> {
+    const answer = await this.command(command);
+    if (!expected.test(answer)) throw new RuntimeApiError(command, answer || "no answer");
   }
 
   /**
