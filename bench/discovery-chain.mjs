@@ -30,6 +30,7 @@ import { freePorts } from "../dist/test/harness/ports.js";
 import { runProgram, stopAll, waitUntil } from "../dist/test/harness/processes.js";
 import { runWrk } from "./lib/load.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
+import { median, medianRatio, spread } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
 const USAGE = `usage: node bench/discovery-chain.mjs [--changes N] [--rounds N] [--seconds S]
@@ -58,8 +59,6 @@ if (!(changes >= 1 && rounds >= 1 && seconds >= 1) || !process.env.CONSUL_BIN) {
   process.exit(2);
 }
 const log = (message) => console.error(message);
-const median = (list) => [...list].sort((a, b) => a - b)[Math.floor(list.length / 2)];
-const spread = (list) => +((Math.max(...list) - Math.min(...list)) / median(list)).toFixed(3);
 const summary = (list) => ({ medianMs: +median(list).toFixed(1), maxMs: +Math.max(...list).toFixed(1), minMs: +Math.min(...list).toFixed(1), n: list.length });
 
 /** Both subsets select db's one instance: the chain's rules are what is measured, not a second application. */
@@ -177,7 +176,7 @@ runProgram("discovery-chain", async () => {
           rounds,
           samples: rate,
           medians: { plain: median(rate.plain), chain: median(rate.chain) },
-          chainToPlain: +median(rate.chain.map((value, i) => value / rate.plain[i])).toFixed(3),
+          chainToPlain: medianRatio(rate.chain, rate.plain),
           noise: { plainSpread: spread(rate.plain), chainSpread: spread(rate.chain) },
         },
       },

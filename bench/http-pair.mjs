@@ -24,6 +24,7 @@ import { sendRuntimeCommand, startHaproxy } from "../dist/test/harness/haproxy.j
 import { appsDir } from "../dist/test/harness/paths.js";
 import { runWrk } from "./lib/load.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
+import { median, medianRatio, spread } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
 const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" } } });
@@ -41,7 +42,6 @@ const INTENTIONS = {
   l7: [{ Name: "web", Permissions: L7_PERMISSIONS }],
 };
 
-const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 runProgram("http-pair", async () => {
   const runDir = mkdtempSync(join(tmpdir(), "ch-http-pair-"));
@@ -87,14 +87,12 @@ runProgram("http-pair", async () => {
     await stopAll();
     rmSync(runDir, { recursive: true, force: true });
   }
-  const ratio = (id) => +median(samples[id].map((value, i) => value / samples.plain[i])).toFixed(3);
-  const spread = (list) => +((Math.max(...list) - Math.min(...list)) / median(list)).toFixed(3);
   console.log(JSON.stringify({
     secondsPerRun: seconds,
     rounds,
     requestsPerSecond: samples,
     medians: { plain: median(samples.plain), l4: median(samples.l4), l7: median(samples.l7) },
-    ratioToPlain: { l4: ratio("l4"), l7: ratio("l7") },
+    ratioToPlain: { l4: medianRatio(samples.l4, samples.plain), l7: medianRatio(samples.l7, samples.plain) },
     noise: { plainSpread: spread(samples.plain) },
   }, null, 2));
   return 0;

@@ -25,6 +25,7 @@ import { freePorts } from "../dist/test/harness/ports.js";
 import { cpuSeconds, userCpuSeconds } from "../dist/test/harness/process-stats.js";
 import { runProgram } from "../dist/test/harness/processes.js";
 import { runWrk } from "./lib/load.mjs";
+import { median } from "./lib/report.mjs";
 
 const { values } = parseArgs({ options: { seconds: { type: "string", default: "5" }, rounds: { type: "string", default: "3" }, perf: { type: "string" } } });
 const seconds = Number(values.seconds);
@@ -166,7 +167,6 @@ const RUNS = {
   authorizeL7TenPermissionsNative: ["authorizeNative", "L7"],
 };
 
-const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 runProgram("l7-haproxy", async () => {
   const dir = mkdtempSync(join(tmpdir(), "ch-l7-bench-"));

@@ -10,6 +10,16 @@ export function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+/** (max − min) / median of a set-up's rounds: the noise figure a benchmark reports. */
+export function spread(values) {
+  return +((Math.max(...values) - Math.min(...values)) / median(values)).toFixed(3);
+}
+
+/** The median of the per-round ratios values[i] / base[i] (rounds interleave the set-ups). */
+export function medianRatio(values, base) {
+  return +median(values.map((value, i) => value / base[i])).toFixed(3);
+}
+
 const perUnit = (seconds, count, scale) => (seconds === undefined || !count ? undefined : (seconds / count) * scale);
 
 /** Each figure the report shows: how to read it from one round's measurement. */
