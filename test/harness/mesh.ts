@@ -121,7 +121,18 @@ export function serviceWithSidecar(options: {
       : {}),
     Connect: {
       SidecarService: {
-        ...(options.sidecarPort ? { Port: options.sidecarPort } : {}),
+        ...(options.sidecarPort
+          ? {
+            Port: options.sidecarPort,
+            // Consul's default sidecar checks (listening, alias of the service), but polled every
+            // second rather than every 10 s: a sidecar that starts listening just after a check
+            // would otherwise count as critical for up to 10 s more, which a test waits out.
+            Checks: [
+              { Name: `${options.id} sidecar listening`, TCP: `${options.address ?? "127.0.0.1"}:${options.sidecarPort}`, Interval: "1s", Timeout: "1s" },
+              { Name: `${options.id} sidecar's service`, AliasService: options.id },
+            ],
+          }
+          : {}),
         Proxy: { Upstreams: options.upstreams ?? [] },
       },
     },
