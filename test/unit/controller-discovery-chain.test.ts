@@ -184,36 +184,45 @@ describe("the rendered chain", () => {
   const config = renderHaproxyConfig(stateWith(chain("chain-billing-router")));
   const frontend = frontendOf(config, "upstream_db");
 
-  it("routes first match wins, then the split pick, then one leaf per route and split", () => {
+  it("routes written last to first (the last write is the first match), then the split pick, then a leaf index where a leaf has rules of its own", () => {
     expect(frontend).toContain(
       [
-        "    acl chain_route1_3 req.fhdr(x-env) -m found",
-        "    acl chain_route1_4 req.fhdr(x-env) -m str -- 'prod'",
-        "    acl chain_route1_5 req.fhdr(x-team) -m beg -- 'pay'",
+        "    acl chain_route1_1 method GET POST",
+        "    acl chain_route1_2 path -m beg -- '/admin'",
+        "    acl chain_route1_3 req.fhdr(x-debug) -m found",
+        "    acl chain_route1_4 req.fhdr(x-env) -m found",
+        "    acl chain_route1_5 req.fhdr(x-env) -m str -- 'prod'",
       ].join("\n"),
     );
     expect(frontend).toContain(
-      "    http-request set-var(txn.chain_route) int(1) if chain_route1_1 chain_route1_2 chain_route1_3 !chain_route1_4 chain_route1_5 chain_route1_6 chain_route1_7 chain_route1_8 chain_route1_9 chain_route1_10 chain_route1_11\n",
+      [
+        "    http-request set-var(txn.chain_route) int(4)",
+        "    http-request set-var(txn.chain_route) int(3) if chain_route3_1",
+        "    http-request set-var(txn.chain_route) int(2) if chain_route2_1",
+        // The method first, regexes last: an AND stops at its first false term.
+        "    http-request set-var(txn.chain_route) int(1) if chain_route1_1 chain_route1_2 chain_route1_3 chain_route1_4 !chain_route1_5 chain_route1_6 chain_route1_7 chain_route1_8 chain_route1_9 chain_route1_10 chain_route1_11",
+        "    http-request set-var(txn.chain_pick) rand(10000)",
+      ].join("\n"),
     );
-    expect(frontend).toContain("    acl chain_route2_1 path -i -m str -- '/Exact'\n    http-request set-var(txn.chain_route) int(2) if !{ var(txn.chain_route) -m found } chain_route2_1\n");
-    expect(frontend).toContain("    http-request set-var(txn.chain_route) int(4) if !{ var(txn.chain_route) -m found }\n    http-request set-var(txn.chain_pick) rand(10000)");
-    expect(frontend).toContain(
-      "    http-request set-var(txn.chain_leaf) int(4) if { var(txn.chain_route) -m int eq 3 } { var(txn.chain_pick) -m int ge 6667 } { var(txn.chain_pick) -m int lt 10000 }",
-    );
+    expect(frontend).toContain("    acl chain_route1_10 req.fhdr(x-id) -m reg -- '^(?:[0-9]+)$'\n    acl chain_route1_11 urlp(r) -m reg -- '^(?:a.*)$'\n");
+    expect(frontend).toContain("    http-request set-var(txn.chain_leaf) int(4) if { var(txn.chain_route) -m int 3 } { var(txn.chain_pick) -m int 6667:9999 }");
   });
 
-  it("route and split header changes, the prefix rewrite and the timeout, each under its condition", () => {
+  it("route and split header changes, the prefix rewrite and the timeout, each under its condition, one line per distinct action", () => {
     expect(frontend).toContain(
       [
-        "    http-request del-header x-r if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request add-header x-a '1' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request set-header x-s '2' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request replace-path '^\\/admin(.*)$' '/\\1' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-response set-header x-resp 'y' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request set-var(txn.chain_timeout) int(2000) if { var(txn.chain_leaf) -m int eq 1 }",
+        "    http-request del-header x-r if { var(txn.chain_route) -m int 1 }",
+        "    http-request add-header x-a '1' if { var(txn.chain_route) -m int 1 }",
+        "    http-request set-header x-s '2' if { var(txn.chain_route) -m int 1 }",
+        "    http-request replace-path '^\\/admin(.*)$' '/\\1' if { var(txn.chain_route) -m int 1 }",
+        "    http-response set-header x-resp 'y' if { var(txn.chain_route) -m int 1 }",
+        "    http-request set-header x-split 'v1' if { var(txn.chain_leaf) -m int 3 5 }",
+        "    http-response del-header server if { var(txn.chain_leaf) -m int 4 6 }",
+        "    http-response add-header x-from 'v2' if { var(txn.chain_leaf) -m int 4 6 }",
+        "    http-request set-var(txn.chain_timeout) int(2000) if { var(txn.chain_leaf) -m int 1 }",
+        "    http-request set-var(txn.chain_timeout) int(10000) if { var(txn.chain_leaf) -m int 2 3 4 5 6 }",
       ].join("\n"),
     );
-    expect(frontend).toContain("    http-response add-header x-from 'v2' if { var(txn.chain_leaf) -m int eq 4 }");
   });
 
   it("failover in order by usable servers, the primary when none has one", () => {
@@ -221,9 +230,9 @@ describe("the rendered chain", () => {
     const backup = "upstream_db.billing-backup.default.default.dc1";
     expect(frontend).toContain(
       [
-        `    use_backend ${v2} if { var(txn.chain_leaf) -m int eq 2 } { nbsrv(${v2}) gt 0 }`,
-        `    use_backend ${backup} if { var(txn.chain_leaf) -m int eq 2 } { nbsrv(${backup}) gt 0 }`,
-        `    use_backend ${v2} if { var(txn.chain_leaf) -m int eq 2 }`,
+        `    use_backend ${v2} if { var(txn.chain_leaf) -m int 2 } { nbsrv(${v2}) gt 0 }`,
+        `    use_backend ${backup} if { var(txn.chain_leaf) -m int 2 } { nbsrv(${backup}) gt 0 }`,
+        `    use_backend ${v2} if { var(txn.chain_leaf) -m int 2 }`,
       ].join("\n"),
     );
   });
