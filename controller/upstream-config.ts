@@ -3,6 +3,7 @@
 // request variables and `use_backend` rules, and one backend per chain target
 // with its server slots. Failover is decided per request from `nbsrv`, so a
 // target losing or regaining instances (runtime `set server`) needs no reload.
+import { frontendLogLines } from "./access-log.js";
 import type { DesiredState, BackendState, UpstreamState } from "./desired-state.js";
 import type { ChainLeaf, HeaderChanges } from "./discovery-chain.js";
 import type { RouteHttpMatch } from "./consul-replies.js";
@@ -172,7 +173,7 @@ function balanceLines(backend: BackendState): string[] {
   return [`    balance ${loadBalancing.algorithm}`];
 }
 
-export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths">, authorization: boolean): string[] {
+export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths" | "accessLog">, authorization: boolean): string[] {
   const http = isHttpProtocol(upstream.protocol);
   const upstreamMode = http ? "http" : "tcp";
   const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required`;
@@ -185,7 +186,7 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
     `frontend ${upstream.name}`,
     `    mode ${upstreamMode}`,
     `    bind ${hostPort(upstream.bindAddress, upstream.bindPort)}`,
-    http ? "    option httplog" : "    option tcplog",
+    ...frontendLogLines(state.accessLog, http ? "http" : "tcp", false, [http ? "option httplog" : "option tcplog"]).map((line) => `    ${line}`),
     ...chainFrontendRules(upstream),
     "",
   ];
