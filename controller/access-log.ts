@@ -326,7 +326,11 @@ export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicList
   for (const header of translated.requestHeaders) lines.push(`http-request capture req.hdr(${header.name}) len ${header.length}`);
   translated.responseHeaders.forEach((header, slot) => lines.push(`declare capture response len ${header.length}`, `http-response capture res.hdr(${header.name}) id ${slot}`));
   lines.push(`log-format ${singleQuoted(translated.format)}`);
-  if (publicListener && log.listenerLogs) lines.push(`error-log-format ${singleQuoted(translated.format)}`);
+  if (publicListener && log.listenerLogs) {
+    // A failed handshake has no request: its start is the connection's.
+    if (translated.startTime && mode === "http") lines.unshift(`tcp-request connection set-var(${startVar("tcp")}) date(0,ms)`);
+    lines.push(`error-log-format ${singleQuoted(translated.format.replaceAll(`var(${startVar("http")})`, `var(${startVar("tcp")})`))}`);
+  }
   return lines;
 }
 
