@@ -6,7 +6,7 @@ import type { AccessLogsConfig } from "./consul-replies.js";
 
 export type LogMode = "http" | "tcp";
 
-/** Where the access log goes: HAProxy's stdout/stderr, or a file the controller appends to from a pipe. */
+/** Where the access log goes (the controller writes what HAProxy sends it through a pipe: access-log-relay.ts). */
 export type AccessLogSink = { kind: "stdout" } | { kind: "stderr" } | { kind: "file"; path: string };
 
 /** One HAProxy log-format, with the per-request rules it needs. */
@@ -305,11 +305,18 @@ function singleQuoted(text: string): string {
   return `'${text.replace(/'/g, `'\\''`)}'`;
 }
 
-/** The `log` target lines of the access log (global notices go to stderr meanwhile, so stdout carries only access lines). */
-export function accessLogTarget(log: AccessLog, fileDescriptor: number): string {
-  const target = log.sink.kind === "file" ? `fd@${fileDescriptor}` : log.sink.kind;
+/** The prefix `format short` gives an access line (level info; tried on 2.6.12: "<6>", no facility); HAProxy's own notices are more severe ("<4>Proxy … stopped"). */
+export const accessLinePriority = "<6>";
+
+/**
+ * The frontend's only log target: a pipe to the controller (fd 3), which
+ * keeps the lines at `accessLinePriority` (access lines; HAProxy also sends a
+ * proxy's "stopped" notices at reloads to its loggers, at warning) and writes
+ * them, without the priority, to stdout, stderr or the file.
+ */
+export function accessLogTargetLines(fileDescriptor: number): string[] {
   // 8 kB: Consul's default JSON format with long paths passes 1 kB (HAProxy's default).
-  return `log ${target} len 8192 format raw local0 info`;
+  return ["no log", `log fd@${fileDescriptor} len 8192 format short local0 info`];
 }
 
 /**
@@ -317,7 +324,7 @@ export function accessLogTarget(log: AccessLog, fileDescriptor: number): string 
  * the start time and captures first (so a denied request logs them too), then
  * the formats. `publicListener` adds the handshake-failure lines.
  */
-export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicListener: boolean): string[] {
+export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicListener: boolean, fileDescriptor: number): string[] {
   const translated = log[mode];
   const lines: string[] = [];
   if (translated.startTime) {
@@ -325,7 +332,7 @@ export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicList
   }
   for (const header of translated.requestHeaders) lines.push(`http-request capture req.hdr(${header.name}) len ${header.length}`);
   translated.responseHeaders.forEach((header, slot) => lines.push(`declare capture response len ${header.length}`, `http-response capture res.hdr(${header.name}) id ${slot}`));
-  lines.push(`log-format ${singleQuoted(translated.format)}`);
+  lines.push(...accessLogTargetLines(fileDescriptor), `log-format ${singleQuoted(translated.format)}`);
   if (publicListener && log.listenerLogs) {
     // A failed handshake has no request: its start is the connection's.
     if (translated.startTime && mode === "http") lines.unshift(`tcp-request connection set-var(${startVar("tcp")}) date(0,ms)`);
@@ -336,5 +343,8 @@ export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicList
 
 /** A frontend's log lines: the access log's when enabled, else the built-in ones the caller renders. */
 export function frontendLogLines(log: AccessLog | undefined, mode: LogMode, publicListener: boolean, builtIn: string[]): string[] {
-  return log ? accessLogFrontendLines(log, mode, publicListener) : builtIn;
+  return log ? accessLogFrontendLines(log, mode, publicListener, accessLogFileDescriptor) : builtIn;
 }
+
+/** The pipe HAProxy writes access lines to (haproxy-process.ts opens it; it survives reloads). */
+export const accessLogFileDescriptor = 3;

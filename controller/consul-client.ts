@@ -147,7 +147,8 @@ export class ConsulClient {
    */
   async configEntry<K extends "proxy-defaults" | "mesh">(kind: K, name: string, cursor: BlockingCursor, signal?: AbortSignal) {
     const page = await this.get<(K extends "mesh" ? MeshEntry : ProxyDefaultsEntry)[] | null>(`/v1/config/${kind}`, blockingQuery(cursor), signal);
-    return { ...page, value: (page.value ?? []).find((entry) => entry.Name === name) ?? null };
+    // The mesh entry has no Name field (Consul names it "mesh" implicitly).
+    return { ...page, value: (page.value ?? []).find((entry) => (entry.Name ?? name) === name) ?? null };
   }
 
   /** `label` names the endpoint in errors when the path alone does not say enough. */

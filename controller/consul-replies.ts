@@ -300,7 +300,8 @@ export interface MeshDirectionalTls {
 /** The `mesh` config entry (only the fields read here). */
 export interface MeshEntry {
   Kind: "mesh";
-  Name: string;
+  /** Absent: the one mesh entry is implicitly named "mesh". */
+  Name?: string;
   TLS?: { Incoming?: MeshDirectionalTls | null; Outgoing?: MeshDirectionalTls | null } | null;
   ModifyIndex?: number;
 }

@@ -6,7 +6,7 @@ import { certificatePairProblem } from "./certificate-pair.js";
 import type { Clock } from "./clock.js";
 import { writeHaproxyFiles } from "./config-files.js";
 import type { DesiredState, HaproxyPaths } from "./desired-state.js";
-import { AccessLogFile } from "./access-log-file.js";
+import { AccessLogRelay } from "./access-log-relay.js";
 import { HaproxyProcess } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
@@ -62,11 +62,11 @@ export interface ProcessDriverOptions {
 export class ProcessDriver implements HaproxyDriver {
   private readonly process: HaproxyProcess;
   private readonly runtimeApi: RuntimeApi;
-  private readonly accessLogFile: AccessLogFile;
+  private readonly accessLog: AccessLogRelay;
 
   constructor(options: ProcessDriverOptions) {
     this.runtimeApi = new RuntimeApi(options.paths.statsSocket);
-    this.accessLogFile = new AccessLogFile(options.logger);
+    this.accessLog = new AccessLogRelay(options.logger);
     this.process = new HaproxyProcess({
       binary: options.binary,
       configFile: options.paths.configFile,
@@ -76,7 +76,7 @@ export class ProcessDriver implements HaproxyDriver {
       logger: options.logger,
       clock: options.clock,
       stopTimeoutMs: options.stopTimeoutMs ?? 35_000,
-      onAccessLog: (chunk) => this.accessLogFile.write(chunk),
+      onAccessLog: (chunk) => this.accessLog.write(chunk),
     });
   }
 
@@ -86,7 +86,7 @@ export class ProcessDriver implements HaproxyDriver {
 
   writeFiles(state: DesiredState): void {
     writeHaproxyFiles(state);
-    this.accessLogFile.follow(state.accessLog);
+    this.accessLog.follow(state.accessLog);
   }
 
   start(): Promise<void> {
@@ -130,6 +130,6 @@ export class ProcessDriver implements HaproxyDriver {
 
   async stop(): Promise<void> {
     await this.process.stop();
-    await this.accessLogFile.close();
+    await this.accessLog.close();
   }
 }

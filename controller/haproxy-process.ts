@@ -21,7 +21,7 @@ export interface HaproxyProcessOptions {
   clock: Clock;
   /** How long a soft stop may take before the master is killed. */
   stopTimeoutMs: number;
-  /** What HAProxy writes to fd 3 (`log fd@3`: a file access log); drained and dropped without it. */
+  /** What HAProxy writes to fd 3 (`log fd@3`: the access log, access-log-relay.ts); drained and dropped without it. */
   onAccessLog?: (chunk: Buffer) => void;
 }
 

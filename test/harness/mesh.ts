@@ -3,6 +3,7 @@
 // processes; and a TCP client that says whether a round trip got through.
 import { mkdtempSync } from "node:fs";
 import { connect } from "node:net";
+import { connect as tlsConnect, type SecureVersion } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consulBinary } from "./consul.js";
@@ -137,4 +138,38 @@ export function serviceWithSidecar(options: {
       },
     },
   };
+}
+
+/**
+ * One TLS handshake to a sidecar's public listener as a mesh client would
+ * (a leaf and the roots from the agent; the peer's SPIFFE ID is not checked):
+ * the negotiated version, or the error that ended the handshake.
+ */
+export function meshTlsHandshake(
+  port: number,
+  client: { certPem: string; keyPem: string; rootsPem: string; minVersion?: SecureVersion; maxVersion?: SecureVersion; ciphers?: string },
+  host = "127.0.0.1",
+): Promise<{ version: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({
+      host,
+      port,
+      cert: client.certPem,
+      key: client.keyPem,
+      ca: client.rootsPem,
+      minVersion: client.minVersion ?? "TLSv1.2",
+      maxVersion: client.maxVersion ?? "TLSv1.3",
+      ...(client.ciphers ? { ciphers: client.ciphers } : {}),
+      // Service leaves carry only a URI SAN: the chain is verified, not a host name.
+      checkServerIdentity: () => undefined,
+    });
+    const done = (result: { version: string } | { error: string }) => {
+      socket.destroy();
+      resolve(result);
+    };
+    socket.setTimeout(5000, () => done({ error: "timeout" }));
+    socket.on("secureConnect", () => done({ version: socket.getProtocol() ?? "?" }));
+    socket.on("error", (err) => done({ error: err.message }));
+    socket.on("close", () => done({ error: "closed" }));
+  });
 }

@@ -2,7 +2,10 @@
 // The rendered log-formats run on real HAProxy in
 // test/integration/access-logs-and-mesh-tls.test.ts.
 import { describe, expect, it } from "vitest";
-import { accessLogFrontendLines, accessLogTarget, consulDefaultJsonFormat, planAccessLog, translateFormat } from "../../controller/access-log.js";
+import { accessLogFrontendLines, consulDefaultJsonFormat, planAccessLog, translateFormat } from "../../controller/access-log.js";
+import { AccessLogRelay, accessLinesOf } from "../../controller/access-log-relay.js";
+import { PassThrough } from "node:stream";
+import { createLogger } from "../../controller/logger.js";
 import { meshTlsGlobalLines, planMeshTls } from "../../controller/mesh-tls.js";
 
 describe("access logs (proxy-defaults AccessLogs)", () => {
@@ -70,9 +73,11 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
     const translated = translateFormat({ json: { a: "%REQ(:AUTHORITY)%", b: "%REQ(X-REQUEST-ID):16%", c: "%REQ(Host)%" } }, "http");
     expect(translated.requestHeaders).toEqual([{ name: "host", length: 256 }, { name: "x-request-id", length: 16 }]);
     const log = { sink: { kind: "stdout" as const }, http: translated, tcp: translated, listenerLogs: false, warnings: [] };
-    expect(accessLogFrontendLines(log, "http", false)).toEqual([
+    expect(accessLogFrontendLines(log, "http", false, 3)).toEqual([
       "http-request capture req.hdr(host) len 256",
       "http-request capture req.hdr(x-request-id) len 16",
+      "no log",
+      "log fd@3 len 8192 format short local0 info",
       expect.stringMatching(/^log-format '\{/),
     ]);
   });
@@ -87,23 +92,22 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
     expect(log.tcp.format).toMatch(/\] - 0 %B client=/);
   });
 
-  it("logs to a file through fd 3, and says what it cannot honour", () => {
+  it("logs to a file, and says what it cannot honour", () => {
     const log = planAccessLog({ Enabled: true, Type: "file", Path: "/var/log/envoy.log", DisableListenerLogs: true, JSONFormat: '{"c":"%DOWNSTREAM_PEER_URI_SAN%","v":"%CONNECT_VERDICT%","r":"%CONNECT_REASON%"}' })!;
     expect(log.sink).toEqual({ kind: "file", path: "/var/log/envoy.log" });
-    expect(accessLogTarget(log, 3)).toBe("log fd@3 len 8192 format raw local0 info");
     // The format logs the connect fields itself: nothing is appended.
     expect(log.http.format).toBe('{"c":"%[var(txn.connect_spiffe),json(utf8s)]","v":"%[var(txn.connect_allowed),iif(allow,deny)]","r":"%[var(txn.connect_reason),json(utf8s)]"}');
     expect(log.warnings).toEqual([expect.stringMatching(/^access logs: DisableListenerLogs cannot be honoured on HAProxy 2\.6/)]);
-    expect(accessLogFrontendLines(log, "tcp", true)).toEqual([`log-format '${log.tcp.format}'`]);
+    expect(accessLogFrontendLines(log, "tcp", true, 3)).toEqual(["no log", "log fd@3 len 8192 format short local0 info", `log-format '${log.tcp.format}'`]);
   });
 
   it("logs TLS handshake failures on the public listener unless DisableListenerLogs, with the connection's start", () => {
     const log = planAccessLog({ Enabled: true, JSONFormat: '{"t":"%START_TIME%"}' })!;
-    const lines = accessLogFrontendLines(log, "http", true);
+    const lines = accessLogFrontendLines(log, "http", true, 3);
     expect(lines[0]).toBe("tcp-request connection set-var(sess.connect_start) date(0,ms)");
     expect(lines[1]).toBe("http-request set-var(txn.connect_start) date(0,ms)");
     expect(lines.find((l) => l.startsWith("error-log-format"))).toContain("var(sess.connect_start)");
-    expect(accessLogFrontendLines(log, "http", false).some((l) => l.startsWith("error-log-format"))).toBe(false);
+    expect(accessLogFrontendLines(log, "http", false, 3).some((l) => l.startsWith("error-log-format"))).toBe(false);
   });
 
   it("falls back with a warning on a bad JSONFormat, an unknown Type, or a file without a Path", () => {
@@ -112,6 +116,28 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
     const withoutPath = planAccessLog({ Enabled: true, Type: "file" })!;
     expect(withoutPath.sink).toEqual({ kind: "stdout" });
     expect(withoutPath.warnings[0]).toBe('access logs: Type "file" without a Path; logging to stdout');
+  });
+});
+
+describe("the access log relay", () => {
+  it("keeps whole access lines (level info) without their priority, drops HAProxy's notices, and holds a partial line back", () => {
+    const { lines, rest } = accessLinesOf(Buffer.from('<6>{"a":1}\n<4>Proxy public_listener stopped (cumulated conns: FE: 3, BE: 0).\n<6>x y\n<6>{"b"'));
+    expect(lines.map(String)).toEqual(['{"a":1}\n', "x y\n"]);
+    expect(String(rest)).toBe('<6>{"b"');
+  });
+
+  it("writes to the sink proxy-defaults names, joins lines split across chunks, and drops lines while access logs are off", () => {
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    const relay = new AccessLogRelay(createLogger("error", () => undefined), { stdout, stderr });
+    relay.write(Buffer.from("<6>before\n"));
+    relay.follow(planAccessLog({ Enabled: true }));
+    relay.write(Buffer.from("<6>one\n<6>tw"));
+    relay.write(Buffer.from("o\n"));
+    relay.follow(planAccessLog({ Enabled: true, Type: "stderr" }));
+    relay.write(Buffer.from("<4>Proxy stopped\n<6>three\n"));
+    expect(String(stdout.read())).toBe("one\ntwo\n");
+    expect(String(stderr.read())).toBe("three\n");
   });
 });
 
