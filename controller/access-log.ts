@@ -73,6 +73,22 @@ function fetched(expression: string, json: boolean): string {
   return json ? `%[${expression},json(utf8s)]` : `%[${expression}]`;
 }
 
+/** Operators that are one HAProxy alias in HTTP and TCP alike (none can print a quote or a backslash). */
+const sameInBothModes: Record<string, string> = {
+  DOWNSTREAM_REMOTE_ADDRESS: "%ci:%cp",
+  DOWNSTREAM_DIRECT_REMOTE_ADDRESS: "%ci:%cp",
+  DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT: "%ci",
+  DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT: "%ci",
+  DOWNSTREAM_LOCAL_ADDRESS: "%fi:%fp",
+  DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT: "%fi",
+  DOWNSTREAM_TLS_VERSION: "%sslv",
+  DOWNSTREAM_TLS_CIPHER: "%sslc",
+  UPSTREAM_CLUSTER: "%b",
+  UPSTREAM_HOST: "%si:%sp",
+  UPSTREAM_LOCAL_ADDRESS: "%bi:%bp",
+  HOSTNAME: "%H",
+};
+
 interface Operator {
   name: string;
   argument?: string;
@@ -102,6 +118,8 @@ class FormatBuilder {
   expression({ name, argument, maxLength }: Operator): Expression {
     const http = this.mode === "http";
     const dash = { text: "-" };
+    const alias = sameInBothModes[name];
+    if (alias) return { text: alias };
     switch (name) {
       case "START_TIME": {
         this.startTime = true;
@@ -110,32 +128,10 @@ class FormatBuilder {
         const text = `%[var(${v}),div(1000),utime(%Y-%m-%dT%H:%M:%S)].%[var(${v}),mod(1000),add(1000),json,bytes(1,3)]Z`;
         return argument ? { text, note: `%START_TIME(${argument})%: custom time formats are not supported; logged as ISO 8601 UTC with milliseconds` } : { text };
       }
-      case "DOWNSTREAM_REMOTE_ADDRESS":
-      case "DOWNSTREAM_DIRECT_REMOTE_ADDRESS":
-        return { text: "%ci:%cp" };
-      case "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
-      case "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
-        return { text: "%ci" };
-      case "DOWNSTREAM_LOCAL_ADDRESS":
-        return { text: "%fi:%fp" };
-      case "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
-        return { text: "%fi" };
       case "DOWNSTREAM_PEER_URI_SAN":
         return { text: fetched(`var(${spiffeVar})`, this.json) };
-      case "DOWNSTREAM_TLS_VERSION":
-        return { text: "%sslv" };
-      case "DOWNSTREAM_TLS_CIPHER":
-        return { text: "%sslc" };
       case "REQUESTED_SERVER_NAME":
         return { text: fetched("ssl_fc_sni", this.json) };
-      case "UPSTREAM_CLUSTER":
-        return { text: "%b" };
-      case "UPSTREAM_HOST":
-        return { text: "%si:%sp" };
-      case "UPSTREAM_LOCAL_ADDRESS":
-        return { text: "%bi:%bp" };
-      case "HOSTNAME":
-        return { text: "%H" };
       case "PROTOCOL":
         return http ? { text: "%HV" } : dash;
       case "RESPONSE_CODE":

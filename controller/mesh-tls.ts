@@ -2,7 +2,8 @@
 // defaults for every bind (incoming: the public listener) and every server
 // (outgoing: upstream instances). Consul hands Envoy empty TlsParameters when
 // the entry says nothing (agent/xds makeTLSParametersFromProxyTLSConfig), so
-// Envoy's own defaults apply: a server 1.2–1.3, a client 1.2–1.2.
+// Envoy's own defaults apply: a server 1.2–1.3, a client 1.2–1.2. Our
+// outgoing default keeps TLS 1.3 (docs/controller.md says why).
 import type { MeshDirectionalTls, MeshEntry } from "./consul-replies.js";
 
 export type TlsVersion = "TLSv1.2" | "TLSv1.3";
@@ -20,8 +21,15 @@ export interface MeshTls {
   warnings: string[];
 }
 
-export const envoyServerDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.3" };
-export const envoyClientDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.2" };
+export const incomingDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.3" };
+/**
+ * Not Envoy's client default (1.2–1.2): with TLS 1.2 between two
+ * connect-haproxy sidecars, a reload under traffic lost a kept-alive request
+ * ("socket hang up"; test/integration/discovery-chain-traffic.test.ts, split
+ * 100/0 → 0/100: in each of 2 runs), with 1.2–1.3 none. Every peer accepts 1.3: Envoy's and Consul's
+ * built-in proxy's servers default to 1.2–1.3.
+ */
+export const outgoingDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.3" };
 
 /** Consul's cipher suite names (types.TLSCipherSuite, the ones Envoy accepts) → OpenSSL's. */
 export const opensslCipherNames: Record<string, string> = {
@@ -87,8 +95,8 @@ export function tlsDirection(config: MeshDirectionalTls | null | undefined, fall
 /** Pure: the mesh entry (null or undefined: none) → both directions, with a warning per setting not honoured. */
 export function planMeshTls(mesh: MeshEntry | null | undefined): MeshTls {
   const warnings: string[] = [];
-  const incoming = tlsDirection(mesh?.TLS?.Incoming, envoyServerDefault, "TLS.Incoming", warnings);
-  const outgoing = tlsDirection(mesh?.TLS?.Outgoing, envoyClientDefault, "TLS.Outgoing", warnings);
+  const incoming = tlsDirection(mesh?.TLS?.Incoming, incomingDefault, "TLS.Incoming", warnings);
+  const outgoing = tlsDirection(mesh?.TLS?.Outgoing, outgoingDefault, "TLS.Outgoing", warnings);
   return { incoming, outgoing, warnings };
 }
 

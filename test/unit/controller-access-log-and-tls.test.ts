@@ -142,17 +142,20 @@ describe("the access log relay", () => {
 });
 
 describe("mesh TLS (the mesh config entry)", () => {
-  it("uses Envoy's defaults without a mesh entry: incoming 1.2-1.3, outgoing 1.2-1.2", () => {
+  it("uses TLS 1.2-1.3 both ways without a mesh entry (incoming: Envoy's server default; outgoing: not Envoy's 1.2-1.2, see mesh-tls.ts)", () => {
     const tls = planMeshTls(null);
     expect(tls.warnings).toEqual([]);
-    expect(meshTlsGlobalLines(tls)).toEqual(["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"]);
+    expect(meshTlsGlobalLines(tls)).toEqual(["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3"]);
   });
 
-  it("applies versions per direction; a minimum above the default maximum raises it", () => {
+  it("applies versions per direction; TLS_AUTO is the default; a maximum below the minimum is raised, with a warning", () => {
     const tls = planMeshTls({ Kind: "mesh", Name: "mesh", TLS: { Incoming: { TLSMinVersion: "TLSv1_3" }, Outgoing: { TLSMinVersion: "TLSv1_3", TLSMaxVersion: "TLS_AUTO" } } });
     expect(tls.incoming).toEqual({ minVersion: "TLSv1.3", maxVersion: "TLSv1.3" });
     expect(tls.outgoing).toEqual({ minVersion: "TLSv1.3", maxVersion: "TLSv1.3" });
     expect(tls.warnings).toEqual([]);
+    const inverted = planMeshTls({ Kind: "mesh", TLS: { Outgoing: { TLSMinVersion: "TLSv1_3", TLSMaxVersion: "TLSv1_2" } } });
+    expect(inverted.outgoing).toEqual({ minVersion: "TLSv1.3", maxVersion: "TLSv1.3" });
+    expect(inverted.warnings).toEqual(["mesh TLS.Outgoing: TLSMaxVersion TLSv1_2 is below TLSMinVersion TLSv1_3; TLSv1.3 is used for both"]);
   });
 
   it("maps Consul's cipher suite names to OpenSSL's and warns about the rest", () => {
