@@ -6,7 +6,7 @@ import { connect } from "node:net";
 import { connect as tlsConnect, type SecureVersion } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { consulBinary } from "./consul.js";
+import { consulBinary, type ConsulAgent } from "./consul.js";
 import { controllerCli, dbApp, httpEchoApp, webApp } from "./paths.js";
 import { startProcess, type StartedProcess } from "./processes.js";
 
@@ -172,4 +172,32 @@ export function meshTlsHandshake(
     socket.on("error", (err) => done({ error: err.message }));
     socket.on("close", () => done({ error: "closed" }));
   });
+}
+
+export interface WebApiDbPorts {
+  api: number;
+  apiSidecar: number;
+  db: number;
+  dbSidecar: number;
+  web: number;
+  webSidecar: number;
+  apiUpstream: number;
+  dbUpstream: number;
+}
+
+/**
+ * The three services of the L7 and access-log tests: api (HTTP echo app) and
+ * db (line echo app) started and registered with their sidecars, and web with
+ * upstreams to both. Returns the apps (the caller stops them).
+ */
+export async function registerWebApiDb(consul: Pick<ConsulAgent, "api">, ports: WebApiDbPorts): Promise<StartedProcess[]> {
+  const apps = [startHttpEchoApp(ports.api, "api"), startDbApp(ports.db, "db")];
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api", name: "api", port: ports.api, sidecarPort: ports.apiSidecar }));
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db", name: "db", port: ports.db, sidecarPort: ports.dbSidecar }));
+  const upstreams = [
+    { DestinationName: "api", LocalBindPort: ports.apiUpstream },
+    { DestinationName: "db", LocalBindPort: ports.dbUpstream },
+  ];
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "web", name: "web", port: ports.web, sidecarPort: ports.webSidecar, upstreams }));
+  return apps;
 }

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { meshTlsHandshake, serviceWithSidecar, startConnectHaproxy, startDbApp, startHttpEchoApp, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
+import { meshTlsHandshake, registerWebApiDb, startConnectHaproxy, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor } from "../harness/processes.js";
 
@@ -71,23 +71,7 @@ beforeAll(async () => {
   await consul.api("PUT", "/v1/config", { Kind: "service-intentions", Name: "api", Sources: [{ Name: "web", Permissions: [{ Action: "allow", HTTP: { PathPrefix: "/ok" } }] }] });
   await consul.api("PUT", "/v1/config", { Kind: "service-intentions", Name: "db", Sources: [{ Name: "web", Action: "allow" }] });
 
-  started.push(startHttpEchoApp(ports.api, "api"), startDbApp(ports.db, "db"));
-  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api", name: "api", port: ports.api, sidecarPort: ports.apiSidecar }));
-  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db", name: "db", port: ports.db, sidecarPort: ports.dbSidecar }));
-  await consul.api(
-    "PUT",
-    "/v1/agent/service/register",
-    serviceWithSidecar({
-      id: "web",
-      name: "web",
-      port: ports.web,
-      sidecarPort: ports.webSidecar,
-      upstreams: [
-        { DestinationName: "api", LocalBindPort: ports.apiUpstream },
-        { DestinationName: "db", LocalBindPort: ports.dbUpstream },
-      ],
-    }),
-  );
+  started.push(...(await registerWebApiDb(consul, ports)));
   api = startConnectHaproxy("api", consul.httpAddr);
   db = startConnectHaproxy("db", consul.httpAddr);
   web = startConnectHaproxy("web", consul.httpAddr);
