@@ -14,7 +14,7 @@
 // Rounds interleave the set-ups; each figure is a median over rounds, each
 // ratio the median of the per-round ratios; the spread of the plain pair's
 // rounds is the noise figure.
-//   node bench/http-pair.mjs [--rounds N] [--seconds S]   (after npm run build; CONSUL_BIN)
+//   node bench/http-pair.mjs [--rounds N] [--seconds S] [--log-format JSON]   (after npm run build; CONSUL_BIN)
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -29,7 +29,7 @@ import { registerMesh } from "./lib/mesh.mjs";
 import { median, medianRatio, spread } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
-const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" } } });
+const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" }, "log-format": { type: "string" } } });
 const rounds = Number(values.rounds);
 const seconds = Number(values.seconds);
 const log = (message) => console.error(message);
@@ -64,7 +64,8 @@ runProgram("http-pair", async () => {
       const order = ["plain", "l4", "l4log", "l7"].map((_, i, all) => all[(i + round) % all.length]);
       for (const id of order) {
         if (id !== "plain") await consul.api("PUT", "/v1/config", { Kind: "service-intentions", Name: "db", Sources: INTENTIONS[id] });
-        const accessLogs = id === "l4log" ? { AccessLogs: { Enabled: true, Type: "file", Path: join(runDir, "access.log") } } : {};
+        const format = values["log-format"] ? { JSONFormat: values["log-format"] } : {};
+        const accessLogs = id === "l4log" ? { AccessLogs: { Enabled: true, Type: "file", Path: join(runDir, "access.log"), ...format } } : {};
         await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", Config: { protocol: "http" }, ...accessLogs });
         const setup = await startSetup(id === "plain" ? "plain" : "connect", ctx);
         try {

@@ -9,6 +9,8 @@ import { accessLinePriority, type AccessLog, type AccessLogSink } from "./access
 import type { Logger } from "./logger.js";
 
 const newline = 0x0a;
+/** Bounds how late a line reaches its sink; measured: one write per pipe read cost ~40 % of kept-alive requests/s (bench/http-pair.mjs l4log). */
+const flushIntervalMs = 50;
 const priority = Buffer.from(accessLinePriority);
 
 /** Pure: the access lines of `text` (complete lines only) and the incomplete rest. */
@@ -33,6 +35,9 @@ export class AccessLogRelay {
   private file?: WriteStream;
   private failed = false;
   private pending: Buffer = Buffer.alloc(0);
+  /** Access lines waiting for the next flush: one write per interval, not per pipe read (reads come a line or two at a time). */
+  private queued: Buffer[] = [];
+  private flushTimer?: NodeJS.Timeout;
 
   constructor(private readonly logger: Logger, private readonly outputs: RelayOutputs = { stdout: process.stdout, stderr: process.stderr }) {}
 
@@ -40,6 +45,7 @@ export class AccessLogRelay {
   follow(log: AccessLog | undefined): void {
     const sink = log?.sink;
     if (JSON.stringify(sink) === JSON.stringify(this.sink)) return;
+    this.flush();
     this.file?.end();
     this.file = undefined;
     this.failed = false;
@@ -60,13 +66,24 @@ export class AccessLogRelay {
     const { lines, rest } = accessLinesOf(this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk);
     this.pending = Buffer.from(rest);
     if (lines.length === 0 || !this.sink) return;
-    const out = Buffer.concat(lines);
-    if (this.sink.kind === "file") {
+    this.queued.push(...lines);
+    this.flushTimer ??= setTimeout(() => this.flush(), flushIntervalMs);
+  }
+
+  /** Writes the queued lines now (a timer calls it; so do follow and close). */
+  flush(): void {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    if (this.queued.length === 0) return;
+    const out = Buffer.concat(this.queued);
+    this.queued = [];
+    if (this.sink?.kind === "file") {
       if (this.file && !this.failed) this.file.write(out);
-    } else this.outputs[this.sink.kind].write(out);
+    } else if (this.sink) this.outputs[this.sink.kind].write(out);
   }
 
   close(): Promise<void> {
+    this.flush();
     const file = this.file;
     this.file = undefined;
     this.sink = undefined;

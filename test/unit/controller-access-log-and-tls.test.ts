@@ -136,6 +136,7 @@ describe("the access log relay", () => {
     relay.write(Buffer.from("o\n"));
     relay.follow(planAccessLog({ Enabled: true, Type: "stderr" }));
     relay.write(Buffer.from("<4>Proxy stopped\n<6>three\n"));
+    relay.flush();
     expect(String(stdout.read())).toBe("one\ntwo\n");
     expect(String(stderr.read())).toBe("three\n");
   });
