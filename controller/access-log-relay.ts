@@ -9,7 +9,7 @@ import { accessLinePriority, type AccessLog, type AccessLogSink } from "./access
 import type { Logger } from "./logger.js";
 
 const newline = 0x0a;
-/** Bounds how late a line reaches its sink; measured: one write per pipe read cost ~40 % of kept-alive requests/s (bench/http-pair.mjs l4log). */
+/** Bounds how late a line reaches its sink (one write per interval instead of one per pipe read; the relay's cost: docs/controller.md). */
 const flushIntervalMs = 50;
 const priority = Buffer.from(accessLinePriority);
 
