@@ -6,7 +6,7 @@
 import { runBlockingWatch, type BlockingMode } from "./blocking-query.js";
 import type { Clock } from "./clock.js";
 import type { ConsulClient } from "./consul-client.js";
-import type { AgentServiceRegistration, BlockingCursor, CaRoots, CompiledDiscoveryChain, ConsulPage, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, CompiledDiscoveryChain, ConsulPage, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "./consul-replies.js";
 import { targetQueryKey, type TargetQuery } from "./discovery-chain.js";
 import type { Logger } from "./logger.js";
 import type { UpstreamSpec } from "./sidecar-spec.js";
@@ -22,6 +22,8 @@ export type WatchId =
   | { kind: "roots" }
   | { kind: "leaf"; service: string }
   | { kind: "intentions"; service: string }
+  | { kind: "proxy-defaults" }
+  | { kind: "mesh" }
   | { kind: "upstream"; upstream: UpstreamTarget }
   | { kind: "chain"; upstream: ChainRequest }
   | { kind: "target"; query: TargetQuery };
@@ -38,6 +40,10 @@ export interface WatchValues {
   roots: CaRoots;
   leaf: LeafCertificate;
   intentions: IntentionsAtIndex;
+  /** The `global` proxy-defaults entry; null when there is none. */
+  "proxy-defaults": ProxyDefaultsEntry | null;
+  /** The `mesh` entry; null when there is none. */
+  mesh: MeshEntry | null;
   upstream: UpstreamInstances;
   chain: CompiledDiscoveryChain;
   /** Instances with no critical check (passing only, when the query says OnlyPassing). */
@@ -56,7 +62,7 @@ export interface SnapshotSource {
 /** The stable identity of a watch, for keeping the same one running across calls. */
 export function watchKey(id: WatchId): string {
   if (id.kind === "registration") return `registration ${id.proxyId}`;
-  if (id.kind === "roots") return "roots";
+  if (id.kind === "roots" || id.kind === "proxy-defaults" || id.kind === "mesh") return id.kind;
   if (id.kind === "upstream") return `upstream ${id.upstream.name}`;
   // The overrides are part of the identity: a changed one restarts the watch.
   if (id.kind === "chain") return `chain ${id.upstream.name} ${JSON.stringify(id.upstream.overrides)}`;
@@ -74,6 +80,10 @@ export function describeWatch(id: WatchId): string {
       return `leaf certificate of ${id.service}`;
     case "intentions":
       return `intentions for ${id.service}`;
+    case "proxy-defaults":
+      return "proxy-defaults config entry";
+    case "mesh":
+      return "mesh config entry";
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       return `instances of ${destinationType === "prepared_query" ? "prepared query " : ""}${destinationName}${datacenter ? ` in ${datacenter}` : ""}`;
@@ -107,6 +117,10 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
       const page = await consul.intentionsForDestination(id.service, cursor, signal);
       return as({ ...page, value: { byDestination: page.value, index: page.index ?? 0 } }, { kind: id.kind, id });
     }
+    case "proxy-defaults":
+      return as(await consul.configEntry("proxy-defaults", "global", cursor, signal), { kind: id.kind, id });
+    case "mesh":
+      return as(await consul.configEntry("mesh", "mesh", cursor, signal), { kind: id.kind, id });
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       if (destinationType === "prepared_query") {

@@ -21,6 +21,8 @@ export interface HaproxyProcessOptions {
   clock: Clock;
   /** How long a soft stop may take before the master is killed. */
   stopTimeoutMs: number;
+  /** What HAProxy writes to fd 3 (`log fd@3`: the access log, access-log-relay.ts); drained and dropped without it. */
+  onAccessLog?: (chunk: Buffer) => void;
 }
 
 export class HaproxyConfigError extends Error {}
@@ -84,8 +86,10 @@ export class HaproxyProcess {
     // HAProxy writes its traffic log and notices straight to our stdout and
     // stderr: relaying them line by line through Node cost 70-150 µs of CPU per
     // connection (bench/, docs/benchmarks.md).
-    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "inherit", "inherit"] });
+    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "inherit", "inherit", "pipe"] });
     this.child = child;
+    // fd 3 survives reloads (the master re-executes itself with its descriptors); chunks, not lines, keep it cheap.
+    child.stdio[3]?.on("data", (chunk: Buffer) => this.options.onAccessLog?.(chunk));
     this.exited = once(child, "exit");
     child.on("exit", (code, signal) => {
       if (this.stopping || this.child !== child) return;

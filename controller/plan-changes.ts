@@ -93,9 +93,21 @@ export function describeChainChange(before: UpstreamStructure, after: UpstreamSt
   return words.join(", ") || "settings changed";
 }
 
+/** Pure: the reload reasons of the proxy-defaults access log and the mesh entry's TLS (both only in haproxy.cfg). */
+export function proxySettingsChanges(running: DesiredState, desired: DesiredState): string[] {
+  const reasons: string[] = [];
+  const log = (state: DesiredState) => (state.accessLog ? `${state.accessLog.sink.kind}${state.accessLog.sink.kind === "file" ? ` ${state.accessLog.sink.path}` : ""}` : "off");
+  if (JSON.stringify(running.accessLog) !== JSON.stringify(desired.accessLog)) reasons.push(`proxy-defaults access logs changed (${log(running)} -> ${log(desired)})`);
+  const tls = ({ meshTls: { incoming, outgoing } }: DesiredState) => `incoming ${incoming.minVersion}-${incoming.maxVersion}, outgoing ${outgoing.minVersion}-${outgoing.maxVersion}`;
+  const { warnings: _before, ...tlsBefore } = running.meshTls;
+  const { warnings: _after, ...tlsAfter } = desired.meshTls;
+  if (JSON.stringify(tlsBefore) !== JSON.stringify(tlsAfter)) reasons.push(`mesh TLS changed (${tls(running)} -> ${tls(desired)})`);
+  return reasons;
+}
+
 /** Pure: human-readable reasons for a reload; empty when none is needed. */
 export function structuralChanges(running: DesiredState, desired: DesiredState): string[] {
-  const reasons: string[] = [];
+  const reasons: string[] = proxySettingsChanges(running, desired);
   const before = structureOf(running);
   const after = structureOf(desired);
   if (JSON.stringify(before.paths) !== JSON.stringify(after.paths)) reasons.push("file locations changed");
@@ -175,7 +187,7 @@ export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false }
 
 /** Everything haproxy.cfg's text is rendered from (certificates live in their own files). */
 function configTextInputs(state: DesiredState): string {
-  return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain]);
+  return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain, state.accessLog, state.meshTls]);
 }
 
 /**

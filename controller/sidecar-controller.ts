@@ -140,6 +140,7 @@ export class SidecarController {
     }
     const desired = buildDesiredState(consulSnapshot(this.snapshot, this.identities.verified(upstreams)), paths, this.running);
     this.logChainChanges(desired);
+    this.logProxySettingWarnings(desired);
     const leftToLua = desired.nativeL7.leftToLua;
     if (leftToLua.length > 0 && JSON.stringify(leftToLua) !== JSON.stringify(this.running?.nativeL7.leftToLua ?? [])) {
       logger.info("native L7 rules leave these intentions to the authorizer (decided per request in Lua)", { intentions: leftToLua.join("; ") });
@@ -180,6 +181,14 @@ export class SidecarController {
       }
     }
     return true;
+  }
+
+  /** The access log's and the mesh TLS's warnings, once each time they change (a setting not honoured is never silent). */
+  private logProxySettingWarnings(desired: DesiredState): void {
+    const before = new Set([...(this.running?.accessLog?.warnings ?? []), ...(this.running?.meshTls.warnings ?? [])]);
+    const now = [...(desired.accessLog?.warnings ?? []), ...desired.meshTls.warnings];
+    if (this.running && before.size === now.length && now.every((warning) => before.has(warning))) return;
+    for (const warning of now) this.options.logger.warn(warning);
   }
 
   /** One line per discovery chain that changed (or is seen first), and one per field it approximates. */

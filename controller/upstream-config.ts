@@ -5,6 +5,7 @@
 // assigned (a backup server relaying to the failover targets), so a target
 // losing or regaining instances (runtime `set server`) needs no reload.
 import { createHash } from "node:crypto";
+import { frontendLogLines } from "./access-log.js";
 import type { DesiredState, BackendState, HaproxyPaths, UpstreamState } from "./desired-state.js";
 import type { ChainLeaf, HeaderChanges } from "./discovery-chain.js";
 import type { RouteHttpMatch } from "./consul-replies.js";
@@ -250,7 +251,7 @@ function balanceLines(backend: BackendState): string[] {
   return [`    balance ${loadBalancing.algorithm}`];
 }
 
-export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths">, authorization: boolean): string[] {
+export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths" | "accessLog">, authorization: boolean): string[] {
   const http = isHttpProtocol(upstream.protocol);
   const relays = failoverRelays(upstream, state.paths);
   const upstreamMode = http ? "http" : "tcp";
@@ -264,7 +265,7 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
     `frontend ${upstream.name}`,
     `    mode ${upstreamMode}`,
     `    bind ${hostPort(upstream.bindAddress, upstream.bindPort)}`,
-    http ? "    option httplog" : "    option tcplog",
+    ...frontendLogLines(state.accessLog, http ? "http" : "tcp", false, [http ? "option httplog" : "option tcplog"]).map((line) => `    ${line}`),
     ...chainFrontendRules(upstream),
     "",
   ];

@@ -44,6 +44,8 @@ export interface AuthorizeContext {
   intentions: IntentionWatch;
   connections: ConnectionRegistry;
   passes: RequestPasses;
+  /** HAProxy's global log (core.*), for decision lines when CONNECT_DECISION_LOG=global. */
+  globalLog?: (this: void, level: string, message: string) => void;
 }
 
 const find = string.find;
@@ -242,11 +244,12 @@ function logDecision(context: AuthorizeContext, txn: Txn, target: string, allowe
     request +
     " reason=" + quoteReason(reason) +
     " via=" + origin;
-  if (allowed) {
-    if (context.config.logAllowed) txn.Info(line);
-    else txn.Debug(line);
-  } else if (TROUBLE.get(origin) === true) txn.Warning(line);
-  else txn.Info(line);
+  const level = allowed ? (context.config.logAllowed ? "info" : "debug") : TROUBLE.get(origin) === true ? "warning" : "info";
+  // The frontend's log is then the access log (which carries the verdict itself): it keeps only access lines.
+  if (context.config.decisionLogGlobal && context.globalLog !== undefined) context.globalLog(level, line);
+  else if (level === "warning") txn.Warning(line);
+  else if (level === "info") txn.Info(line);
+  else txn.Debug(line);
 }
 
 /**

@@ -71,6 +71,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   const sleep = (ms: number): void => core.msleep(Math.max(1, Math.floor(ms)));
   const log = (level: string, message: string): void => {
     if (level === "warning") core.Warning(message);
+    else if (level === "debug") core.Debug(message);
     else core.Info(message);
   };
 
@@ -135,6 +136,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     intentions: watch,
     connections: new connectionRegistry.ConnectionRegistry(settings.cacheSize),
     passes: new requestPasses.RequestPasses(requestPasses.haproxyPassMap(core, settings.passMap), settings.cacheSize),
+    globalLog: log,
   };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);

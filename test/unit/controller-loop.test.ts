@@ -2,7 +2,7 @@
 // recording HAProxy driver, a fake identity probe and a clock the test moves.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { Clock } from "../../controller/clock.js";
-import type { AgentServiceRegistration, CaRoots, CompiledDiscoveryChain, DiscoveryChainReply, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-replies.js";
+import type { AgentServiceRegistration, CaRoots, CompiledDiscoveryChain, DiscoveryChainReply, Intention, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "../../controller/consul-replies.js";
 import { targetQuery } from "../../controller/discovery-chain.js";
 import { watchKey, type SnapshotPart, type SnapshotSource, type WatchId } from "../../controller/consul-watches.js";
 import type { DesiredState } from "../../controller/desired-state.js";
@@ -126,6 +126,10 @@ const dbTarget = Object.values(dbChain.Targets)[0]!;
 const instancesPart = (...entries: ServiceInstanceEntry[]): SnapshotPart => ({ kind: "target", id: { kind: "target", query: targetQuery(dbTarget) }, value: entries });
 const rootsPart = (value: CaRoots): SnapshotPart => ({ kind: "roots", id: { kind: "roots" }, value });
 const leafPart = (value: LeafCertificate): SnapshotPart => ({ kind: "leaf", id: { kind: "leaf", service: "web" }, value });
+const proxyDefaultsPart = (value: ProxyDefaultsEntry | null): SnapshotPart => ({ kind: "proxy-defaults", id: { kind: "proxy-defaults" }, value });
+const meshPart = (value: MeshEntry | null): SnapshotPart => ({ kind: "mesh", id: { kind: "mesh" }, value });
+/** startLoop delivers "no proxy-defaults, no mesh entry" unless a test clears this. */
+let configEntriesKnown = true;
 const intentionsPart = (byDestination: Record<string, Intention[] | null>, index = 30): SnapshotPart => ({ kind: "intentions", id: { kind: "intentions", service: "web" }, value: { byDestination, index } });
 const renewedLeaf: LeafCertificate = { ...leaf, SerialNumber: "aa:bb", CertPEM: leaf.CertPEM.replace(/^(-----BEGIN CERTIFICATE-----\n)/, "$1AAAA") };
 const withSecondRoot: CaRoots = { ...roots, Roots: [...roots.Roots!, { ...roots.Roots![0]!, ID: "second", Active: false, RootCert: "-----BEGIN CERTIFICATE-----\nsecond\n-----END CERTIFICATE-----\n" }] };
@@ -154,6 +158,10 @@ function startLoop(serviceRegistration: AgentServiceRegistration = registration)
   });
   void controller.run(stop.signal);
   source.send(chainPart());
+  if (configEntriesKnown) {
+    source.send(proxyDefaultsPart(null));
+    source.send(meshPart(null));
+  }
   return controller;
 }
 
@@ -176,13 +184,14 @@ beforeEach(() => {
   probes = [];
   verdictFor = () => ({ ok: true, spiffeId: "spiffe://x/ns/default/dc/dc1/svc/db" });
   stop = new AbortController();
+  configEntriesKnown = true;
   return () => stop.abort();
 });
 
 describe("the sidecar loop", () => {
   it("watches what the registration names, and follows it when the registration changes", () => {
     startLoop();
-    const common = ["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web"];
+    const common = ["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web", "proxy-defaults", "mesh"];
     // The chain (delivered by startLoop) names one target: its instances are watched too.
     expect(source.watches).toEqual([...common, "chain upstream_db {}", "target db dc1 not-critical "]);
     const proxy = registration.Proxy!;
@@ -308,6 +317,38 @@ describe("the sidecar loop", () => {
     const calls = driver.take();
     expect(calls.map((c) => c.call)).toEqual(["writeFiles", "reload"]);
     expect(calls[1]).toMatchObject({ call: "reload", validation: "key pair" });
+  });
+
+  it("waits for the mesh and proxy-defaults entries (or their absence) before starting", async () => {
+    configEntriesKnown = false;
+    startLoop();
+    source.send(rootsPart(roots));
+    source.send(leafPart(leaf));
+    source.send(instancesPart(db1));
+    source.send(proxyDefaultsPart(null));
+    await clock.advance(6_000);
+    expect(driver.calls).toEqual([]);
+    source.send(meshPart(null));
+    await clock.advance(100);
+    expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "start"]);
+  });
+
+  it("reloads, validated, when the mesh TLS or the access logs change, and not when an entry changes nothing HAProxy uses", async () => {
+    await startedWithDb1();
+    source.send(meshPart({ Kind: "mesh", Name: "mesh", TLS: { Incoming: { TLSMinVersion: "TLSv1_3" } } }));
+    await clock.advance(100);
+    const calls = driver.take();
+    expect(calls.map((c) => c.call)).toEqual(["writeFiles", "reload"]);
+    expect(calls[1]).toMatchObject({ call: "reload", validation: "haproxy -c" });
+    expect(calls[0]?.call === "writeFiles" && calls[0].state.meshTls.incoming).toEqual({ minVersion: "TLSv1.3", maxVersion: "TLSv1.3" });
+    source.send(proxyDefaultsPart({ Kind: "proxy-defaults", Name: "global", AccessLogs: { Enabled: false } }));
+    await clock.advance(100);
+    expect(driver.take()).toEqual([]);
+    source.send(proxyDefaultsPart({ Kind: "proxy-defaults", Name: "global", AccessLogs: { Enabled: true, Type: "file", Path: "/var/log/web.log" } }));
+    await clock.advance(100);
+    const [write, reload] = driver.take();
+    expect(reload?.call).toBe("reload");
+    expect(write?.call === "writeFiles" && write.state.accessLog?.sink).toEqual({ kind: "file", path: "/var/log/web.log" });
   });
 
   it("restores the files after a refused reload and tries again 30 s later", async () => {
