@@ -160,7 +160,9 @@ describe("TLS versions from the mesh config entry", () => {
     }
     for (const sidecar of [api, db, web]) {
       expect(readFileSync(join(sidecar.configDir, "haproxy.cfg"), "utf8")).toContain("ssl-default-bind-options ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3");
-      expect(sidecar.process.output()).toMatch(/applied change.*mesh TLS changed \(incoming TLSv1\.2-TLSv1\.3, outgoing TLSv1\.2-TLSv1\.3 -> incoming TLSv1\.3-TLSv1\.3, outgoing TLSv1\.3-TLSv1\.3\)/);
+      // The new worker serves before the controller logs the change it applied.
+      const applied = /applied change.*mesh TLS changed \(incoming TLSv1\.2-TLSv1\.3, outgoing TLSv1\.2-TLSv1\.3 -> incoming TLSv1\.3-TLSv1\.3, outgoing TLSv1\.3-TLSv1\.3\)/;
+      await waitFor(`${sidecar.configDir}: the mesh TLS change logged`, async () => (applied.test(sidecar.process.output()) ? true : undefined), { timeoutMs: 5000, intervalMs: 50 });
     }
     // web's HAProxy now offers only TLS 1.3 to api's, which accepts only TLS 1.3: traffic still flows.
     await waitFor("web → api over TLS 1.3", async () => ((await httpThroughWeb("/ok/tls13").catch(() => 0)) === 200 ? true : undefined), { timeoutMs: 15_000, intervalMs: 250 });
