@@ -80,6 +80,7 @@ export function pathsIn(configDir: string): HaproxyPaths {
     serverPassMap: join(configDir, "server-passes.map"),
     masterSocket: join(configDir, "master.sock"),
     luaBundle: luaBundlePath(),
+    promexSocket: join(configDir, "promex.sock"),
   };
 }
 

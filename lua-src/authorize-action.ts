@@ -33,6 +33,7 @@ import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
 import { quoted, sanitize } from "./sanitize";
 import { INTERNAL_ORIGIN, runFailClosed, type Verdict } from "./fail-closed";
+import type { DecisionCounters } from "./metrics";
 
 const format = string.format;
 
@@ -44,6 +45,8 @@ export interface AuthorizeContext {
   intentions: IntentionWatch;
   connections: ConnectionRegistry;
   passes: RequestPasses;
+  /** Decisions by verdict and origin, for `connect metrics` (absent: not counted). */
+  decisions?: DecisionCounters;
 }
 
 const find = string.find;
@@ -276,6 +279,7 @@ export function switchOnNativeRules(context: AuthorizeContext, target: string, i
 /** The action body. Never raises; always sets txn.connect_allowed. */
 export function authorizeTransaction(context: AuthorizeContext, txn: Txn, targetArgument: string | undefined): void {
   const [allowed, reason, origin, identity] = runFailClosed(evaluate, publish, "txn.connect_allowed", context, txn, targetArgument);
+  context.decisions?.record(allowed, origin);
   const target = targetArgument === undefined || targetArgument === "-" || targetArgument === "" ? context.config.defaultTarget ?? "-" : targetArgument;
   pcall(logDecision, context, txn, target, allowed, reason, origin, identity);
 }
