@@ -55,7 +55,13 @@ export class RuntimeApi {
     return answer;
   }
 
+  /**
+   * A new address goes through maintenance first: leaving it resets the
+   * health a passive check may have marked down, so a new instance in a slot
+   * whose previous one was ejected starts in rotation (tried on 2.6.12).
+   */
   async setServer(backend: string, server: string, target: { address: string; port: number } | undefined, ready: boolean): Promise<void> {
+    if (target && ready) await this.command(`set server ${backend}/${server} state maint`);
     if (target) await this.command(`set server ${backend}/${server} addr ${target.address} port ${target.port}`);
     await this.command(`set server ${backend}/${server} state ${ready ? "ready" : "maint"}`);
   }

@@ -17,9 +17,9 @@ export interface PublicListenerSpec {
   /** HTTP protocols only: how long the local app may take to answer. */
   localRequestTimeoutMs: number;
   /** HTTP protocols only: how long a request to the local app may stay idle (undefined: not set). */
-  localIdleTimeoutMs: number | undefined;
+  localIdleTimeoutMs?: number;
   /** Connections past it are refused (undefined: no limit). */
-  maxInboundConnections: number | undefined;
+  maxInboundConnections?: number;
 }
 
 export interface UpstreamSpec {
