@@ -226,7 +226,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     metricsServer = new MetricsServer(
       {
         haproxy: () => getOverUnixSocket(paths.promexSocket!, "/metrics"),
-        authorizer: () => runtimeApi.command("connect metrics"),
+        authorizer: () => runtimeApi.authorizerMetrics(),
         controller: () => metrics.text(),
         readiness: () => controller?.readiness() ?? { ready: false, reason: "starting" },
       },

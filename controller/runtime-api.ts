@@ -91,6 +91,17 @@ export class RuntimeApi {
     return this.command("connect cache flush");
   }
 
+  /**
+   * The authorizer's counters in Prometheus text (`connect metrics`). Read
+   * without answerIsError: their help texts are prose that may look like an
+   * error line; an answer not starting with a HELP line is one.
+   */
+  async authorizerMetrics(): Promise<string> {
+    const answer = await sendRuntimeCommand(this.socketPath, "connect metrics", this.timeoutMs);
+    if (!answer.startsWith("# HELP ")) throw new RuntimeApiError("connect metrics", answer || "no answer");
+    return answer;
+  }
+
   /** The authorizer uses no intention list for `target` older than `index` (it waits up to 1 s to catch up). */
   async syncIntentions(target: string, index: number): Promise<void> {
     await this.commandAnswering(`connect sync ${target} ${index}`, / current /);
