@@ -63,12 +63,23 @@ export function durationMs(value: unknown, key: string): number {
   return total;
 }
 
-/** A nested Config object (`limits`, `passive_health_check`); Consul's HCL may hand over a one-element list. */
+/** "max_connections" → "MaxConnections". */
+function pascalCase(snake: string): string {
+  return snake.split("_").map((word) => word.charAt(0).toUpperCase() + word.slice(1)).join("");
+}
+
+/**
+ * A nested Config object (`limits`, `passive_health_check`), its fields by
+ * their snake_case names. Consul's HCL may hand over a one-element list; what
+ * the agent merges in from service-defaults' UpstreamConfig comes with Go's
+ * field names (MaxConnections) and durations in nanoseconds: both are read.
+ */
 function section(value: unknown, key: string): Record<string, unknown> | undefined {
   if (!isSet(value)) return undefined;
   const object = Array.isArray(value) && value.length === 1 ? value[0] : value;
   if (typeof object !== "object" || object === null || Array.isArray(object)) throw new SidecarSpecError(`${key} must be an object, got ${JSON.stringify(value)}`);
-  return object as Record<string, unknown>;
+  const fields = object as Record<string, unknown>;
+  return new Proxy(fields, { get: (target, name) => (typeof name === "string" ? (target[name] ?? target[pascalCase(name)]) : undefined) });
 }
 
 export function parseUpstreamLimits(value: unknown, where: string): UpstreamLimits | undefined {

@@ -62,6 +62,16 @@ describe("limits and passive health check: parsing", () => {
     expect(spec.upstreams[0]!.passiveHealthCheck).toEqual(envoyOutlierDefaults);
   });
 
+  it("reads what the agent merges in from service-defaults (Go field names, durations in nanoseconds)", () => {
+    const spec = parseSidecarSpec(
+      webSidecar({}, { limits: { MaxConnections: 7, MaxPendingRequests: 0 }, passive_health_check: { Interval: 2_000_000_000, MaxFailures: 4, EnforcingConsecutive5xx: 100, BaseEjectionTime: 3_000_000_000 } }),
+    );
+    expect(spec.upstreams[0]).toMatchObject({
+      limits: { maxConnections: 7, maxPendingRequests: 0 },
+      passiveHealthCheck: { intervalMs: 2000, maxFailures: 4, enforcingConsecutive5xx: 100, baseEjectionTimeMs: 3000, maxEjectionPercent: 10 },
+    });
+  });
+
   it("reads Go durations and numbers of nanoseconds", () => {
     expect(durationMs("1m30s", "d")).toBe(90_000);
     expect(durationMs("250ms", "d")).toBe(250);
