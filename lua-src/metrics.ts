@@ -31,24 +31,24 @@ export class LatencyHistogram {
   }
 }
 
-/** Decisions by "allow|deny" and origin. */
+/** Decisions by verdict and origin: one table per verdict, so counting allocates nothing. */
 export class DecisionCounters {
-  private readonly counts = new LuaTable<string, number>();
-  private readonly keys: string[] = [];
+  private readonly allows = new LuaTable<string, number>();
+  private readonly denies = new LuaTable<string, number>();
 
   record(allowed: boolean, origin: string): void {
-    const key = (allowed ? "allow" : "deny") + " " + origin;
-    const count = this.counts.get(key);
-    if (count === undefined) this.keys.push(key);
-    this.counts.set(key, (count ?? 0) + 1);
+    const counts = allowed ? this.allows : this.denies;
+    counts.set(origin, (counts.get(origin) ?? 0) + 1);
   }
 
-  /** [verdict, origin, count] in first-seen order. */
+  /** [verdict, origin, count], allows first, each sorted by origin (a stable text). */
   entries(): [string, string, number][] {
     const result: [string, string, number][] = [];
-    for (const key of this.keys) {
-      const [verdict, origin] = string.match(key, "^(%S+) (.*)$");
-      result.push([verdict as string, origin as string, this.counts.get(key) as number]);
+    for (const [verdict, counts] of [["allow", this.allows], ["deny", this.denies]] as [string, LuaTable<string, number>][]) {
+      const origins: string[] = [];
+      for (const [origin] of pairs(counts)) origins.push(origin);
+      table.sort(origins);
+      for (const origin of origins) result.push([verdict, origin, counts.get(origin) as number]);
     }
     return result;
   }
