@@ -152,7 +152,13 @@ export function withoutCritical(entries: ServiceInstanceEntry[]): ServiceInstanc
 export class ConsulWatches implements SnapshotSource {
   private readonly running = new Map<string, AbortController>();
 
-  constructor(private readonly consul: ConsulClient, private readonly clock: Clock, private readonly logger: Logger) {}
+  constructor(
+    private readonly consul: ConsulClient,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    /** Told of every failed request (metrics), by watch kind. */
+    private readonly onWatchError?: (kind: WatchId["kind"]) => void,
+  ) {}
 
   setWatches(wanted: WatchId[], deliver: (part: SnapshotPart) => void): void {
     const byKey = new Map(wanted.map((id) => [watchKey(id), id]));
@@ -183,6 +189,7 @@ export class ConsulWatches implements SnapshotSource {
       pollIntervalMs: 5_000,
       onError: (error, failures) => {
         const message = error instanceof Error ? error.message : String(error);
+        this.onWatchError?.(id.kind);
         // One line when a watch starts failing; HAProxy keeps its last good configuration.
         if (failures === 1) this.logger.error(`watch of ${description} failed: ${message}; retrying with backoff, HAProxy keeps its current configuration`);
         else this.logger.debug(`watch of ${description} still failing`, { failures, error: message });

@@ -5,6 +5,8 @@ import type { DesiredState } from "./desired-state.js";
 import { meshTlsGlobalLines } from "./mesh-tls.js";
 import { PLAIN_PATH } from "./native-l7.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
+import { inboundLimitLines, localAppServerOptions } from "./proxy-limits.js";
+import { promexFrontendLines } from "./metrics-config.js";
 import { hostPort, renderUpstream } from "./upstream-config.js";
 
 export const publicFrontendName = "public_listener";
@@ -136,6 +138,7 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     `frontend ${publicFrontendName}`,
     `    mode ${pubMode}`,
     `    bind ${hostPort(pub.bindAddress, pub.bindPort)} ${meshTls}${pubMode === "http" ? " alpn h2,http/1.1" : ""}`,
+    ...inboundLimitLines(pub.maxInboundConnections),
   );
   if (pubMode === "http") {
     add(...frontendLogLines(state.accessLog, "http", true, [`log-format ${httpLogFormat}`]).map((line) => `    ${line}`), `    timeout http-request ${authorizeInspectDelay}`, ...pathNormalization.map((line) => `    ${line}`));
@@ -157,11 +160,13 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     `backend ${localAppBackendName}`,
     `    mode ${pubMode}`,
     `    timeout connect ${pub.localConnectTimeoutMs}ms`,
-    ...(pubMode === "http" ? [`    timeout server ${pub.localRequestTimeoutMs}ms`] : []),
-    `    server app ${hostPort(pub.localServiceAddress, pub.localServicePort)}${pub.protocol === "http2" || pub.protocol === "grpc" ? " proto h2" : ""}`,
+    // HAProxy's server timeout is an idle timeout: the shorter of Consul's request and idle timeouts.
+    ...(pubMode === "http" ? [`    timeout server ${Math.min(pub.localRequestTimeoutMs, pub.localIdleTimeoutMs ?? Infinity)}ms`] : []),
+    `    server app ${hostPort(pub.localServiceAddress, pub.localServicePort)}${pub.protocol === "http2" || pub.protocol === "grpc" ? " proto h2" : ""}${localAppServerOptions(pub.maxInboundConnections)}`,
     "",
   );
 
   for (const upstream of state.upstreams) add(...renderUpstream(upstream, state, authorization));
+  add(...promexFrontendLines(paths));
   return lines.join("\n");
 }

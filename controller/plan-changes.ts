@@ -111,7 +111,7 @@ export function structuralChanges(running: DesiredState, desired: DesiredState):
   const before = structureOf(running);
   const after = structureOf(desired);
   if (JSON.stringify(before.paths) !== JSON.stringify(after.paths)) reasons.push("file locations changed");
-  for (const key of Object.keys(after.publicListener) as (keyof typeof after.publicListener)[]) {
+  for (const key of new Set([...Object.keys(before.publicListener), ...Object.keys(after.publicListener)]) as Set<keyof typeof after.publicListener>) {
     if (before.publicListener[key] !== after.publicListener[key]) {
       reasons.push(`public listener ${key} ${String(before.publicListener[key])} -> ${String(after.publicListener[key])}`);
     }
@@ -138,6 +138,12 @@ function upstreamChange(old: UpstreamStructure, upstream: UpstreamStructure): st
     const grown = newBackends.find((b, n) => b.slotCount !== oldBackends[n]!.slotCount);
     const without = (backends: typeof newBackends) => JSON.stringify(backends.map(({ slotCount: _slots, ...rest }) => rest));
     if (grown && without(oldBackends) === without(newBackends)) return `upstream ${grown.name} needs ${grown.slotCount} server slots (has ${oldBackends.find((b) => b.name === grown.name)!.slotCount})`;
+  }
+  // Only the upstream's own settings (limits, passive health check, ...) changed: name them.
+  const fields = Object.keys({ ...oldRest, ...newRest }) as (keyof typeof newRest)[];
+  const changedFields = fields.filter((key) => JSON.stringify(oldRest[key]) !== JSON.stringify(newRest[key]));
+  if (changedFields.length > 0 && JSON.stringify(oldChain) === JSON.stringify(newChain) && JSON.stringify(oldBackends) === JSON.stringify(newBackends)) {
+    return `upstream ${upstream.name} settings changed (${changedFields.join(", ")})`;
   }
   const destination = `${upstream.destinationName}${upstream.datacenter ? ` in ${upstream.datacenter}` : ""}`;
   if (oldChain || newChain) return `upstream ${destination}: discovery chain changed (${describeChainChange(old, upstream)})`;

@@ -18,6 +18,9 @@ import { findSidecar, LookupError, type SidecarSelector } from "./sidecar-lookup
 import { readSnapshotOnce } from "./snapshot-once.js";
 import { SidecarSpecError } from "./sidecar-spec.js";
 import { verifyUpstreamIdentity } from "./upstream-identity.js";
+import { getOverUnixSocket, MetricsServer } from "./metrics-server.js";
+import { RuntimeApi } from "./runtime-api.js";
+import { SidecarMetrics } from "./sidecar-metrics.js";
 
 export const exitCodes = { ok: 0, runtimeFailure: 1, usage: 2 } as const;
 
@@ -80,6 +83,7 @@ export function pathsIn(configDir: string): HaproxyPaths {
     serverPassMap: join(configDir, "server-passes.map"),
     masterSocket: join(configDir, "master.sock"),
     luaBundle: luaBundlePath(),
+    promexSocket: join(configDir, "promex.sock"),
   };
 }
 
@@ -96,6 +100,7 @@ interface CommonOptions {
 
 interface RunCommandOptions extends CommonOptions {
   haproxyBin: string;
+  metricsAddr?: string;
 }
 
 const exitCodeHelp = `
@@ -135,6 +140,11 @@ export async function run(argv: string[], out: Writable, err: Writable, runOptio
     .addHelpText("after", exitCodeHelp);
   addConsulOptions(program)
     .addOption(new Option("--haproxy-bin <path>", "HAProxy 2.6+ binary").env("HAPROXY_BIN").default("haproxy"))
+    .addOption(
+      new Option("--metrics-addr <host:port>", "serve Prometheus metrics (/metrics) and readiness (/ready) here; overrides the registration's Proxy.Config envoy_prometheus_bind_addr").env(
+        "CONNECT_HAPROXY_METRICS_ADDR",
+      ),
+    )
     .option("--version", "print the versions of connect-haproxy, the HAProxy it would run and its Lua bundle, then exit")
     .action(async (options: RunCommandOptions & { version?: boolean }) => {
       if (options.version) {
@@ -194,6 +204,7 @@ function failure(error: unknown, err: Writable): number {
 
 async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal): Promise<number> {
   let consul: ConsulClient | undefined;
+  let metricsServer: MetricsServer | undefined;
   try {
     const selector = selectorFrom(options);
     const token = readToken(options);
@@ -208,14 +219,36 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
     if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
     const paths = pathsIn(configDir);
-    const controller = new SidecarController({
+    // The metrics read the controller, which counts into them: tied by closures.
+    let controller: SidecarController | undefined;
+    const metrics = new SidecarMetrics({ leafExpiresInSeconds: () => controller?.leafExpiresInSeconds(), ready: () => controller?.readiness().ready ?? false });
+    const runtimeApi = new RuntimeApi(paths.statsSocket);
+    metricsServer = new MetricsServer(
+      {
+        haproxy: () => getOverUnixSocket(paths.promexSocket!, "/metrics"),
+        authorizer: () => runtimeApi.authorizerMetrics(),
+        controller: () => metrics.text(),
+        readiness: () => controller?.readiness() ?? { ready: false, reason: "starting" },
+      },
+      logger,
+    );
+    const server = metricsServer;
+    const listenMetrics = (address: string | undefined) =>
+      void server.listen(address).catch((err: Error) => logger.error(`cannot serve metrics on ${address}: ${err.message}`));
+    if (options.metricsAddr) listenMetrics(options.metricsAddr);
+    controller = new SidecarController({
       registration,
       paths,
-      source: new ConsulWatches(consul, systemClock, logger),
+      source: new ConsulWatches(consul, systemClock, logger, (kind) => metrics.watchError(kind)),
       driver: new ProcessDriver({ binary: options.haproxyBin, paths, environment: haproxyEnvironment, logger, clock: systemClock }),
       probe: verifyUpstreamIdentity,
       logger,
       clock: systemClock,
+      metrics,
+      // --metrics-addr wins over the registration.
+      onPrometheusBindAddress: (address) => {
+        if (!options.metricsAddr) listenMetrics(address);
+      },
     });
     await controller.run(signal);
     return exitCodes.ok;
@@ -224,6 +257,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     return failure(error, err);
   } finally {
     consul?.close();
+    await metricsServer?.close();
   }
 }
 

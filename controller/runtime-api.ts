@@ -55,7 +55,13 @@ export class RuntimeApi {
     return answer;
   }
 
+  /**
+   * A new address goes through maintenance first: leaving it resets the
+   * health a passive check may have marked down, so a new instance in a slot
+   * whose previous one was ejected starts in rotation (tried on 2.6.12).
+   */
   async setServer(backend: string, server: string, target: { address: string; port: number } | undefined, ready: boolean): Promise<void> {
+    if (target && ready) await this.command(`set server ${backend}/${server} state maint`);
     if (target) await this.command(`set server ${backend}/${server} addr ${target.address} port ${target.port}`);
     await this.command(`set server ${backend}/${server} state ${ready ? "ready" : "maint"}`);
   }
@@ -83,6 +89,17 @@ export class RuntimeApi {
 
   async flushAuthorizationCache(): Promise<string> {
     return this.command("connect cache flush");
+  }
+
+  /**
+   * The authorizer's counters in Prometheus text (`connect metrics`). Read
+   * without answerIsError: their help texts are prose that may look like an
+   * error line; an answer not starting with a HELP line is one.
+   */
+  async authorizerMetrics(): Promise<string> {
+    const answer = await sendRuntimeCommand(this.socketPath, "connect metrics", this.timeoutMs);
+    if (!answer.startsWith("# HELP ")) throw new RuntimeApiError("connect metrics", answer || "no answer");
+    return answer;
   }
 
   /** The authorizer uses no intention list for `target` older than `index` (it waits up to 1 s to catch up). */

@@ -10,6 +10,7 @@ import type { DesiredState, BackendState, HaproxyPaths, UpstreamState } from "./
 import type { ChainLeaf, HeaderChanges } from "./discovery-chain.js";
 import type { RouteHttpMatch } from "./consul-replies.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
+import { outlierServerOptions, upstreamAdmission, upstreamAdmissionLines, upstreamServerOptions } from "./proxy-limits.js";
 
 /** The backup server of a target with failover targets (failoverRelays). */
 const failoverServer = "failover";
@@ -260,6 +261,8 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
   const shape = upstream.chain?.shape;
   const chainNote = shape && (shape.router || shape.splitter || upstream.backends.length > 1) ? `; discovery chain: ${describeShape(upstream)}` : "";
   const usesTimeout = http && upstream.chain?.leaves.some((leaf) => leaf.requestTimeoutMs);
+  const admission = upstreamAdmission(upstream.limits, http);
+  const serverOptions = `${meshTls}${meshAlpn(upstream.protocol)}${upstreamServerOptions(admission)}${outlierServerOptions(upstream.passiveHealthCheck, http)}`;
   const lines = [
     `# upstream ${upstream.destinationType === "prepared_query" ? "prepared query " : ""}${target}${chainNote}`,
     `frontend ${upstream.name}`,
@@ -281,11 +284,12 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
       ...(backend.retry ? [`    retries ${backend.retry.retries}`, `    retry-on ${backend.retry.retryOn.join(" ")}`] : []),
       // set-timeout is a backend action in 2.6: the frontend's rules leave the chain's timeout in a variable.
       ...(usesTimeout ? [`    http-request set-timeout server var(${timeoutVar}) if { var(${timeoutVar}) -m found }`] : []),
+      ...upstreamAdmissionLines(admission, http),
       ...(authorization && backend.service ? upstreamIdentityRules(backend.service, upstreamMode, state.paths.serverPassMap, relays.has(backend.name)) : []),
       ...backend.slots.map((slot) =>
         slot.instance
-          ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`
-          : `    server ${slot.name} ${freeSlotAddress} ${meshTls}${meshAlpn(upstream.protocol)} disabled`,
+          ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${serverOptions}`
+          : `    server ${slot.name} ${freeSlotAddress} ${serverOptions} disabled`,
       ),
       // Plain, inside this process; PROXY protocol keeps the client's address for the target's balance.
       ...(relays.has(backend.name) ? [`    server ${failoverServer} ${relays.get(backend.name)!.address} backup send-proxy-v2${upstream.protocol === "http2" || upstream.protocol === "grpc" ? " proto h2" : ""}`] : []),

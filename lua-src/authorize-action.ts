@@ -33,6 +33,7 @@ import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
 import { quoted, sanitize } from "./sanitize";
 import { INTERNAL_ORIGIN, runFailClosed, type Verdict } from "./fail-closed";
+import type { DecisionCounters } from "./metrics";
 
 const format = string.format;
 
@@ -46,6 +47,8 @@ export interface AuthorizeContext {
   passes: RequestPasses;
   /** HAProxy's global log (core.*), for decision lines when CONNECT_DECISION_LOG=global. */
   globalLog?: (this: void, level: string, message: string) => void;
+  /** Decisions by verdict and origin, for `connect metrics` (absent: not counted). */
+  decisions?: DecisionCounters;
 }
 
 const find = string.find;
@@ -279,6 +282,7 @@ export function switchOnNativeRules(context: AuthorizeContext, target: string, i
 /** The action body. Never raises; always sets txn.connect_allowed. */
 export function authorizeTransaction(context: AuthorizeContext, txn: Txn, targetArgument: string | undefined): void {
   const [allowed, reason, origin, identity] = runFailClosed(evaluate, publish, "txn.connect_allowed", context, txn, targetArgument);
+  context.decisions?.record(allowed, origin);
   const target = targetArgument === undefined || targetArgument === "-" || targetArgument === "" ? context.config.defaultTarget ?? "-" : targetArgument;
   pcall(logDecision, context, txn, target, allowed, reason, origin, identity);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need, and only what is
 # missing: Debian packages (HAProxy 2.6 with Lua 5.3, lua5.3, busted, tools),
-# the npm packages, and the real Consul binary (scripts/install-consul.sh).
+# Prometheus (the metrics tests scrape with it), the npm packages, and the real Consul binary (scripts/install-consul.sh).
 # Idempotent: a second run does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ declare -A PACKAGE_OF=(
   [ip]=iproute2
   [curl]=curl
   [taskset]=util-linux
+  [prometheus]=prometheus
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!PACKAGE_OF[@]}"; do

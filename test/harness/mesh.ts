@@ -105,6 +105,8 @@ export function serviceWithSidecar(options: {
   sidecarPort?: number;
   upstreams?: { DestinationName: string; LocalBindPort: number; Config?: Record<string, unknown> }[];
   check?: boolean;
+  /** The sidecar's Proxy.Config. */
+  proxyConfig?: Record<string, unknown>;
 }): Record<string, unknown> {
   // Consul hands out sidecar ports from 21000 per agent: two dev agents on one
   // host (vitest runs two files at once) give two sidecars the same port, and
@@ -134,7 +136,7 @@ export function serviceWithSidecar(options: {
             ],
           }
           : {}),
-        Proxy: { Upstreams: options.upstreams ?? [] },
+        Proxy: { Upstreams: options.upstreams ?? [], ...(options.proxyConfig ? { Config: options.proxyConfig } : {}) },
       },
     },
   };

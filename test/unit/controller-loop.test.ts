@@ -424,4 +424,48 @@ describe("the sidecar loop", () => {
     await settle();
     expect(driver.take()).toEqual([{ call: "stop" }]);
   });
+
+  it("answers /ready only while HAProxy serves the current leaf, inside its validity, with no refused change", async () => {
+    // The manual clock reads about 1970: a leaf valid from 0 to 2 000 000 ms.
+    const current = { ...leaf, ValidAfter: new Date(0).toISOString(), ValidBefore: new Date(2_000_000).toISOString() };
+    const controller = startLoop();
+    expect(controller.readiness()).toMatchObject({ ready: false, reason: expect.stringMatching(/not started yet/) });
+    source.send(rootsPart(roots));
+    source.send(leafPart(current));
+    source.send(instancesPart(db1));
+    await clock.advance(100);
+    expect(controller.readiness()).toEqual({ ready: true, reason: `serving ${registration.ID} with leaf serial ${leaf.SerialNumber}` });
+    expect(controller.leafExpiresInSeconds()).toBeCloseTo((2_000_000 - clock.now()) / 1000);
+    // A renewed leaf whose reload is refused: not ready until it is served.
+    driver.refuseReloads = 1;
+    source.send(leafPart({ ...renewedLeaf, ValidAfter: current.ValidAfter, ValidBefore: new Date(3_000_000).toISOString() }));
+    await clock.advance(100);
+    expect(controller.readiness()).toMatchObject({ ready: false, reason: expect.stringMatching(/^the last change is not applied: reload refused/) });
+    await clock.advance(30_000);
+    expect(controller.readiness()).toMatchObject({ ready: true });
+    await clock.advance(3_000_000);
+    expect(controller.readiness()).toMatchObject({ ready: false, reason: expect.stringMatching(/^the leaf certificate expired at 1970-01-01T00:50:00/) });
+  });
+
+  it("names each setting it cannot honour once, and follows the metrics address of the registration", async () => {
+    const lines: string[] = [];
+    const addresses: (string | undefined)[] = [];
+    const logger = { ...silentLogger, warn: (message: string) => void lines.push(message) };
+    const withConfig = (config: Record<string, unknown>): AgentServiceRegistration => ({ ...registration, Proxy: { ...registration.Proxy!, Config: config } });
+    const controller = new SidecarController({
+      registration: withConfig({ envoy_stats_tags: ["a=b"], envoy_prometheus_bind_addr: "127.0.0.1:9102" }),
+      paths, source, driver, logger, clock,
+      probe: () => Promise.resolve({ ok: true, spiffeId: "x" }),
+      onPrometheusBindAddress: (address) => void addresses.push(address),
+    });
+    void controller.run(stop.signal);
+    const registrationPart = (config: Record<string, unknown>): SnapshotPart => ({ kind: "registration", id: { kind: "registration", proxyId: registration.ID }, value: withConfig(config) });
+    source.send(registrationPart({ envoy_stats_tags: ["a=b"], envoy_prometheus_bind_addr: "127.0.0.1:9103" }));
+    source.send(registrationPart({ envoy_stats_tags: ["a=c"], envoy_tracing_json: "{}" }));
+    expect(lines).toEqual([
+      "Consul setting not honoured: Proxy.Config.envoy_stats_tags is ignored (connect-haproxy has no equivalent; docs/controller.md)",
+      "Consul setting not honoured: Proxy.Config.envoy_tracing_json is ignored (connect-haproxy has no equivalent; docs/controller.md)",
+    ]);
+    expect(addresses).toEqual(["127.0.0.1:9102", "127.0.0.1:9103", undefined]);
+  });
 });
