@@ -175,7 +175,10 @@ function balanceLines(backend: BackendState): string[] {
 export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths">, authorization: boolean): string[] {
   const http = isHttpProtocol(upstream.protocol);
   const upstreamMode = http ? "http" : "tcp";
-  const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required`;
+  // no-ssl-reuse: a destination must decide every connection. Consul's built-in
+  // proxy authorizes in its certificate check, which a resumed TLS session skips;
+  // HAProxy 3.0 resumes with it (a deny then never applied: interop.test.ts).
+  const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required no-ssl-reuse`;
   const target = upstream.datacenter ? `${upstream.destinationName} in ${upstream.datacenter}` : upstream.destinationName;
   const shape = upstream.chain?.shape;
   const chainNote = shape && (shape.router || shape.splitter || upstream.backends.length > 1) ? `; discovery chain: ${describeShape(upstream)}` : "";

@@ -32,6 +32,7 @@ declare -A PACKAGE_OF=(
   [lua5.3]=lua5.3
   [luac5.3]=lua5.3
   [lua5.4]=lua5.4
+  [luac5.4]=lua5.4
   [busted]=lua-busted
   [socat]=socat
   [openssl]=openssl
