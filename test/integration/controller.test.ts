@@ -9,9 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { execFileSync } from "node:child_process";
-import { haproxyBinary, sendRuntimeCommand } from "../harness/haproxy.js";
-import { capabilitiesOf, parseHaproxyVersion } from "../../controller/haproxy-version.js";
+import { haproxyUnderTest, sendRuntimeCommand } from "../harness/haproxy.js";
 import { controllerCli as cli } from "../harness/paths.js";
 import { freePorts } from "../harness/ports.js";
 import { startProcess, waitFor, type StartedProcess } from "../harness/processes.js";
@@ -289,7 +287,7 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
     expect(renewed).not.toBe(initialSerial);
     expect(failures).toBe(0);
     expect(successes).toBeGreaterThan(10);
-    const capabilities = capabilitiesOf(parseHaproxyVersion(execFileSync(haproxyBinary(), ["-v"], { encoding: "utf8" })));
+    const { capabilities } = haproxyUnderTest();
     for (const [s, before] of [[db, beforeDb], [web, beforeWeb]] as const) {
       const after = await showProc(s);
       const log = s.process.output().slice(logFrom.get(s));

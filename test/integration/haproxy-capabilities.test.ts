@@ -10,11 +10,11 @@ import { connect as tlsConnect, createServer as createTlsServer, type Server as 
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { haproxyBinary, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
+import { haproxyUnderTest, startHaproxy, type HaproxyInstance } from "../harness/haproxy.js";
 import { freePorts } from "../harness/ports.js";
 import { RuntimeApi } from "../../controller/runtime-api.js";
 import { leafPem, rootsPem } from "../../controller/consul-pem.js";
-import { capabilitiesOf, parseHaproxyVersion } from "../../controller/haproxy-version.js";
+import type { RuntimeCapabilities } from "../../controller/haproxy-version.js";
 import type { CaRoots, LeafCertificate } from "../../controller/consul-replies.js";
 
 const run = promisify(execFile);
@@ -66,6 +66,11 @@ function throughUpstream(port: number): Promise<string> {
   });
 }
 
+/** `done` when `step` succeeds, else HAProxy's refusal. */
+async function outcome(step: Promise<void>, done: string): Promise<string> {
+  return step.then(() => done, (err: Error) => err.message);
+}
+
 async function unrelatedCaPem(): Promise<string> {
   const { stdout } = await run("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "/dev/null", "-subj", "/CN=not Consul", "-days", "1"]);
   return stdout;
@@ -84,15 +89,13 @@ describe("runtime certificate updates on the HAProxy under test (HAPROXY_BIN)", 
   let upstreamPort: number;
   let echoPort: number;
   let destinationPort: number;
-  let capabilities: ReturnType<typeof capabilitiesOf>;
+  let capabilities: RuntimeCapabilities;
   let versionLine: string;
 
   beforeAll(async () => {
-    const { stdout } = await run(haproxyBinary(), ["-v"]);
-    const version = parseHaproxyVersion(stdout);
-    expect(version, `haproxy -v: ${stdout}`).toBeDefined();
-    versionLine = version!.line;
-    capabilities = capabilitiesOf(version);
+    const underTest = haproxyUnderTest();
+    versionLine = underTest.version.line;
+    capabilities = underTest.capabilities;
     consul = await startConsulDev();
     const leaf = (service: string) => consul.api<LeafCertificate>("GET", `/v1/agent/connect/ca/leaf/${service}`);
     [listenerLeaf, nextLeaf, clientLeaf] = (await Promise.all(["db", "db-next", "web"].map(leaf))).map(tlsOf) as [Tls, Tls, Tls];
@@ -211,23 +214,13 @@ describe("runtime certificate updates on the HAProxy under test (HAPROXY_BIN)", 
     try {
       const api = new RuntimeApi(haproxy.statsSocket);
       await api.replaceCaFile(`${haproxy.dir}/roots.pem`, roots);
-      let leafSwap = "swapped";
-      try {
-        await api.replaceCertificate(`${haproxy.dir}/leaf.pem`, nextLeaf.pem);
-      } catch (err) {
-        leafSwap = (err as Error).message;
-      }
+      const leafSwap = await outcome(api.replaceCertificate(`${haproxy.dir}/leaf.pem`, nextLeaf.pem), "swapped");
       expect(leafSwap === "swapped").toBe(capabilities.swapCertificateAfterCaCommit);
       // The issue's third step, which the controller never takes in one worker (it reloads for the leaf instead).
-      let secondCa = "committed";
-      try {
-        await api.replaceCaFile(`${haproxy.dir}/roots.pem`, roots);
-      } catch (err) {
-        secondCa = (err as Error).message;
-      }
+      const secondCa = await outcome(api.replaceCaFile(`${haproxy.dir}/roots.pem`, roots), "committed");
       await new Promise((resolve) => setTimeout(resolve, 500));
-      const outcome = haproxy.process.exited() ? `exited (${String(haproxy.process.exitStatus())})` : "still runs";
-      console.log(`capabilities: ${versionLine}: HAProxy issue #3165's sequence: CA committed, leaf (${leafSwap}), CA (${secondCa}): HAProxy ${outcome}`);
+      const afterwards = haproxy.process.exited() ? `exited (${String(haproxy.process.exitStatus())})` : "still runs";
+      console.log(`capabilities: ${versionLine}: HAProxy issue #3165's sequence: CA committed, leaf (${leafSwap}), CA (${secondCa}): HAProxy ${afterwards}`);
       if (capabilities.swapCertificateAfterCaCommit) await expectVerifying(haproxy, nextLeaf);
     } finally {
       await haproxy.stop();

@@ -4,8 +4,7 @@ import { X509Certificate } from "node:crypto";
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { execFileSync } from "node:child_process";
-import { haproxyBinary, luaLoadConfig, startHaproxy } from "../harness/haproxy.js";
+import { haproxyUnderTest, luaLoadConfig, startHaproxy } from "../harness/haproxy.js";
 import { luaBundlePath } from "../harness/paths.js";
 import { freePort } from "../harness/ports.js";
 
@@ -108,8 +107,8 @@ describe("real HAProxy with the Lua bundle", () => {
     try {
       const info = await haproxy.command("show info");
       // The HAProxy under test (HAPROXY_BIN): 2.6 embeds Lua 5.3, 3.x as built here Lua 5.4.
-      const version = /version (\d+\.\d+\.\d+)/.exec(execFileSync(haproxyBinary(), ["-v"], { encoding: "utf8" }))![1]!;
-      expect(info).toMatch(new RegExp(`^Version: ${version.replaceAll(".", "\\.")}\\b`, "m"));
+      const { major, minor, patch } = haproxyUnderTest().version;
+      expect(info).toMatch(new RegExp(`^Version: ${major}\\.${minor}\\.${patch}\\b`, "m"));
       expect(info).toMatch(new RegExp(`^Pid: ${haproxy.process.pid}$`, "m"));
     } finally {
       await haproxy.stop();

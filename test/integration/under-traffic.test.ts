@@ -2,13 +2,11 @@
 // through web's sidecar to db, the test rotates the CA root (which renews every
 // leaf), adds and removes a db instance, restarts the local Consul agents, and
 // restarts the controller. Failed connections are counted in each window.
-import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { consulBinary } from "../harness/consul.js";
-import { haproxyBinary } from "../harness/haproxy.js";
-import { capabilitiesOf, parseHaproxyVersion } from "../../controller/haproxy-version.js";
+import { haproxyUnderTest } from "../harness/haproxy.js";
 import { parseShowProc } from "../../controller/runtime-api.js";
 import { trafficClient } from "../harness/paths.js";
 import { serviceWithSidecar, startConnectHaproxy, startDbApp, type SidecarProcess } from "../harness/mesh.js";
@@ -102,7 +100,7 @@ async function reloads(host: TestHost, sidecar: SidecarProcess): Promise<number>
 }
 
 /** What the HAProxy under test can swap at run time (what the controllers read from `haproxy -v` too). */
-const capabilities = capabilitiesOf(parseHaproxyVersion(execFileSync(haproxyBinary(), ["-v"], { encoding: "utf8" })));
+const { capabilities } = haproxyUnderTest();
 
 beforeAll(async () => {
   const capability = await canCreateNamespaces();
