@@ -144,8 +144,25 @@ describe("runtime certificate updates on the HAProxy under test (HAPROXY_BIN)", 
     );
   }
 
+  /** Runs `test` on a fresh sidecar-shaped HAProxy, stopped afterwards whatever happens. */
+  async function withSidecar(test: (haproxy: HaproxyInstance) => Promise<void>) {
+    const haproxy = await sidecar();
+    try {
+      await test(haproxy);
+    } finally {
+      await haproxy.stop();
+    }
+  }
+
   async function shownSerial(haproxy: HaproxyInstance): Promise<string> {
     return colonless(/^Serial: (\S+)/m.exec(await haproxy.command(`show ssl cert ${haproxy.dir}/leaf.pem`))?.[1] ?? "");
+  }
+
+  /** `leaf` is what the stats socket shows, what the listener presents to a mesh client and what the server line presents upstream. */
+  async function expectServing(haproxy: HaproxyInstance, leaf: Tls) {
+    expect(await shownSerial(haproxy)).toBe(leaf.serial);
+    expect(await connectTls(listenerPort, clientLeaf)).toEqual({ verdict: "accepted", serial: leaf.serial });
+    expect(await throughUpstream(upstreamPort)).toBe(leaf.serial);
   }
 
   /** Still serving with verification on both sides: clients without a certificate refused, with one accepted, the upstream reached. */
@@ -157,8 +174,7 @@ describe("runtime certificate updates on the HAProxy under test (HAPROXY_BIN)", 
   }
 
   it("keeps client certificates required after commit ssl ca-file; the new CA decides on the server lines, and on the listener where the controller says so", async () => {
-    const haproxy = await sidecar();
-    try {
+    await withSidecar(async (haproxy) => {
       await expectVerifying(haproxy, listenerLeaf);
       const api = new RuntimeApi(haproxy.statsSocket);
       await api.replaceCaFile(`${haproxy.dir}/roots.pem`, otherCa);
@@ -171,47 +187,34 @@ describe("runtime certificate updates on the HAProxy under test (HAPROXY_BIN)", 
       expect(await throughUpstream(upstreamPort)).toBe("failed");
       await api.replaceCaFile(`${haproxy.dir}/roots.pem`, roots);
       await expectVerifying(haproxy, listenerLeaf);
-    } finally {
-      await haproxy.stop();
-    }
+    });
   });
 
   it("swaps the leaf with commit ssl cert on the listener and the server lines; client certificates stay required exactly where the controller says so", async () => {
-    const haproxy = await sidecar();
-    try {
+    await withSidecar(async (haproxy) => {
       await expectVerifying(haproxy, listenerLeaf);
       await new RuntimeApi(haproxy.statsSocket).replaceCertificate(`${haproxy.dir}/leaf.pem`, nextLeaf.pem);
-      expect(await shownSerial(haproxy)).toBe(nextLeaf.serial);
-      expect(await connectTls(listenerPort, clientLeaf)).toEqual({ verdict: "accepted", serial: nextLeaf.serial });
-      expect(await throughUpstream(upstreamPort)).toBe(nextLeaf.serial);
+      await expectServing(haproxy, nextLeaf);
       // 2.6: "accepted" (the bug that makes the controller reload); 3.0+: "refused".
       const withoutCertificate = (await connectTls(listenerPort)).verdict;
       console.log(`capabilities: ${versionLine}: after commit ssl cert a client without a certificate is ${withoutCertificate}; swapListenerCertificate=${capabilities.swapListenerCertificate}`);
       expect(withoutCertificate).toBe(capabilities.swapListenerCertificate ? "refused" : "accepted");
-    } finally {
-      await haproxy.stop();
-    }
+    });
   });
 
   it("takes a renewed leaf then new roots in one worker, in the controller's order (certificate first)", async () => {
-    const haproxy = await sidecar();
-    try {
+    await withSidecar(async (haproxy) => {
       const api = new RuntimeApi(haproxy.statsSocket);
       await api.replaceCertificate(`${haproxy.dir}/leaf.pem`, nextLeaf.pem);
       await api.replaceCaFile(`${haproxy.dir}/roots.pem`, roots);
-      expect(await shownSerial(haproxy)).toBe(nextLeaf.serial);
-      expect(await connectTls(listenerPort, clientLeaf)).toEqual({ verdict: "accepted", serial: nextLeaf.serial });
-      expect(await throughUpstream(upstreamPort)).toBe(nextLeaf.serial);
+      await expectServing(haproxy, nextLeaf);
       expect((await connectTls(listenerPort)).verdict).toBe(capabilities.swapListenerCertificate ? "refused" : "accepted");
-    } finally {
-      await haproxy.stop();
-    }
+    });
   });
 
   // HAProxy issue #3165: a CA update, a certificate update, then a CA update again crashed HAProxy.
   it("after commit ssl ca-file, commit ssl cert no longer reaches the listener (so the controller reloads); the rest of issue #3165's sequence is reported", async () => {
-    const haproxy = await sidecar();
-    try {
+    await withSidecar(async (haproxy) => {
       const api = new RuntimeApi(haproxy.statsSocket);
       await api.replaceCaFile(`${haproxy.dir}/roots.pem`, roots);
       const leafSwap = await outcome(api.replaceCertificate(`${haproxy.dir}/leaf.pem`, nextLeaf.pem), "swapped");
@@ -222,8 +225,6 @@ describe("runtime certificate updates on the HAProxy under test (HAPROXY_BIN)", 
       const afterwards = haproxy.process.exited() ? `exited (${String(haproxy.process.exitStatus())})` : "still runs";
       console.log(`capabilities: ${versionLine}: HAProxy issue #3165's sequence: CA committed, leaf (${leafSwap}), CA (${secondCa}): HAProxy ${afterwards}`);
       if (capabilities.swapCertificateAfterCaCommit) await expectVerifying(haproxy, nextLeaf);
-    } finally {
-      await haproxy.stop();
-    }
+    });
   });
 });
