@@ -71,7 +71,7 @@ lock_held_above() {
   holders=$(awk -v inode="$inode" '{ split($6, id, ":"); if (id[3] == inode) print $5 }' /proc/locks)
   for pid in $holders; do
     local p=$$
-    while [ "$p" -gt 1 ]; do [ "$p" = "$pid" ] && return 0; p=$(awk '{ print $4 }' "/proc/$p/stat"); done
+    while [ "${p:-1}" -gt 1 ]; do [ "$p" = "$pid" ] && return 0; p=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null); done
   done
   return 1
 }
