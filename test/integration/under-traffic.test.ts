@@ -149,9 +149,8 @@ afterAll(async () => {
 }, 120_000);
 
 describe("changes under traffic", () => {
-  // New roots reach HAProxy at run time; a renewed leaf takes a seamless
-  // reload on HAProxy 2.6 (its runtime swap drops `verify required`, see
-  // controller-haproxy-2.6.test.ts). Either way no connection may fail.
+  // How new roots and a renewed leaf reach HAProxy depends on its version
+  // (haproxy-capabilities.test.ts). Either way no connection may fail.
   it("rotates the CA root and renews every leaf with no failed connection", async () => {
     const { a, b } = network.hosts as Record<string, TestHost>;
     const before = { web: await leafSerial(agents.a!, "web"), db: await leafSerial(agents.b!, "db") };
