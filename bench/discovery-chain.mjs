@@ -16,6 +16,13 @@
 //                         db's one instance), per split header changes
 //                rounds interleave the two; medians, the per-round ratio's
 //                median, and the spread of each set-up's rounds (noise)
+//   (iii) rules  HAProxy user CPU per request of the chain's frontend rules
+//                alone, as web's sidecar rendered them, against one
+//                default_backend: one HAProxy process (one thread) with both
+//                frontends, plain HTTP backends to a local HAProxy answering
+//                200 (no TLS, no Lua: nothing else differs); the minimum over
+//                rounds estimates the cost (noise only adds), the median
+//                is shown too
 // Prints JSON on stdout.
 //   node bench/discovery-chain.mjs [--changes N] [--rounds N] [--seconds S]   (after npm run build; CONSUL_BIN)
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -28,6 +35,7 @@ import { startHaproxy } from "../dist/test/harness/haproxy.js";
 import { appsDir } from "../dist/test/harness/paths.js";
 import { freePorts } from "../dist/test/harness/ports.js";
 import { runProgram, stopAll, waitUntil } from "../dist/test/harness/processes.js";
+import { userCpuSeconds } from "../dist/test/harness/process-stats.js";
 import { runWrk } from "./lib/load.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
 import { median, medianRatio, spread } from "./lib/report.mjs";
@@ -59,6 +67,45 @@ if (!(changes >= 1 && rounds >= 1 && seconds >= 1) || !process.env.CONSUL_BIN) {
   process.exit(2);
 }
 const log = (message) => console.error(message);
+/** The frontend lines of web's upstream for db that follow the chain (acl, http-request/response and use_backend lines). */
+function chainRules(config) {
+  const frontend = config.slice(config.indexOf("frontend upstream_db\n"));
+  const section = frontend.slice(0, frontend.indexOf("\n\n"));
+  return section.split("\n").filter((line) => /^    (acl|http-request|http-response|use_backend|default_backend) /.test(line));
+}
+
+/** (iii): user µs per request of `rules` beyond a frontend with only their default_backend, rounds interleaved. */
+async function rulesCost(rules, { runDir, cpu, rounds, seconds }) {
+  const [appPort, plainPort, chainPort] = await freePorts(3);
+  const quiet = "global\n    nbthread 1\ndefaults\n    mode http\n    timeout client 30s\n    timeout server 30s\n    timeout connect 5s\n";
+  const answer = await startHaproxy(`${quiet}frontend app\n    bind 127.0.0.1:${appPort}\n    http-request return status 200 content-type text/plain string ok\n`, { dir: runDir, name: "rules-app", cpu: cpu.b });
+  const backends = [...new Set(rules.flatMap((line) => /(?:use|default)_backend (\S+)/.exec(line)?.[1] ?? []))];
+  const fallback = rules.find((line) => line.startsWith("    default_backend "));
+  const config = `${quiet}frontend plain\n    bind 127.0.0.1:${plainPort}\n${fallback}\nfrontend chain\n    bind 127.0.0.1:${chainPort}\n${rules.join("\n")}\n${backends.map((name) => `backend ${name}\n    server app 127.0.0.1:${appPort}\n`).join("")}`;
+  const haproxy = await startHaproxy(config, { dir: runDir, name: "rules", cpu: cpu.a });
+  const perRequest = { plain: [], chain: [] };
+  try {
+    for (let round = 0; round < rounds; round++) {
+      for (const id of round % 2 === 0 ? ["plain", "chain"] : ["chain", "plain"]) {
+        const before = userCpuSeconds(haproxy.process.pid);
+        const run = await runWrk({ port: id === "plain" ? plainPort : chainPort, connections: 16, seconds, path: "/api/items/42", cpu: cpu.b });
+        if (run.errorCount > 0) throw new Error(`rules ${id}: ${JSON.stringify(run.errors)}`);
+        perRequest[id].push(((userCpuSeconds(haproxy.process.pid) - before) * 1e6) / run.requests);
+      }
+    }
+  } finally {
+    await haproxy.stop();
+    await answer.stop();
+  }
+  const extra = perRequest.chain.map((value, n) => value - perRequest.plain[n]);
+  const round2 = (value) => +value.toFixed(2);
+  return {
+    ruleLines: rules.length,
+    userMicrosecondsPerRequest: { plain: perRequest.plain.map(round2), chain: perRequest.chain.map(round2) },
+    chainRulesMicroseconds: { min: round2(Math.min(...perRequest.chain) - Math.min(...perRequest.plain)), medianOfRounds: round2(median(extra)) },
+  };
+}
+
 const summary = (list) => ({ medianMs: +median(list).toFixed(1), maxMs: +Math.max(...list).toFixed(1), minMs: +Math.min(...list).toFixed(1), n: list.length });
 
 /** Both subsets select db's one instance: the chain's rules are what is measured, not a second application. */
@@ -100,6 +147,7 @@ runProgram("discovery-chain", async () => {
   let app;
   const rate = { plain: [], chain: [] };
   const followMs = [];
+  let rules;
   try {
     consul = await startConsulDev({ nodeName: "bench", cpu: cpu.b, logFile: join(runDir, "consul.log") });
     const config = (body) => consul.api("PUT", "/v1/config", body);
@@ -134,11 +182,15 @@ runProgram("discovery-chain", async () => {
           if (run.errorCount > 0) throw new Error(`${id}: ${JSON.stringify(run.errors)} (status counts answers of 400 and above)`);
           rate[id].push(Math.round(run.requestsPerSecond));
           log(`round ${round + 1} ${id}: ${Math.round(run.requestsPerSecond)} requests/s`);
+          if (id === "chain") rules ??= chainRules(rendered);
         } finally {
           await setup.stop();
         }
       }
     }
+
+    rules = await rulesCost(rules, { runDir, cpu, rounds: Math.max(rounds, 5), seconds: 4 });
+    log(`rules: ${rules.chainRulesMicroseconds.min} µs per request (min), ${rules.chainRulesMicroseconds.medianOfRounds} (median of rounds)`);
 
     // (i): a chain in place (router → splitter), then the splitter moved back and forth.
     await withChain(true);
@@ -179,6 +231,7 @@ runProgram("discovery-chain", async () => {
           chainToPlain: medianRatio(rate.chain, rate.plain),
           noise: { plainSpread: spread(rate.plain), chainSpread: spread(rate.chain) },
         },
+        chainFrontendRules: rules,
       },
       null,
       2,

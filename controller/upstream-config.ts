@@ -1,13 +1,17 @@
 // Pure: one upstream → its haproxy.cfg sections: a frontend on the local bind
 // address that follows the discovery chain (routes, splits, failover) with
 // request variables and `use_backend` rules, and one backend per chain target
-// with its server slots. Failover is decided per request from `nbsrv`, so a
-// target losing or regaining instances (runtime `set server`) needs no reload.
-import type { DesiredState, BackendState, UpstreamState } from "./desired-state.js";
+// with its server slots. Failover is decided per request when the server is
+// assigned (a backup server relaying to the failover targets), so a target
+// losing or regaining instances (runtime `set server`) needs no reload.
+import { createHash } from "node:crypto";
+import type { DesiredState, BackendState, HaproxyPaths, UpstreamState } from "./desired-state.js";
 import type { ChainLeaf, HeaderChanges } from "./discovery-chain.js";
 import type { RouteHttpMatch } from "./consul-replies.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
 
+/** The backup server of a target with failover targets (failoverRelays). */
+const failoverServer = "failover";
 /** Where a free slot points; it is in maintenance, so nothing dials it. */
 export const freeSlotAddress = "127.0.0.1:1";
 /** Lets connect_verify_upstream yield (a lazy trust-domain lookup); adds no wait. */
@@ -97,71 +101,145 @@ export function prefixRewrite(match: RouteHttpMatch, rewrite: string): string {
   return `${quoted("^.*$")} ${logFormat(replacement)}`;
 }
 
-function headerRules(direction: "http-request" | "http-response", changes: HeaderChanges, condition: string): string[] {
-  const when = condition ? ` if ${condition}` : "";
-  // Envoy removes first, then appends (Add), then overwrites (Set).
+/** Header changes as rule actions, in Envoy's order: remove first, then append (Add), then overwrite (Set). */
+function headerActions(direction: "http-request" | "http-response", changes: HeaderChanges): string[] {
   return [
-    ...changes.remove.map((name) => `    ${direction} del-header ${name}${when}`),
-    ...changes.add.map(([name, value]) => `    ${direction} add-header ${name} ${logFormat(value)}${when}`),
-    ...changes.set.map(([name, value]) => `    ${direction} set-header ${name} ${logFormat(value)}${when}`),
+    ...changes.remove.map((name) => `${direction} del-header ${name}`),
+    ...changes.add.map(([name, value]) => `${direction} add-header ${name} ${logFormat(value)}`),
+    ...changes.set.map(([name, value]) => `${direction} set-header ${name} ${logFormat(value)}`),
   ];
 }
 
-const isEq = (variable: string, n: number) => `{ var(${variable}) -m int eq ${n} }`;
+function headerRules(direction: "http-request" | "http-response", changes: HeaderChanges, condition: string): string[] {
+  return headerActions(direction, changes).map((action) => `    ${action}${condition ? ` if ${condition}` : ""}`);
+}
 
-/** Pure: the frontend rules that pick a backend for each request (or connection, in TCP) along the chain. */
+/** The order an action takes among a leaf's actions (Consul's header maps hold a name once per kind). */
+const actionRank = (action: string) => ["http-request del-", "http-request add-", "http-request set-h", "http-response del-", "http-response add-", "http-response set-", "http-request set-var"].findIndex((prefix) => action.startsWith(prefix));
+
+/**
+ * Pure: the actions of named leaves as few rule lines: each distinct action once, under every leaf
+ * that has it (leaves are disjoint, so only the order within one leaf matters, and it is by rank).
+ */
+function leafActionRules(actionsByLeaf: Map<number, string[]>): string[] {
+  const leavesByAction = new Map<string, number[]>();
+  for (const [leaf, actions] of actionsByLeaf) for (const action of actions) leavesByAction.set(action, [...(leavesByAction.get(action) ?? []), leaf]);
+  return [...leavesByAction]
+    .map(([action, leaves], order) => ({ action, leaves, order }))
+    .sort((a, b) => actionRank(a.action) - actionRank(b.action) || a.order - b.order)
+    .map(({ action, leaves }) => `    ${action} if ${isOneOf(leafVar, leaves)}`);
+}
+
+const isOneOf = (variable: string, values: number[]) => `{ var(${variable}) -m int ${values.join(" ")} }`;
+/** A split's share of the pick: from ≤ pick < to, as one inclusive integer range. */
+const inRange = (split: { from: number; to: number }) => `{ var(${pickVar}) -m int ${split.from}:${split.to - 1} }`;
+/** An AND stops at its first false term: the method (a known token) first, regexes (the dearest) last. */
+const termCost = (term: AclTerm) => (term.test.startsWith("method ") ? 0 : term.test.includes(" -m reg ") ? 2 : 1);
+const cheapFirst = (terms: AclTerm[]) => [...terms].sort((a, b) => termCost(a) - termCost(b));
+
+/**
+ * Pure: the frontend rules that pick a backend for each request (or connection, in TCP) along the chain.
+ * HAProxy evaluates every rule line for every request, so the rules are shaped for few evaluations:
+ * routes are written last to first (the last write is the first match, with no "already matched" test),
+ * leaves that need no rule of their own go straight to `use_backend`, grouped by backend.
+ */
 export function chainFrontendRules(upstream: UpstreamState): string[] {
   const chain = upstream.chain;
   if (!chain) return [`    default_backend ${upstream.backends[0]!.name}`];
   const lines: string[] = [];
   const http = isHttpProtocol(upstream.protocol);
-  const many = chain.leaves.length > 1;
-  const leafCondition = (n: number) => (many ? isEq(leafVar, n + 1) : "");
 
-  chain.routes.forEach((route, n) => {
-    // Named ACLs: a rule line holds at most 64 words in HAProxy 2.6, a route's match can need more.
-    const terms = routeMatchTerms(route.match).map((term, k) => {
+  // Named ACLs: a rule line holds at most 64 words in HAProxy 2.6, a route's match can need more.
+  const routeConditions = chain.routes.map((route, n) =>
+    cheapFirst(routeMatchTerms(route.match)).map((term, k) => {
       const name = `chain_route${n + 1}_${k + 1}`;
       lines.push(`    acl ${name} ${term.test}`);
       return `${term.negated ? "!" : ""}${name}`;
-    });
-    const condition = [...(n === 0 ? [] : [`!{ var(${routeVar}) -m found }`]), ...terms];
+    }),
+  );
+  for (let n = chain.routes.length - 1; n >= 0; n--) {
+    const condition = routeConditions[n]!;
     lines.push(`    http-request set-var(${routeVar}) int(${n + 1})${condition.length ? ` if ${condition.join(" ")}` : ""}`);
-  });
+  }
   // Routers and splitters exist only in HTTP chains (planDiscoveryChain refuses others).
   if (chain.leaves.some((leaf) => leaf.split)) lines.push(`    http-request set-var(${pickVar}) rand(10000)`);
-  if (many) {
-    chain.leaves.forEach((leaf, n) => {
-      const terms = [
-        ...(leaf.route !== undefined ? [isEq(routeVar, leaf.route + 1)] : []),
-        ...(leaf.split ? [`{ var(${pickVar}) -m int ge ${leaf.split.from} }`, `{ var(${pickVar}) -m int lt ${leaf.split.to} }`] : []),
-      ];
-      lines.push(`    http-request set-var(${leafVar}) int(${n + 1}) if ${terms.join(" ")}`);
-    });
-  }
+
+  const selection = (leaf: ChainLeaf) => [...(leaf.route !== undefined ? [isOneOf(routeVar, [leaf.route + 1])] : []), ...(leaf.split ? [inRange(leaf.split)] : [])];
+  const ownRules = (leaf: ChainLeaf) => Boolean(http && leaf.requestTimeoutMs) || Boolean(leaf.split && (hasChanges(leaf.split.requestHeaders) || hasChanges(leaf.split.responseHeaders)));
+  const many = chain.leaves.length > 1;
+  // A leaf with rules of its own is named by an index, set once; the others need only their backend.
+  const named = chain.leaves.flatMap((leaf, n) => (many && ownRules(leaf) ? [n] : []));
+  for (const n of named) lines.push(`    http-request set-var(${leafVar}) int(${n + 1}) if ${selection(chain.leaves[n]!).join(" ")}`);
+
   chain.routes.forEach((route, n) => {
-    const condition = isEq(routeVar, n + 1);
+    const condition = isOneOf(routeVar, [n + 1]);
     lines.push(...headerRules("http-request", route.requestHeaders, condition));
     if (route.prefixRewrite !== undefined) lines.push(`    http-request replace-path ${prefixRewrite(route.match, route.prefixRewrite)} if ${condition}`);
     lines.push(...headerRules("http-response", route.responseHeaders, condition));
   });
+  const actionsByLeaf = new Map<number, string[]>();
   chain.leaves.forEach((leaf, n) => {
-    if (leaf.split) lines.push(...headerRules("http-request", leaf.split.requestHeaders, leafCondition(n)), ...headerRules("http-response", leaf.split.responseHeaders, leafCondition(n)));
-    if (http && leaf.requestTimeoutMs) lines.push(`    http-request set-var(${timeoutVar}) int(${Math.round(leaf.requestTimeoutMs)})${many ? ` if ${leafCondition(n)}` : ""}`);
+    const actions = [
+      ...(leaf.split ? [...headerActions("http-request", leaf.split.requestHeaders), ...headerActions("http-response", leaf.split.responseHeaders)] : []),
+      ...(http && leaf.requestTimeoutMs ? [`http-request set-var(${timeoutVar}) int(${Math.round(leaf.requestTimeoutMs)})`] : []),
+    ];
+    if (!many) lines.push(...actions.map((action) => `    ${action}`));
+    else if (actions.length) actionsByLeaf.set(n + 1, actions);
   });
-  chain.leaves.forEach((leaf, n) => lines.push(...backendChoice(leaf, leafCondition(n))));
+  lines.push(...leafActionRules(actionsByLeaf));
+
+  // Leaves are disjoint, so the order of their use_backend lines does not matter: one line per backend
+  // for the leaves it serves, named by index or (without a split) by route. A leaf's failover is its
+  // backend's (failoverRelays).
+  const byLeaf = new Map<string, number[]>();
+  const byRoute = new Map<string, number[]>();
+  const add = (map: Map<string, number[]>, backend: string, value: number) => map.set(backend, [...(map.get(backend) ?? []), value]);
+  chain.leaves.forEach((leaf, n) => {
+    const [backend] = leaf.backends;
+    if (!many) return;
+    if (named.includes(n)) add(byLeaf, backend!, n + 1);
+    else if (leaf.route !== undefined && !leaf.split) add(byRoute, backend!, leaf.route + 1);
+    else lines.push(`    use_backend ${backend} if ${selection(leaf).join(" ")}`);
+  });
+  for (const [backend, leaves] of byLeaf) lines.push(`    use_backend ${backend} if ${isOneOf(leafVar, leaves)}`);
+  for (const [backend, routes] of byRoute) lines.push(`    use_backend ${backend} if ${isOneOf(routeVar, routes)}`);
   lines.push(`    default_backend ${chain.leaves[0]!.backends[0]}`);
   return lines;
 }
 
-/** A leaf's target, else its failover targets in order: the first with a usable server takes the request. */
-function backendChoice(leaf: ChainLeaf, condition: string): string[] {
-  const prefix = condition ? `${condition} ` : "";
-  if (leaf.backends.length === 1) return condition ? [`    use_backend ${leaf.backends[0]} if ${condition}`] : [];
+const hasChanges = (changes: HeaderChanges) => changes.add.length + changes.set.length + changes.remove.length > 0;
+
+/**
+ * Pure: the relays of failover. A target with failover targets keeps a `backup` server that leads,
+ * through an internal frontend, to the first failover target with a usable server. HAProxy picks a
+ * backup only once no active server is left, at the moment it assigns the server: so a request
+ * routed to the target just before its last instance went away is carried over instead of failing
+ * with no server, as a frontend `nbsrv` test would have let it.
+ */
+export function failoverRelays(upstream: Pick<UpstreamState, "chain" | "name">, paths: Pick<HaproxyPaths, "configFile">): Map<string, { address: string; targets: string[] }> {
+  const relays = new Map<string, { address: string; targets: string[] }>();
+  for (const leaf of upstream.chain?.leaves ?? []) {
+    const [primary, ...targets] = leaf.backends;
+    // A target's failover is its resolver's, the same for every leaf that ends there.
+    if (!primary || targets.length === 0 || relays.has(primary)) continue;
+    // Abstract sockets are per host: the name is unique to this sidecar's configuration and backend.
+    const id = createHash("sha256").update(`${paths.configFile}\0${primary}`).digest("hex").slice(0, 20);
+    relays.set(primary, { address: `abns@connect-haproxy-failover-${id}`, targets });
+  }
+  return relays;
+}
+
+/** The relay's own frontend: the first failover target with a usable server, else the first (it answers 503). */
+function relayFrontend(primary: string, relay: { address: string; targets: string[] }, upstreamMode: "http" | "tcp"): string[] {
   return [
-    ...leaf.backends.map((backend) => `    use_backend ${backend} if ${prefix}{ nbsrv(${backend}) gt 0 }`),
-    // None has a usable server: the primary answers (503), as Envoy's would.
-    ...(condition ? [`    use_backend ${leaf.backends[0]} if ${condition}`] : []),
+    `frontend ${primary}.failover`,
+    `    mode ${upstreamMode}`,
+    `    bind ${relay.address} accept-proxy`,
+    // The request is logged once, by the upstream's frontend (server "failover").
+    "    no log",
+    ...relay.targets.slice(0, -1).map((target) => `    use_backend ${target} if { nbsrv(${target}) gt 0 }`),
+    `    default_backend ${relay.targets.at(-1)}`,
+    "",
   ];
 }
 
@@ -174,6 +252,7 @@ function balanceLines(backend: BackendState): string[] {
 
 export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths">, authorization: boolean): string[] {
   const http = isHttpProtocol(upstream.protocol);
+  const relays = failoverRelays(upstream, state.paths);
   const upstreamMode = http ? "http" : "tcp";
   // no-ssl-reuse: a destination must decide every connection. Consul's built-in
   // proxy authorizes in its certificate check, which a resumed TLS session skips;
@@ -198,18 +277,24 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
       `    mode ${upstreamMode}`,
       ...balanceLines(backend),
       `    timeout connect ${backend.connectTimeoutMs}ms`,
+      // Any idle mTLS connection to the target serves any request, a new client's first one included: it
+      // carries only this sidecar's identity, and the remote sidecar decides every request on it.
+      ...(http ? ["    http-reuse always"] : []),
       ...(backend.retry ? [`    retries ${backend.retry.retries}`, `    retry-on ${backend.retry.retryOn.join(" ")}`] : []),
       // set-timeout is a backend action in 2.6: the frontend's rules leave the chain's timeout in a variable.
       ...(usesTimeout ? [`    http-request set-timeout server var(${timeoutVar}) if { var(${timeoutVar}) -m found }`] : []),
-      ...(authorization && backend.service ? upstreamIdentityRules(backend.service, upstreamMode, state.paths.serverPassMap) : []),
+      ...(authorization && backend.service ? upstreamIdentityRules(backend.service, upstreamMode, state.paths.serverPassMap, relays.has(backend.name)) : []),
       ...backend.slots.map((slot) =>
         slot.instance
           ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`
           : `    server ${slot.name} ${freeSlotAddress} ${meshTls}${meshAlpn(upstream.protocol)} disabled`,
       ),
+      // Plain, inside this process; PROXY protocol keeps the client's address for the target's balance.
+      ...(relays.has(backend.name) ? [`    server ${failoverServer} ${relays.get(backend.name)!.address} backup send-proxy-v2${upstream.protocol === "http2" || upstream.protocol === "grpc" ? " proto h2" : ""}`] : []),
       "",
     );
   }
+  for (const [primary, relay] of relays) lines.push(...relayFrontend(primary, relay, upstreamMode));
   return lines;
 }
 
@@ -234,10 +319,13 @@ export function describeShape(upstream: Pick<UpstreamState, "chain" | "backends"
  * name their service only in their reply, which may change without a reload:
  * they keep the per-instance check alone.
  */
-function upstreamIdentityRules(service: string, upstreamMode: "tcp" | "http", serverPassMap: string): string[] {
+function upstreamIdentityRules(service: string, upstreamMode: "tcp" | "http", serverPassMap: string, relayed: boolean): string[] {
+  // The failover relay is this process: the backend it leads to checks its own target's identity.
+  const relay = `{ srv_name ${failoverServer} }`;
   if (upstreamMode === "http") {
     // A certificate the action verified for this service passes by its fingerprint (lua-src/request-passes.ts).
     return [
+      ...(relayed ? [`    http-response set-var(txn.connect_upstream_ok) int(1) if ${relay}`] : []),
       `    http-response set-var(txn.connect_upstream_ok) int(1) if { ssl_s_sha1,hex,map(${serverPassMap}) -m str ${service} }`,
       `    http-response lua.connect_verify_upstream ${service} unless { var(txn.connect_upstream_ok) -m found }`,
       "    http-response deny unless { var(txn.connect_upstream_ok) -m bool }",
@@ -245,6 +333,7 @@ function upstreamIdentityRules(service: string, upstreamMode: "tcp" | "http", se
   }
   return [
     `    tcp-response inspect-delay ${verifyInspectDelay}`,
+    ...(relayed ? [`    tcp-response content accept if ${relay}`] : []),
     `    tcp-response content lua.connect_verify_upstream ${service}`,
     "    tcp-response content reject unless { var(txn.connect_upstream_ok) -m bool }",
   ];

@@ -47,6 +47,16 @@ export function parseKeyValues(text: string): Record<string, string | number> {
   return values;
 }
 
+/** Pure: one counter of `show stat` (CSV under a `# pxname,svname,…` header): `row` is FRONTEND, BACKEND or a server's name. */
+export function statCounter(csv: string, proxy: string, row: string, column: string): number {
+  const [header, ...rows] = csv.trim().split("\n");
+  const columns = header!.replace(/^# /, "").split(",");
+  const cells = rows.map((line) => line.split(",")).find((line) => line[0] === proxy && line[1] === row);
+  if (!cells) throw new Error(`show stat has no ${row} row for ${proxy}`);
+  if (!columns.includes(column)) throw new Error(`show stat has no column ${column}`);
+  return Number(cells[columns.indexOf(column)] || 0);
+}
+
 /** The smallest configuration that runs `luaFile`: lua-load, and an idle TCP frontend on `port` (HAProxy starts no process without a proxy). */
 export function luaLoadConfig(luaFile: string, port: number): string {
   return `global

@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { parseKeyValues, sendRuntimeCommand } from "../harness/haproxy.js";
+import { parseKeyValues, sendRuntimeCommand, statCounter } from "../harness/haproxy.js";
 import { serviceWithSidecar, startConnectHaproxy, startHttpEchoApp, type SidecarProcess } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
 import { sleep, startProcess, waitFor, type StartedProcess } from "../harness/processes.js";
@@ -42,15 +42,15 @@ const followChangeWithinMs = 2000;
 const crashDetectedWithinMs = 2500;
 const maxFailuresPerLoopOnCrash = 3;
 /**
- * A deregistered instance keeps running, so nothing sent to it fails; but a
- * request that web's sidecar routed to api-v1's backend (its `nbsrv` rule
- * true) in the instant the controller's `set server … state maint` takes the
- * backend's last slot away finds no server: a 503 `<NOSRV>` with flags `SC`
- * (seen once in 4 runs, 2 ms before the maint was logged). Not fixed yet (a
- * drain before the maint of a backend's last slot may close it); promised: at
- * most one such failure in the window.
+ * A deregistered instance keeps running, so nothing sent to it fails. A
+ * request that web's sidecar routes to api-v1's backend in the instant the
+ * controller's `set server … state maint` takes its last slot away is carried
+ * to backup by the backend's failover relay (a backup server), which HAProxy
+ * picks when it assigns the server. (With `nbsrv` tests in the frontend, such
+ * a request found no server: a 503 `<NOSRV>`, once in 4 runs; reproduced
+ * standalone, 3 in 500,000 requests under 800 maint flips, and 0 with the relay.)
  */
-const maxFailuresOnDeregistration = 1;
+const maxFailuresOnDeregistration = 0;
 
 let consul: ConsulAgent;
 const apps: Record<string, StartedProcess> = {};
@@ -283,7 +283,7 @@ describe("the discovery chain under traffic", () => {
     }
   }, 120_000);
 
-  it("fails over to backup when api-v1 is deregistered (at most one failed request), and back when it registers again with none", async () => {
+  it("fails over to backup when api-v1 is deregistered with no failed request, and back when it registers again with none", async () => {
     const traffic = new Traffic(ports.apiUpstream!);
     try {
       await servedOnlyBy(traffic, "api-v1");
@@ -316,7 +316,7 @@ describe("the discovery chain under traffic", () => {
     });
     await until("the router applied by web's sidecar", async () => (await webWorker()) !== worker);
     const stats = `${sidecars.web!.configDir}/stats.sock`;
-    const retriesOf = async () => backendCounter(await sendRuntimeCommand(stats, "show stat"), "upstream_flaky", "wretr") + backendCounter(await sendRuntimeCommand(stats, "show stat"), "upstream_flaky", "wredis");
+    const retriesOf = async () => statCounter(await sendRuntimeCommand(stats, "show stat"), "upstream_flaky", "BACKEND", "wretr") + statCounter(await sendRuntimeCommand(stats, "show stat"), "upstream_flaky", "BACKEND", "wredis");
     const retriesBefore = await retriesOf();
     const traffic = new Traffic(ports.flakyUpstream!);
     try {
@@ -330,12 +330,3 @@ describe("the discovery chain under traffic", () => {
     }
   }, 120_000);
 });
-
-/** A counter of a backend's line in `show stat` (CSV with a `# pxname,svname,…` header). */
-function backendCounter(csv: string, backend: string, column: string): number {
-  const [header, ...rows] = csv.trim().split("\n");
-  const columns = header!.replace(/^# /, "").split(",");
-  const row = rows.map((line) => line.split(",")).find((cells) => cells[0] === backend && cells[1] === "BACKEND");
-  if (!row) throw new Error(`show stat has no backend ${backend}`);
-  return Number(row[columns.indexOf(column)] || 0);
-}

@@ -4,11 +4,14 @@
 // timeout); every other service is an echo app behind its own sidecar.
 //
 //   client ──HTTP──► web's sidecar ─┬─ upstream api ═mTLS═► api-v1 | api-v2 | backup | admin (each: sidecar → echo app)
-//                                   └─ upstream legacy (redirected to backup)
+//                                   ├─ upstream legacy (redirected to backup)
+//                                   └─ upstream store (TCP) ═mTLS═► store-v1 | store-v2 (each: sidecar → line app)
+import { readFileSync } from "node:fs";
 import { Agent, request } from "node:http";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { serviceWithSidecar, startConnectHaproxy, startHttpEchoApp, type SidecarProcess } from "../harness/mesh.js";
+import { serviceWithSidecar, startConnectHaproxy, startDbApp, startHttpEchoApp, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
@@ -17,6 +20,7 @@ const apps: StartedProcess[] = [];
 const sidecars: Record<string, SidecarProcess> = {};
 let apiUpstream: number;
 let legacyUpstream: number;
+let storeUpstream: number;
 const keptAlive = new Agent({ keepAlive: true, maxSockets: 1 });
 
 interface Reply {
@@ -66,6 +70,8 @@ const resolver = { Kind: "service-resolver", Name: "api", DefaultSubset: "v1", S
 beforeAll(async () => {
   consul = await startConsulDev();
   const ports = await freePorts(11);
+  const [storeV1App, storeV2App, storeV1Sidecar, storeV2Sidecar] = (await freePorts(5)) as [number, number, number, number, number];
+  storeUpstream = (await freePorts(1))[0]!;
   const [v1Sidecar, v2Sidecar, backupSidecar, adminSidecar, webSidecar] = ports.slice(6) as [number, number, number, number, number];
   const [v1App, v2App, backupApp, adminApp] = ports as [number, number, number, number];
   apiUpstream = ports[4]!;
@@ -74,11 +80,16 @@ beforeAll(async () => {
   // The resolver is there before web's sidecar starts: its first chain already has it.
   await entry(resolver);
   await entry({ Kind: "service-resolver", Name: "legacy", Redirect: { Service: "backup" } });
+  // A TCP chain: resolvers apply (subsets, failover), routers and splitters do not exist for TCP.
+  await entry({ Kind: "service-resolver", Name: "store", DefaultSubset: "v2", Subsets: { v1: { Filter: "Service.Meta.version == v1" }, v2: { Filter: "Service.Meta.version == v2" } }, Failover: { v2: { ServiceSubset: "v1" } } });
+  apps.push(startDbApp(storeV1App, "store-v1"), startDbApp(storeV2App, "store-v2"));
   apps.push(startHttpEchoApp(v1App, "api-v1"), startHttpEchoApp(v2App, "api-v2"), startHttpEchoApp(backupApp, "backup"), startHttpEchoApp(adminApp, "admin"));
   const register = (body: Record<string, unknown>) => consul.api("PUT", "/v1/agent/service/register", body);
   await register({ ...serviceWithSidecar({ id: "api-v1", name: "api", port: v1App, sidecarPort: v1Sidecar }), Meta: { version: "v1" } });
   await register({ ...serviceWithSidecar({ id: "api-v2", name: "api", port: v2App, sidecarPort: v2Sidecar }), Meta: { version: "v2" } });
   await register(serviceWithSidecar({ id: "backup", name: "backup", port: backupApp, sidecarPort: backupSidecar }));
+  await register({ ...serviceWithSidecar({ id: "store-v1", name: "store", port: storeV1App, sidecarPort: storeV1Sidecar }), Meta: { version: "v1" } });
+  await register({ ...serviceWithSidecar({ id: "store-v2", name: "store", port: storeV2App, sidecarPort: storeV2Sidecar }), Meta: { version: "v2" } });
   await register(serviceWithSidecar({ id: "admin", name: "admin", port: adminApp, sidecarPort: adminSidecar }));
   await register(
     serviceWithSidecar({
@@ -89,15 +100,16 @@ beforeAll(async () => {
       upstreams: [
         { DestinationName: "api", LocalBindPort: apiUpstream },
         { DestinationName: "legacy", LocalBindPort: legacyUpstream },
+        { DestinationName: "store", LocalBindPort: storeUpstream },
       ],
     }),
   );
-  for (const id of ["api-v1", "api-v2", "backup", "admin", "web"]) sidecars[id] = startConnectHaproxy(id, consul.httpAddr);
+  for (const id of ["api-v1", "api-v2", "backup", "admin", "store-v1", "store-v2", "web"]) sidecars[id] = startConnectHaproxy(id, consul.httpAddr);
   // Every target healthy (its sidecar's checks passing) before the tests measure anything.
-  for (const service of ["api", "backup", "admin"]) {
+  for (const service of ["api", "backup", "admin", "store"]) {
     await until(`every ${service} sidecar passing`, async () => {
       const entries = await consul.api<{ Checks: { Status: string }[] }[]>("GET", `/v1/health/connect/${service}?passing=1`);
-      return entries.length === (service === "api" ? 2 : 1);
+      return entries.length === (service === "api" || service === "store" ? 2 : 1);
     });
   }
   await until("api-v1 answering through web's sidecar", async () => (await api("/")).who === "api-v1");
@@ -184,5 +196,19 @@ describe("the discovery chain through sidecars run by the controller", () => {
   it("follows a resolver's redirect to another service, whose identity it checks", async () => {
     const answer = await send(legacyUpstream, "/old");
     expect([answer.status, answer.body]).toEqual([200, "backup GET /old"]);
+  });
+
+  it("TCP: connections go to the resolver's default subset, fail over to the other subset when it has no instance, and back, without a reload", async () => {
+    const store = async () => (await tcpRoundTrip(storeUpstream, "hi"))?.split(" ")[0] ?? "";
+    const rendered = readFileSync(join(sidecars.web!.configDir, "haproxy.cfg"), "utf8");
+    expect(rendered).toMatch(/frontend upstream_store\n    mode tcp\n/);
+    for (let i = 0; i < 5; i++) expect(await store()).toBe("store-v2");
+    const reloads = reloadsOfWeb();
+    await consul.api("PUT", "/v1/agent/service/maintenance/store-v2?enable=true&reason=test");
+    await until("store's failover subset answering", async () => (await store()) === "store-v1");
+    for (let i = 0; i < 5; i++) expect(await store()).toBe("store-v1");
+    await consul.api("PUT", "/v1/agent/service/maintenance/store-v2?enable=false");
+    await until("store's default subset answering again", async () => (await store()) === "store-v2");
+    expect(reloadsOfWeb()).toBe(reloads);
   });
 });

@@ -11,7 +11,7 @@ import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { planChanges } from "../../controller/plan-changes.js";
 import { upstreamsToCheck, type SidecarSnapshot } from "../../controller/sidecar-snapshot.js";
 import { parseSidecarSpec } from "../../controller/sidecar-spec.js";
-import { prefixRewrite, routeMatchTerms as aclTerms } from "../../controller/upstream-config.js";
+import { failoverRelays, prefixRewrite, routeMatchTerms as aclTerms } from "../../controller/upstream-config.js";
 import { checkHaproxyConfig } from "../harness/haproxy.js";
 import { dbInstances, defaultChainFor, fixture, paths, snapshotFor } from "./controller-fixtures.js";
 
@@ -184,53 +184,78 @@ describe("the rendered chain", () => {
   const config = renderHaproxyConfig(stateWith(chain("chain-billing-router")));
   const frontend = frontendOf(config, "upstream_db");
 
-  it("routes first match wins, then the split pick, then one leaf per route and split", () => {
+  it("routes written last to first (the last write is the first match), then the split pick, then a leaf index where a leaf has rules of its own", () => {
     expect(frontend).toContain(
       [
-        "    acl chain_route1_3 req.fhdr(x-env) -m found",
-        "    acl chain_route1_4 req.fhdr(x-env) -m str -- 'prod'",
-        "    acl chain_route1_5 req.fhdr(x-team) -m beg -- 'pay'",
+        "    acl chain_route1_1 method GET POST",
+        "    acl chain_route1_2 path -m beg -- '/admin'",
+        "    acl chain_route1_3 req.fhdr(x-debug) -m found",
+        "    acl chain_route1_4 req.fhdr(x-env) -m found",
+        "    acl chain_route1_5 req.fhdr(x-env) -m str -- 'prod'",
       ].join("\n"),
     );
     expect(frontend).toContain(
-      "    http-request set-var(txn.chain_route) int(1) if chain_route1_1 chain_route1_2 chain_route1_3 !chain_route1_4 chain_route1_5 chain_route1_6 chain_route1_7 chain_route1_8 chain_route1_9 chain_route1_10 chain_route1_11\n",
-    );
-    expect(frontend).toContain("    acl chain_route2_1 path -i -m str -- '/Exact'\n    http-request set-var(txn.chain_route) int(2) if !{ var(txn.chain_route) -m found } chain_route2_1\n");
-    expect(frontend).toContain("    http-request set-var(txn.chain_route) int(4) if !{ var(txn.chain_route) -m found }\n    http-request set-var(txn.chain_pick) rand(10000)");
-    expect(frontend).toContain(
-      "    http-request set-var(txn.chain_leaf) int(4) if { var(txn.chain_route) -m int eq 3 } { var(txn.chain_pick) -m int ge 6667 } { var(txn.chain_pick) -m int lt 10000 }",
-    );
-  });
-
-  it("route and split header changes, the prefix rewrite and the timeout, each under its condition", () => {
-    expect(frontend).toContain(
       [
-        "    http-request del-header x-r if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request add-header x-a '1' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request set-header x-s '2' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request replace-path '^\\/admin(.*)$' '/\\1' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-response set-header x-resp 'y' if { var(txn.chain_route) -m int eq 1 }",
-        "    http-request set-var(txn.chain_timeout) int(2000) if { var(txn.chain_leaf) -m int eq 1 }",
+        "    http-request set-var(txn.chain_route) int(4)",
+        "    http-request set-var(txn.chain_route) int(3) if chain_route3_1",
+        "    http-request set-var(txn.chain_route) int(2) if chain_route2_1",
+        // The method first, regexes last: an AND stops at its first false term.
+        "    http-request set-var(txn.chain_route) int(1) if chain_route1_1 chain_route1_2 chain_route1_3 chain_route1_4 !chain_route1_5 chain_route1_6 chain_route1_7 chain_route1_8 chain_route1_9 chain_route1_10 chain_route1_11",
+        "    http-request set-var(txn.chain_pick) rand(10000)",
       ].join("\n"),
     );
-    expect(frontend).toContain("    http-response add-header x-from 'v2' if { var(txn.chain_leaf) -m int eq 4 }");
+    expect(frontend).toContain("    acl chain_route1_10 req.fhdr(x-id) -m reg -- '^(?:[0-9]+)$'\n    acl chain_route1_11 urlp(r) -m reg -- '^(?:a.*)$'\n");
+    expect(frontend).toContain("    http-request set-var(txn.chain_leaf) int(4) if { var(txn.chain_route) -m int 3 } { var(txn.chain_pick) -m int 6667:9999 }");
   });
 
-  it("failover in order by usable servers, the primary when none has one", () => {
+  it("route and split header changes, the prefix rewrite and the timeout, each under its condition, one line per distinct action", () => {
+    expect(frontend).toContain(
+      [
+        "    http-request del-header x-r if { var(txn.chain_route) -m int 1 }",
+        "    http-request add-header x-a '1' if { var(txn.chain_route) -m int 1 }",
+        "    http-request set-header x-s '2' if { var(txn.chain_route) -m int 1 }",
+        "    http-request replace-path '^\\/admin(.*)$' '/\\1' if { var(txn.chain_route) -m int 1 }",
+        "    http-response set-header x-resp 'y' if { var(txn.chain_route) -m int 1 }",
+        "    http-request set-header x-split 'v1' if { var(txn.chain_leaf) -m int 3 5 }",
+        "    http-response del-header server if { var(txn.chain_leaf) -m int 4 6 }",
+        "    http-response add-header x-from 'v2' if { var(txn.chain_leaf) -m int 4 6 }",
+        "    http-request set-var(txn.chain_timeout) int(2000) if { var(txn.chain_leaf) -m int 1 }",
+        "    http-request set-var(txn.chain_timeout) int(10000) if { var(txn.chain_leaf) -m int 2 3 4 5 6 }",
+      ].join("\n"),
+    );
+  });
+
+  it("failover when the server is assigned: the target's backup server relays to the first failover target with a usable server", () => {
     const v2 = "upstream_db.v2.billing.default.default.dc1";
     const backup = "upstream_db.billing-backup.default.default.dc1";
-    expect(frontend).toContain(
-      [
-        `    use_backend ${v2} if { var(txn.chain_leaf) -m int eq 2 } { nbsrv(${v2}) gt 0 }`,
-        `    use_backend ${backup} if { var(txn.chain_leaf) -m int eq 2 } { nbsrv(${backup}) gt 0 }`,
-        `    use_backend ${v2} if { var(txn.chain_leaf) -m int eq 2 }`,
-      ].join("\n"),
+    // The route goes to its target alone: no nbsrv test races an instance going away.
+    expect(frontend).toContain(`    use_backend ${v2} if { var(txn.chain_leaf) -m int 2 4 6 }`);
+    expect(frontend).not.toContain("nbsrv");
+    const relay = /    server failover (abns@connect-haproxy-failover-[0-9a-f]{20}) backup send-proxy-v2$/.exec(backendOf(config, v2));
+    expect(relay).not.toBeNull();
+    // Its response passes the identity check by the server's name; the backup backend checks its own target.
+    expect(backendOf(config, v2)).toContain("    http-response set-var(txn.connect_upstream_ok) int(1) if { srv_name failover }\n");
+    expect(frontendOf(config, `${v2}.failover`)).toBe(
+      ["", `frontend ${v2}.failover`, "    mode http", `    bind ${relay![1]} accept-proxy`, "    no log", `    default_backend ${backup}`].join("\n"),
     );
+    expect(backendOf(config, backup)).not.toContain("server failover");
+  });
+
+  it("failover relays: in order by usable servers, named per sidecar (abstract sockets are per host)", () => {
+    const upstream = { name: "upstream_api", chain: { leaves: [{ backends: ["a", "b", "c"] }, { backends: ["b"] }] } } as unknown as Parameters<typeof failoverRelays>[0];
+    const here = failoverRelays(upstream, { configFile: "/run/one/haproxy.cfg" });
+    const there = failoverRelays(upstream, { configFile: "/run/two/haproxy.cfg" });
+    expect([...here.keys()]).toEqual(["a"]);
+    expect(here.get("a")!.targets).toEqual(["b", "c"]);
+    expect(here.get("a")!.address).not.toBe(there.get("a")!.address);
+    const config = renderHaproxyConfig(stateWith(chain("chain-billing-router")));
+    const lines = (name: string) => frontendOf(config, name).split("\n");
+    expect(lines("upstream_db.v2.billing.default.default.dc1.failover").filter((line) => line.includes("backend"))).toEqual(["    default_backend upstream_db.billing-backup.default.default.dc1"]);
   });
 
   it("one backend per target: its balance, connect timeout, retries, the timeout variable and the target's identity", () => {
     expect(backendOf(config, "upstream_db.billing-admin.default.default.dc1")).toMatch(
-      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response set-var\(txn.connect_upstream_ok\) int\(1\) if \{ ssl_s_sha1,hex,map\(\/run\/ch\/server-passes.map\) -m str billing-admin \}\n    http-response lua.connect_verify_upstream billing-admin unless \{ var\(txn.connect_upstream_ok\) -m found \}\n/,
+      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    http-reuse always\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response set-var\(txn.connect_upstream_ok\) int\(1\) if \{ ssl_s_sha1,hex,map\(\/run\/ch\/server-passes.map\) -m str billing-admin \}\n    http-response lua.connect_verify_upstream billing-admin unless \{ var\(txn.connect_upstream_ok\) -m found \}\n/,
     );
     expect(backendOf(config, "upstream_db.v1.billing.default.default.dc1")).toMatch(/balance hash req.hdr\(x-user\)\n    hash-type consistent\n    timeout connect 3000ms\n/);
   });
