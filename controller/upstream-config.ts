@@ -268,6 +268,10 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
     `    mode ${upstreamMode}`,
     `    bind ${hostPort(upstream.bindAddress, upstream.bindPort)}`,
     http ? "    option httplog" : "    option tcplog",
+    // A reload answers the next request on an idle kept-alive connection (with
+    // Connection: close) instead of closing it under the application's feet
+    // (discovery-chain-traffic.test.ts on 3.0.11: "socket hang up" after a reload).
+    ...(http ? ["    option idle-close-on-response"] : []),
     ...chainFrontendRules(upstream),
     "",
   ];
