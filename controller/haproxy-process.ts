@@ -6,6 +6,7 @@ import { once } from "node:events";
 import { promisify } from "node:util";
 import type { Logger } from "./logger.js";
 import type { Clock } from "./clock.js";
+import { parseHaproxyVersion, type HaproxyVersion } from "./haproxy-version.js";
 import { parseShowProc, sendRuntimeCommand, type MasterProcessList } from "./runtime-api.js";
 
 const execFileAsync = promisify(execFile);
@@ -26,6 +27,17 @@ export interface HaproxyProcessOptions {
 }
 
 export class HaproxyConfigError extends Error {}
+
+/** `haproxy -v`'s version; undefined (with why) when the binary does not answer or says something unreadable. */
+export async function readHaproxyVersion(binary: string): Promise<{ version?: HaproxyVersion; problem?: string }> {
+  try {
+    const { stdout } = await execFileAsync(binary, ["-v"], { timeout: 5000 });
+    const version = parseHaproxyVersion(stdout);
+    return version ? { version } : { problem: `unreadable version line "${stdout.split("\n")[0]}"` };
+  } catch (err) {
+    return { problem: (err as Error).message.split("\n")[0] };
+  }
+}
 
 export class HaproxyProcess {
   private child?: ChildProcess;

@@ -1,6 +1,7 @@
 // Pure: what is running + what should run → the cheapest safe operations.
 import type { BackendState, DesiredState, UpstreamState } from "./desired-state.js";
 import { publicFrontendName } from "./haproxy-config.js";
+import { reloadForCertificates, type RuntimeCapabilities } from "./haproxy-version.js";
 
 /** A change HAProxy takes at run time, with a human-readable description for the log. */
 export type RuntimeOperation =
@@ -178,18 +179,22 @@ function backendSlotChanges(running: BackendState, desired: BackendState): Runti
   return operations;
 }
 
-/** What the running HAProxy can safely change at run time. */
-export interface RuntimeCapabilities {
-  /**
-   * `set ssl cert` + `commit ssl cert` on a certificate used by a `bind … verify
-   * required`. False for HAProxy 2.6: the listener rebuilt by the commit stops
-   * requesting client certificates (proved by test/integration/controller-haproxy-2.6.test.ts),
-   * so a renewed leaf is loaded by a validated seamless reload instead.
-   */
-  swapListenerCertificate: boolean;
+/** What the running HAProxy worker has been through since it started (what it can still take at run time depends on it). */
+export interface WorkerHistory {
+  /** A `commit ssl ca-file` succeeded in this worker. */
+  caFileCommitted: boolean;
 }
 
-export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false };
+export const freshWorker: WorkerHistory = { caFileCommitted: false };
+
+/** Pure: why a renewed leaf needs a reload on this HAProxy worker; undefined when it can be swapped at run time. */
+function leafReloadReason(capabilities: RuntimeCapabilities, worker: WorkerHistory): string | undefined {
+  if (!capabilities.swapListenerCertificate) return `HAProxy ${capabilities.label} cannot swap a mutual-TLS listener's certificate at run time`;
+  if (worker.caFileCommitted && !capabilities.swapCertificateAfterCaCommit) {
+    return `this HAProxy ${capabilities.label} worker had its CA file replaced at run time, after which commit ssl cert no longer reaches the listener (and another CA commit can crash it: HAProxy issue #3165)`;
+  }
+  return undefined;
+}
 
 /** Everything haproxy.cfg's text is rendered from (certificates live in their own files). */
 function configTextInputs(state: DesiredState): string {
@@ -202,14 +207,19 @@ function configTextInputs(state: DesiredState): string {
  * other change); otherwise runtime commands only: certificates first, so
  * servers enabled in the same batch already use the new ones.
  */
-export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = haproxy26): Plan {
+export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = reloadForCertificates, worker: WorkerHistory = freshWorker): Plan {
   const reasons = structuralChanges(running, desired);
   if (running.trustDomain !== desired.trustDomain) reasons.push(`trust domain ${running.trustDomain} -> ${desired.trustDomain}`);
-  if (!capabilities.swapListenerCertificate && running.leafCertificatePem !== desired.leafCertificatePem) {
-    reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time`);
+  const leafReload = leafReloadReason(capabilities, worker);
+  if (leafReload && running.leafCertificatePem !== desired.leafCertificatePem) {
+    reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); ${leafReload}`);
+  }
+  if (!capabilities.caFileReachesListener && running.caRootsPem !== desired.caRootsPem) {
+    reasons.push(`CA roots changed; HAProxy ${capabilities.label}'s commit ssl ca-file does not reach the listener's verification`);
   }
   if (reasons.length > 0) {
-    const validation = configTextInputs(running) === configTextInputs(desired) ? "key pair" : "haproxy -c";
+    // Only a leaf is checked by its key pair; new roots or text go through haproxy -c.
+    const validation = configTextInputs(running) === configTextInputs(desired) && running.caRootsPem === desired.caRootsPem ? "key pair" : "haproxy -c";
     return { kind: "reload", reason: reasons.join("; "), validation };
   }
   const operations: RuntimeOperation[] = [];

@@ -12,6 +12,8 @@ import { ConsulWatches } from "./consul-watches.js";
 import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
 import { renderHaproxyConfig } from "./haproxy-config.js";
 import { ProcessDriver } from "./haproxy-driver.js";
+import { readHaproxyVersion } from "./haproxy-process.js";
+import { capabilitiesOf, type RuntimeCapabilities } from "./haproxy-version.js";
 import { createLogger, isLogLevel, type Logger } from "./logger.js";
 import { SidecarController } from "./sidecar-controller.js";
 import { findSidecar, LookupError, type SidecarSelector } from "./sidecar-lookup.js";
@@ -202,6 +204,21 @@ function failure(error: unknown, err: Writable): number {
   return exitCodes.runtimeFailure;
 }
 
+/** Which HAProxy runs, and so what it can change at run time; an unreadable version gets the safe (reloading) path, with a warning. */
+async function haproxyCapabilities(binary: string, logger: Logger): Promise<RuntimeCapabilities> {
+  const { version, problem } = await readHaproxyVersion(binary);
+  const capabilities = capabilitiesOf(version);
+  if (!version) logger.warn(`cannot tell which HAProxy ${binary} is (${problem}): renewed leaves and new roots will be loaded by reloads`);
+  else {
+    logger.info("HAProxy version", {
+      version: version.line.split(" - ")[0]!,
+      leaf: capabilities.swapListenerCertificate ? "runtime API (set/commit ssl cert)" : "reload",
+      roots: capabilities.caFileReachesListener ? "runtime API (set/commit ssl ca-file)" : "reload",
+    });
+  }
+  return capabilities;
+}
+
 async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal): Promise<number> {
   let consul: ConsulClient | undefined;
   let metricsServer: MetricsServer | undefined;
@@ -219,6 +236,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
     if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
     const paths = pathsIn(configDir);
+    const capabilities = await haproxyCapabilities(options.haproxyBin, logger);
     // The metrics read the controller, which counts into them: tied by closures.
     let controller: SidecarController | undefined;
     const metrics = new SidecarMetrics({ leafExpiresInSeconds: () => controller?.leafExpiresInSeconds(), ready: () => controller?.readiness().ready ?? false });
@@ -249,6 +267,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
       onPrometheusBindAddress: (address) => {
         if (!options.metricsAddr) listenMetrics(address);
       },
+      capabilities,
     });
     await controller.run(signal);
     return exitCodes.ok;

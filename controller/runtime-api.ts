@@ -68,17 +68,17 @@ export class RuntimeApi {
 
   /**
    * `set ssl cert` + `commit ssl cert`; aborts the transaction if the commit fails.
-   * Throws when the certificate has no user left: HAProxy 2.6 forgets a
+   * Throws when the certificate has no user left: HAProxy 2.6 and 3.0 forget a
    * certificate's users after `commit ssl ca-file` (the rebuilt instances are
    * not linked back to the certificate), so a commit then changes nothing.
-   * Not used on HAProxy 2.6 listeners: see RuntimeCapabilities in plan-changes.ts.
+   * Not used on HAProxy 2.6 listeners: see RuntimeCapabilities in haproxy-version.ts.
    */
   async replaceCertificate(file: string, pem: string): Promise<void> {
     expectTransaction(await this.command(`set ssl cert ${file} <<\n${payload(pem)}\n\n`), `set ssl cert ${file}`);
     await this.commitOrAbort("cert", file);
     const details = await this.command(`show ssl cert ${file}`);
     if (!/^Status: Used$/m.test(details)) {
-      throw new RuntimeApiError(`commit ssl cert ${file}`, "the certificate is no longer linked to its listeners and servers (HAProxy 2.6 after commit ssl ca-file)");
+      throw new RuntimeApiError(`commit ssl cert ${file}`, "the certificate is no longer linked to its listeners and servers (HAProxy 2.6 and 3.0 after commit ssl ca-file)");
     }
   }
 

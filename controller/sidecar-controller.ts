@@ -9,7 +9,8 @@ import type { SnapshotPart, SnapshotSource } from "./consul-watches.js";
 import { buildDesiredState, type DesiredState, type HaproxyPaths } from "./desired-state.js";
 import { runtimePath, type HaproxyDriver } from "./haproxy-driver.js";
 import type { Logger } from "./logger.js";
-import { planChanges, runningAfterRuntime, sameNativeRules, type ReloadValidation, type RuntimeOperation } from "./plan-changes.js";
+import { planChanges, runningAfterRuntime, sameNativeRules, type ReloadValidation, type RuntimeOperation, type WorkerHistory } from "./plan-changes.js";
+import { reloadForCertificates, type RuntimeCapabilities } from "./haproxy-version.js";
 import { consulSnapshot, emptySnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
 import { describeShape } from "./upstream-config.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
@@ -35,6 +36,8 @@ export interface SidecarControllerOptions {
   probe: IdentityProbe;
   logger: Logger;
   clock: Clock;
+  /** What the HAProxy binary can change at run time (from its version: capabilitiesOf); by default what 2.6 can. */
+  capabilities?: RuntimeCapabilities;
   /** Bursts of Consul changes within this window are planned together. */
   coalesceMs?: number;
   /** How long intentions must stay unchanged before new native L7 rules are reloaded (default 2 s). */
@@ -58,6 +61,8 @@ export interface Readiness {
 export class SidecarController {
   private snapshot: SidecarSnapshot;
   private running?: DesiredState;
+  /** The current worker's runtime history; a reload or start gives a fresh worker. */
+  private worker: WorkerHistory = { caFileCommitted: false };
   private readonly identities: UpstreamIdentities;
   private readonly startedAt: number;
   private cancelTimer?: () => void;
@@ -208,10 +213,11 @@ export class SidecarController {
       await driver.start();
       this.running = desired;
       this.applied(desired);
+      this.worker = { caFileCommitted: false };
       logger.info("HAProxy started", { pid: driver.pid, config: paths.configFile, leafSerial: desired.leafSerial, listener: `${desired.publicListener.bindAddress}:${desired.publicListener.bindPort}` });
       return;
     }
-    const plan = planChanges(this.running, desired);
+    const plan = planChanges(this.running, desired, this.options.capabilities ?? reloadForCertificates, this.worker);
     if (plan.kind === "none") return;
     // Dual-write first: whatever happens next, a reload or restart reproduces the desired state.
     driver.writeFiles(desired);
@@ -230,6 +236,7 @@ export class SidecarController {
       try {
         const done = await driver.runtime(operation);
         this.options.metrics?.runtimeOperation(operation.kind, "applied");
+        if (operation.kind === "update-ca-file") this.worker = { caFileCommitted: true };
         if (operation.kind !== "revoke-connections") logger.info("applied change", { change: operation.change, path: runtimePath(operation) });
         for (const line of done) logger.info(line, { change: operation.change, path: runtimePath(operation) });
       } catch (err) {
@@ -273,6 +280,7 @@ export class SidecarController {
       this.running = desired;
       this.options.metrics?.reload(reason, "applied");
       this.applied(desired);
+      this.worker = { caFileCommitted: false };
       const path = validation === "haproxy -c" ? "validated reload (haproxy -c, master CLI reload)" : "seamless reload (leaf key pair checked, master CLI reload)";
       logger.info("applied change", { change: reason, path, ...timings });
     } catch (err) {

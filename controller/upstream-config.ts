@@ -256,7 +256,10 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
   const http = isHttpProtocol(upstream.protocol);
   const relays = failoverRelays(upstream, state.paths);
   const upstreamMode = http ? "http" : "tcp";
-  const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required`;
+  // no-ssl-reuse: a destination must decide every connection. Consul's built-in
+  // proxy authorizes in its certificate check, which a resumed TLS session skips;
+  // HAProxy 3.0 resumes with it (a deny then never applied: interop.test.ts).
+  const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required no-ssl-reuse`;
   const target = upstream.datacenter ? `${upstream.destinationName} in ${upstream.datacenter}` : upstream.destinationName;
   const shape = upstream.chain?.shape;
   const chainNote = shape && (shape.router || shape.splitter || upstream.backends.length > 1) ? `; discovery chain: ${describeShape(upstream)}` : "";
@@ -269,6 +272,10 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
     `    mode ${upstreamMode}`,
     `    bind ${hostPort(upstream.bindAddress, upstream.bindPort)}`,
     ...frontendLogLines(state.accessLog, http ? "http" : "tcp", false, [http ? "option httplog" : "option tcplog"]).map((line) => `    ${line}`),
+    // A reload answers the next request on an idle kept-alive connection (with
+    // Connection: close) instead of closing it under the application's feet
+    // (discovery-chain-traffic.test.ts on 3.0.11: "socket hang up" after a reload).
+    ...(http ? ["    option idle-close-on-response"] : []),
     ...chainFrontendRules(upstream),
     "",
   ];

@@ -9,6 +9,7 @@ import type { DesiredState } from "../../controller/desired-state.js";
 import type { HaproxyDriver, ReloadTimings } from "../../controller/haproxy-driver.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { silentLogger } from "../../controller/logger.js";
+import { capabilitiesOf, parseHaproxyVersion, type RuntimeCapabilities } from "../../controller/haproxy-version.js";
 import type { ReloadValidation, RuntimeOperation } from "../../controller/plan-changes.js";
 import { SidecarController } from "../../controller/sidecar-controller.js";
 import type { ExpectedIdentity, IdentityCheckMaterial, IdentityVerdict } from "../../controller/upstream-identity.js";
@@ -141,9 +142,12 @@ let probes: ProbeCall[];
 let verdictFor: (call: ProbeCall) => IdentityVerdict | undefined;
 let stop: AbortController;
 
-function startLoop(serviceRegistration: AgentServiceRegistration = registration): SidecarController {
+const haproxy30 = capabilitiesOf(parseHaproxyVersion("HAProxy version 3.0.11-9e587df 2025/06/02"));
+
+function startLoop(serviceRegistration: AgentServiceRegistration = registration, capabilities?: RuntimeCapabilities): SidecarController {
   const controller = new SidecarController({
     registration: serviceRegistration,
+    capabilities,
     paths,
     source,
     driver,
@@ -166,8 +170,8 @@ function startLoop(serviceRegistration: AgentServiceRegistration = registration)
 }
 
 /** Runs the loop until HAProxy started with db-1 verified in its upstream. */
-async function startedWithDb1(): Promise<void> {
-  startLoop();
+async function startedWithDb1(capabilities?: RuntimeCapabilities): Promise<void> {
+  startLoop(registration, capabilities);
   source.send(rootsPart(roots));
   source.send(leafPart(leaf));
   source.send(instancesPart(db1));
@@ -252,7 +256,7 @@ describe("the sidecar loop", () => {
   });
 
   it("plans a burst of changes within 100 ms once, with one write of the files", async () => {
-    await startedWithDb1();
+    await startedWithDb1(haproxy30);
     source.send(rootsPart(withSecondRoot));
     await clock.advance(50);
     source.send(instancesPart());
@@ -351,6 +355,25 @@ describe("the sidecar loop", () => {
     expect(write?.call === "writeFiles" && write.state.accessLog?.sink).toEqual({ kind: "file", path: "/var/log/web.log" });
   });
 
+  it("on HAProxy 3.0 swaps a renewed leaf at run time, except in a worker that had a CA commit (then reloads; the next worker swaps again)", async () => {
+    await startedWithDb1(haproxy30);
+    const kinds = () => driver.take().map((c) => (c.call === "runtime" ? c.operation.kind : c.call));
+    source.send(leafPart(renewedLeaf));
+    await clock.advance(100);
+    expect(kinds()).toEqual(["writeFiles", "update-certificate"]);
+    source.send(rootsPart(withSecondRoot));
+    await clock.advance(100);
+    expect(kinds()).toEqual(["writeFiles", "update-ca-file"]);
+    source.send(leafPart({ ...renewedLeaf, SerialNumber: "cc:dd", CertPEM: renewedLeaf.CertPEM.replace("-----END", "x\n-----END") }));
+    await clock.advance(100);
+    const reload = driver.take();
+    expect(reload.map((c) => c.call)).toEqual(["writeFiles", "reload"]);
+    expect(reload[1]).toMatchObject({ call: "reload", validation: "key pair" });
+    source.send(leafPart(leaf));
+    await clock.advance(100);
+    expect(kinds()).toEqual(["writeFiles", "update-certificate"]);
+  });
+
   it("restores the files after a refused reload and tries again 30 s later", async () => {
     await startedWithDb1();
     driver.refuseReloads = 1;
@@ -367,7 +390,7 @@ describe("the sidecar loop", () => {
   });
 
   it("turns a failed runtime command into a validated reload that names it", async () => {
-    await startedWithDb1();
+    await startedWithDb1(haproxy30);
     driver.failRuntime = "update-ca-file";
     source.send(rootsPart(withSecondRoot));
     await clock.advance(100);

@@ -116,7 +116,7 @@ describe("renderHaproxyConfig", () => {
 
   it("renders each upstream with pre-allocated mTLS slots holding the healthy instances", () => {
     expect(web).toContain("bind 127.0.0.1:9191");
-    expect(web).toContain("server s1 127.0.0.1:21001 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required\n");
+    expect(web).toContain("server s1 127.0.0.1:21001 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required no-ssl-reuse\n");
     expect(web).toContain("server s2 127.0.0.1:21002 ssl crt");
     expect(web).toMatch(/server s8 127\.0\.0\.1:1 ssl crt .* disabled/);
     expect(web).toContain("balance roundrobin");
