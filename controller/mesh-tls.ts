@@ -2,8 +2,7 @@
 // defaults for every bind (incoming: the public listener) and every server
 // (outgoing: upstream instances). Consul hands Envoy empty TlsParameters when
 // the entry says nothing (agent/xds makeTLSParametersFromProxyTLSConfig), so
-// Envoy's own defaults apply: a server 1.2–1.3, a client 1.2–1.2. Our
-// outgoing default keeps TLS 1.3 (docs/controller.md says why).
+// Envoy's own defaults apply: a server 1.2–1.3, a client 1.2–1.2; so here.
 import type { MeshDirectionalTls, MeshEntry } from "./consul-replies.js";
 
 export type TlsVersion = "TLSv1.2" | "TLSv1.3";
@@ -23,13 +22,12 @@ export interface MeshTls {
 
 export const incomingDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.3" };
 /**
- * Not Envoy's client default (1.2–1.2): with TLS 1.2 between two
- * connect-haproxy sidecars, a reload under traffic lost a kept-alive request
- * ("socket hang up"; test/integration/discovery-chain-traffic.test.ts, split
- * 100/0 → 0/100: in each of 2 runs), with 1.2–1.3 none. Every peer accepts 1.3: Envoy's and Consul's
- * built-in proxy's servers default to 1.2–1.3.
+ * Envoy's client default. (A kept-alive request lost at a reload, first seen
+ * with this default and blamed on it, was HAProxy closing an idle client
+ * connection at the reload; `option idle-close-on-response` on the upstream
+ * frontends closes that, on every TLS version: upstream-config.ts.)
  */
-export const outgoingDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.3" };
+export const outgoingDefault: TlsDirection = { minVersion: "TLSv1.2", maxVersion: "TLSv1.2" };
 
 /** Consul's cipher suite names (types.TLSCipherSuite, the ones Envoy accepts) → OpenSSL's. */
 export const opensslCipherNames: Record<string, string> = {

@@ -147,7 +147,7 @@ describe("TLS versions from the mesh config entry", () => {
     // Without a mesh entry: incoming TLS 1.2-1.3 (Envoy's server default).
     expect(await meshTlsHandshake(ports.apiSidecar, { ...client, maxVersion: "TLSv1.2" })).toEqual({ version: "TLSv1.2" });
     expect(await meshTlsHandshake(ports.dbSidecar, { ...client, maxVersion: "TLSv1.2" })).toEqual({ version: "TLSv1.2" });
-    expect(readFileSync(join(web.configDir, "haproxy.cfg"), "utf8")).toContain("ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3");
+    expect(readFileSync(join(web.configDir, "haproxy.cfg"), "utf8")).toContain("ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2");
 
     await consul.api("PUT", "/v1/config", { Kind: "mesh", TLS: { Incoming: { TLSMinVersion: "TLSv1_3" }, Outgoing: { TLSMinVersion: "TLSv1_3" } } });
     for (const port of [ports.apiSidecar, ports.dbSidecar]) {
@@ -161,7 +161,7 @@ describe("TLS versions from the mesh config entry", () => {
     for (const sidecar of [api, db, web]) {
       expect(readFileSync(join(sidecar.configDir, "haproxy.cfg"), "utf8")).toContain("ssl-default-bind-options ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3");
       // The new worker serves before the controller logs the change it applied.
-      const applied = /applied change.*mesh TLS changed \(incoming TLSv1\.2-TLSv1\.3, outgoing TLSv1\.2-TLSv1\.3 -> incoming TLSv1\.3-TLSv1\.3, outgoing TLSv1\.3-TLSv1\.3\)/;
+      const applied = /applied change.*mesh TLS changed \(incoming TLSv1\.2-TLSv1\.3, outgoing TLSv1\.2-TLSv1\.2 -> incoming TLSv1\.3-TLSv1\.3, outgoing TLSv1\.3-TLSv1\.3\)/;
       await waitFor(`${sidecar.configDir}: the mesh TLS change logged`, async () => (applied.test(sidecar.process.output()) ? true : undefined), { timeoutMs: 5000, intervalMs: 50 });
     }
     // web's HAProxy now offers only TLS 1.3 to api's, which accepts only TLS 1.3: traffic still flows.

@@ -65,7 +65,7 @@ async function expectThroughMesh(upstreamPort: number, outcome: "answered" | "re
       if (outcome === "answered") return answer;
       return answer === undefined ? "refused" : undefined;
     },
-    { timeoutMs: 30_000, intervalMs: 250 },
+    { timeoutMs: 30_000, intervalMs: 250, process: watch },
   );
   return reply;
 }

