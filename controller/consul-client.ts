@@ -191,7 +191,9 @@ export class ConsulClient {
           chunks.push(chunk);
         });
         res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }));
-        res.on("error", reject);
+        // The connection closed before the body was complete (Node says "aborted"): a broken reply, not an unreachable agent.
+        res.on("error", (err: NodeJS.ErrnoException) =>
+          reject(err instanceof ConsulError ? err : new ConsulError("bad-reply", url.pathname, `Consul's reply to ${url.pathname} broke off after ${size} bytes of its body (${err.code ?? err.message})`)));
       });
       req.on("timeout", () => req.destroy(Object.assign(new Error(`no answer within ${Math.round(timeoutMs)} ms`), { code: "ETIMEDOUT" })));
       req.on("error", reject);
