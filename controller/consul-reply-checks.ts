@@ -60,8 +60,10 @@ function instancesProblem(entries: unknown): string | undefined {
   return undefined;
 }
 
-function intentionsProblem(byDestination: unknown): string | undefined {
+function intentionsProblem(byDestination: unknown, destination: string | undefined): string | undefined {
   if (!isObject(byDestination)) return `not an object of intention lists: ${shown(byDestination)}`;
+  // Consul names every destination asked about (null or [] when none match).
+  if (destination !== undefined && !(destination in byDestination)) return `no list for ${destination}`;
   for (const [destination, list] of Object.entries(byDestination)) {
     if (list === null) continue;
     if (!Array.isArray(list)) return `the intentions of ${destination} are not a list`;
@@ -89,7 +91,7 @@ function registrationProblem(registration: unknown): string | undefined {
 export type CheckedReply = WatchId["kind"] | "prepared-query";
 
 /** Pure: what makes a reply unusable, or undefined when the controller can read it. */
-export function replyProblem(kind: CheckedReply, reply: unknown): string | undefined {
+export function replyProblem(kind: CheckedReply, reply: unknown, destination?: string): string | undefined {
   switch (kind) {
     case "registration":
       return registrationProblem(reply);
@@ -98,7 +100,7 @@ export function replyProblem(kind: CheckedReply, reply: unknown): string | undef
     case "leaf":
       return leafProblem(reply);
     case "intentions":
-      return intentionsProblem(reply);
+      return intentionsProblem(reply, destination);
     case "upstream":
     case "target":
       // No instance at all comes as null.

@@ -105,7 +105,7 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
     case "leaf":
       return as(checked(await consul.leafCertificate(id.service, cursor, signal), id.kind), { kind: id.kind, id });
     case "intentions": {
-      const page = checked(await consul.intentionsForDestination(id.service, cursor, signal), id.kind);
+      const page = checked(await consul.intentionsForDestination(id.service, cursor, signal), id.kind, id.service);
       return as({ ...page, value: { byDestination: page.value, index: page.index ?? 0 } }, { kind: id.kind, id });
     }
     case "upstream": {
@@ -131,8 +131,8 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
 }
 
 /** Refuses a reply the controller cannot read: the watch logs it in one line and the last good value stays. */
-function checked<T>(page: ConsulPage<T>, kind: CheckedReply): ConsulPage<T> {
-  const problem = replyProblem(kind, page.value);
+function checked<T>(page: ConsulPage<T>, kind: CheckedReply, destination?: string): ConsulPage<T> {
+  const problem = replyProblem(kind, page.value, destination);
   if (problem) throw new ConsulError("bad-reply", kind, `Consul's reply is unusable: ${problem}`);
   return page;
 }

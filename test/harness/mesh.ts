@@ -3,6 +3,7 @@
 // processes; and a TCP client that says whether a round trip got through.
 import { mkdtempSync } from "node:fs";
 import { connect } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consulBinary } from "./consul.js";
@@ -86,6 +87,31 @@ export function tcpRoundTrip(port: number, line: string, host = "127.0.0.1", tim
     socket.setEncoding("utf8");
     socket.setTimeout(timeoutMs, () => done(undefined));
     socket.on("connect", () => socket.write(`${line}\n`));
+    socket.on("data", (chunk) => {
+      reply += chunk;
+      if (reply.includes("\n")) done(reply.trim());
+    });
+    socket.on("error", () => done(undefined));
+    socket.on("close", () => done(undefined));
+  });
+}
+
+/**
+ * tcpRoundTrip as a mesh client: mTLS with `identity` (a Consul leaf: CertPEM
+ * and PrivateKeyPEM) to a sidecar's public listener, which presents a leaf
+ * without a name to check, so only the chain is verified.
+ */
+export function mtlsRoundTrip(port: number, identity: { CertPEM: string; PrivateKeyPEM: string }, roots: string[], line: string, timeoutMs = 5000): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca: roots, cert: identity.CertPEM, key: identity.PrivateKeyPEM, checkServerIdentity: () => undefined });
+    let reply = "";
+    const done = (value: string | undefined) => {
+      socket.destroy();
+      resolve(value);
+    };
+    socket.setEncoding("utf8");
+    socket.setTimeout(timeoutMs, () => done(undefined));
+    socket.on("secureConnect", () => socket.write(`${line}\n`));
     socket.on("data", (chunk) => {
       reply += chunk;
       if (reply.includes("\n")) done(reply.trim());

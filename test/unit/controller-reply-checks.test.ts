@@ -12,7 +12,8 @@ describe("replyProblem", () => {
   it("accepts every recorded reply", () => {
     expect(replyProblem("roots", fixture("ca-roots"))).toBeUndefined();
     expect(replyProblem("registration", fixture("agent-service-web-sidecar-proxy"))).toBeUndefined();
-    expect(replyProblem("intentions", fixture("intentions-match-db"))).toBeUndefined();
+    expect(replyProblem("intentions", fixture("intentions-match-db"), "db")).toBeUndefined();
+    expect(replyProblem("intentions", { db: null }, "db")).toBeUndefined();
     expect(replyProblem("target", fixture("health-connect-db"))).toBeUndefined();
     expect(replyProblem("target", null)).toBeUndefined();
     expect(replyProblem("chain", fixture("chain-billing-router"))).toBeUndefined();
@@ -45,6 +46,7 @@ describe("replyProblem", () => {
     expect(replyProblem("leaf", wrong)).toBe("SerialNumber is missing");
     expect(replyProblem("intentions", wrong)).toBe("an intention of unexpected has no SourceName");
     expect(replyProblem("intentions", { db: "allow" })).toBe("the intentions of db are not a list");
+    expect(replyProblem("intentions", { error: "no leader" }, "db")).toBe("no list for db");
     expect(replyProblem("target", wrong)).toMatch(/^not a list of instances/);
     expect(replyProblem("target", [{ Service: { Port: "21000" }, Node: {} }])).toBe('instance 1 has Service.Port "21000"');
     expect(replyProblem("chain", wrong)).toBe("no Chain object: missing");
