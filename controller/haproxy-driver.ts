@@ -9,7 +9,7 @@ import type { DesiredState, HaproxyPaths } from "./desired-state.js";
 import { HaproxyProcess } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
-import { RuntimeApi } from "./runtime-api.js";
+import { RuntimeApi, type LiveServer } from "./runtime-api.js";
 
 export interface ReloadTimings {
   checkMs: number;
@@ -26,6 +26,8 @@ export interface HaproxyDriver {
   /** Validates the files as asked, then reloads; throws (HAProxy keeps running as it was) when refused. */
   reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings>;
   stop(): Promise<void>;
+  /** Every server as HAProxy runs it now (`show servers state`), for the drift check. */
+  liveServers(): Promise<LiveServer[]>;
 }
 
 /** Pure: how an operation reaches HAProxy, for the "applied change" log line. */
@@ -125,5 +127,9 @@ export class ProcessDriver implements HaproxyDriver {
 
   stop(): Promise<void> {
     return this.process.stop();
+  }
+
+  liveServers(): Promise<LiveServer[]> {
+    return this.runtimeApi.serversState();
   }
 }

@@ -28,6 +28,8 @@ export interface Writable {
 export interface RunOptions {
   /** Aborting it stops the controller (the bin shim wires SIGTERM/SIGINT to it). */
   signal?: AbortSignal;
+  /** Each "SIGHUP" event makes the sidecar re-read Consul and check HAProxy (the bin shim wires SIGHUP to it). */
+  hangup?: EventTarget;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -96,6 +98,7 @@ interface CommonOptions {
 
 interface RunCommandOptions extends CommonOptions {
   haproxyBin: string;
+  driftCheckInterval: string;
 }
 
 const exitCodeHelp = `
@@ -135,13 +138,18 @@ export async function run(argv: string[], out: Writable, err: Writable, runOptio
     .addHelpText("after", exitCodeHelp);
   addConsulOptions(program)
     .addOption(new Option("--haproxy-bin <path>", "HAProxy 2.6+ binary").env("HAPROXY_BIN").default("haproxy"))
+    .addOption(
+      new Option("--drift-check-interval <seconds>", "how often HAProxy's server slots are compared with Consul's view and repaired (0: never; SIGHUP also does it)")
+        .env("CONNECT_HAPROXY_DRIFT_CHECK_INTERVAL")
+        .default("30"),
+    )
     .option("--version", "print the versions of connect-haproxy, the HAProxy it would run and its Lua bundle, then exit")
     .action(async (options: RunCommandOptions & { version?: boolean }) => {
       if (options.version) {
         exitCode = writeVersions(options.haproxyBin, out) ? exitCodes.ok : exitCodes.runtimeFailure;
         return;
       }
-      exitCode = await runSidecar(options, out, err, signal);
+      exitCode = await runSidecar(options, out, err, signal, runOptions.hangup);
     });
   addConsulOptions(program.command("render"))
     .description("print the haproxy.cfg the sidecar would run (for review, or for an existing HAProxy setup), then exit")
@@ -192,9 +200,11 @@ function failure(error: unknown, err: Writable): number {
   return exitCodes.runtimeFailure;
 }
 
-async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal): Promise<number> {
+async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal, hangup?: EventTarget): Promise<number> {
   let consul: ConsulClient | undefined;
   try {
+    const driftCheckSeconds = Number(options.driftCheckInterval);
+    if (!/^\d+(\.\d+)?$/.test(options.driftCheckInterval)) throw new UsageError(`--drift-check-interval must be a number of seconds, not "${options.driftCheckInterval}"`);
     const selector = selectorFrom(options);
     const token = readToken(options);
     const logger = loggerFor(options, err);
@@ -216,7 +226,9 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
       probe: verifyUpstreamIdentity,
       logger,
       clock: systemClock,
+      driftCheckMs: driftCheckSeconds * 1000,
     });
+    hangup?.addEventListener("SIGHUP", () => controller.resync());
     await controller.run(signal);
     return exitCodes.ok;
   } catch (error) {

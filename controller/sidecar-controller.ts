@@ -12,6 +12,7 @@ import type { Logger } from "./logger.js";
 import { planChanges, runningAfterRuntime, sameNativeRules, type ReloadValidation, type RuntimeOperation } from "./plan-changes.js";
 import { consulSnapshot, emptySnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
 import { describeShape } from "./upstream-config.js";
+import { serverDrift } from "./server-drift.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
 import { identityCheckMaterial, UpstreamIdentities, type IdentityProbe } from "./upstream-identity.js";
 
@@ -42,6 +43,8 @@ export interface SidecarControllerOptions {
   upstreamWaitMs?: number;
   /** When a refused reload is tried again if Consul does not change before. */
   reloadRetryMs?: number;
+  /** How often HAProxy's server slots are compared with the running state and repaired (default: never; the CLI sets 30 s). */
+  driftCheckMs?: number;
 }
 
 export class SidecarController {
@@ -53,6 +56,7 @@ export class SidecarController {
   private timerDue?: number;
   private chain: Promise<void> = Promise.resolve();
   private fatal?: (err: Error) => void;
+  private cancelDriftTimer?: () => void;
   private stopped = false;
 
   constructor(private readonly options: SidecarControllerOptions) {
@@ -68,6 +72,7 @@ export class SidecarController {
     const { spec } = this.snapshot;
     this.options.logger.info("watching Consul", { proxy: spec.proxyId, service: spec.publicListener.destinationServiceName, upstreams: spec.upstreams.length });
     this.watch();
+    this.scheduleDriftChecks();
     try {
       await Promise.race([stopped, failed]);
     } finally {
@@ -78,6 +83,7 @@ export class SidecarController {
   private async shutdown(): Promise<void> {
     this.stopped = true;
     this.cancelTimer?.();
+    this.cancelDriftTimer?.();
     this.options.source.stop();
     await this.chain.catch(() => undefined);
     if (this.options.driver.pid) {
@@ -85,6 +91,42 @@ export class SidecarController {
       await this.options.driver.stop();
     }
     this.options.logger.info("stopped");
+  }
+
+  /**
+   * SIGHUP: every watch starts over (a fresh read of everything, as at start),
+   * the files are written again, and HAProxy's server slots are checked at once.
+   */
+  resync(): void {
+    if (this.stopped) return;
+    this.options.logger.info("SIGHUP: re-reading everything from Consul and checking HAProxy against it");
+    this.options.source.stop();
+    this.watch();
+    if (this.running) this.options.driver.writeFiles(this.running);
+    this.checkDrift("SIGHUP");
+  }
+
+  private scheduleDriftChecks(): void {
+    const every = this.options.driftCheckMs ?? 0;
+    if (every <= 0 || this.stopped) return;
+    this.cancelDriftTimer = this.options.clock.setTimer(every, () => {
+      this.checkDrift("periodic");
+      this.scheduleDriftChecks();
+    });
+  }
+
+  /** Compares HAProxy's server slots with the running state and repairs each difference (one "applied change" line each). Runs in turn with reconciles. */
+  private checkDrift(trigger: string): void {
+    const { driver, logger } = this.options;
+    this.chain = this.chain
+      .then(async () => {
+        if (this.stopped || !this.running) return;
+        const repairs = serverDrift(this.running, await driver.liveServers());
+        if (repairs.length === 0) return logger.debug("drift check: HAProxy's server slots are as desired", { trigger });
+        logger.warn("drift check: HAProxy's server slots differ from the desired state; repairing each", { trigger, differences: repairs.length });
+        await this.applyOperations(repairs, this.running);
+      })
+      .catch((err: Error) => logger.warn(`drift check failed: ${err.message}`, { trigger }));
   }
 
   private watch(): void {
