@@ -173,6 +173,13 @@ export interface RuntimeCapabilities {
 
 export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false };
 
+/** Pure: the certificates of `running`'s CA bundle that `desired`'s no longer has. */
+function removedCaCertificates(running: DesiredState, desired: DesiredState): number {
+  const certificatesIn = (pem: string) => pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const kept = new Set(certificatesIn(desired.caRootsPem));
+  return certificatesIn(running.caRootsPem).filter((certificate) => !kept.has(certificate)).length;
+}
+
 /** Everything haproxy.cfg's text is rendered from (certificates live in their own files). */
 function configTextInputs(state: DesiredState): string {
   return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain]);
@@ -190,6 +197,11 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
   if (!capabilities.swapListenerCertificate && running.leafCertificatePem !== desired.leafCertificatePem) {
     reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time`);
   }
+  // A TLS session resumes without the client's certificate being verified again: after `commit ssl
+  // ca-file` (2.6.12) a session established under a removed root still resumed (consul-faults.test.ts).
+  // A reload starts a worker with new session-ticket keys and an empty session cache.
+  const removed = removedCaCertificates(running, desired);
+  if (removed > 0) reasons.push(`CA roots changed, ${removed} certificate(s) removed: a reload, so no TLS session they verified can be resumed`);
   if (reasons.length > 0) {
     const validation = configTextInputs(running) === configTextInputs(desired) ? "key pair" : "haproxy -c";
     return { kind: "reload", reason: reasons.join("; "), validation };

@@ -25,7 +25,9 @@ export type Fault =
   /** The real leaf with another private key. */
   | { kind: "leaf-key-mismatch" }
   /** The real roots with every RootCert replaced by bytes that do not parse. */
-  | { kind: "unparsable-roots" };
+  | { kind: "unparsable-roots" }
+  /** The real roots reply listing only this root (`pem`): every other root has left Consul's roots. */
+  | { kind: "replace-roots"; pem: string };
 
 export interface ProxiedRequest {
   at: number;
@@ -72,9 +74,10 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
   /** Forwards to the agent, applying a fault that alters real replies (a mangled reply is asked for without index/wait, so it comes at once). */
   function forward(req: IncomingMessage, body: Buffer, res: ServerResponse, url: URL, fault: Fault | undefined, again: boolean): void {
     const target = new URL(url);
-    const mangles = fault?.kind === "leaf-key-mismatch" || fault?.kind === "unparsable-roots";
-    // A request asked again after a fault was injected is answered at once, not after its blocking wait.
-    if (mangles || again) {
+    const mangles = fault?.kind === "leaf-key-mismatch" || fault?.kind === "unparsable-roots" || fault?.kind === "replace-roots";
+    // A request asked again after a fault was injected is answered at once, not after its blocking wait;
+    // so is a mangled reply that the client refuses (it asks again without blocking anyway).
+    if (again || (mangles && fault.kind !== "replace-roots")) {
       target.searchParams.delete("index");
       target.searchParams.delete("wait");
     }
@@ -98,7 +101,10 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
           if (mangles && upstreamResponse.statusCode === 200) {
             const value = JSON.parse(replyBody.toString());
             if (fault.kind === "leaf-key-mismatch") value.PrivateKeyPEM = otherKey;
-            else for (const root of value.Roots ?? []) root.RootCert = unparsableRoot;
+            else if (fault.kind === "replace-roots") {
+              value.Roots = [{ ...value.Roots[0], ID: "replaced", Name: "replacement root", RootCert: fault.pem, IntermediateCerts: null, Active: true }];
+              value.ActiveRootID = "replaced";
+            } else for (const root of value.Roots ?? []) root.RootCert = unparsableRoot;
             replyBody = Buffer.from(JSON.stringify(value));
           }
           res.writeHead(upstreamResponse.statusCode ?? 502, { ...headers, "content-length": String(replyBody.length) });

@@ -1,6 +1,7 @@
 // Pieces of a mesh: the test applications (test/apps/), a connect-haproxy
 // sidecar (the built controller CLI) and Consul's own built-in proxy, all real
 // processes; and a TCP client that says whether a round trip got through.
+import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { connect } from "node:net";
 import { connect as tlsConnect } from "node:tls";
@@ -118,6 +119,52 @@ export function mtlsRoundTrip(port: number, identity: { CertPEM: string; Private
     });
     socket.on("error", () => done(undefined));
     socket.on("close", () => done(undefined));
+  });
+}
+
+export interface OpensslRoundTrip {
+  /** s_client said "Reused": the server resumed the session (no certificate exchanged). */
+  reused: boolean;
+  /** The reply line, if one came back. */
+  reply?: string;
+  output: string;
+}
+
+/**
+ * One line over mTLS with `openssl s_client` (TLS 1.2, as Envoy's upstream side
+ * speaks in a Consul mesh), saving the session to `sessionOut` or resuming the
+ * one in `sessionIn`: what TLS session resumption lets through.
+ */
+export function opensslRoundTrip(
+  port: number,
+  files: { certificate: string; key: string; ca: string },
+  line: string,
+  session: { sessionOut?: string; sessionIn?: string },
+  timeoutMs = 3000,
+): Promise<OpensslRoundTrip> {
+  const args = ["s_client", "-connect", `127.0.0.1:${port}`, "-tls1_2", "-cert", files.certificate, "-key", files.key, "-CAfile", files.ca];
+  if (session.sessionOut) args.push("-sess_out", session.sessionOut);
+  if (session.sessionIn) args.push("-sess_in", session.sessionIn);
+  return new Promise((resolve) => {
+    const child = spawn("openssl", args, { stdio: ["pipe", "pipe", "pipe"] });
+    let output = "";
+    const finish = () => {
+      clearTimeout(timer);
+      child.stdin.end();
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    const collect = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes(`answered: ${line}\n`)) finish();
+    };
+    child.stdout.on("data", collect);
+    child.stderr.on("data", collect);
+    child.stdin.on("error", () => undefined);
+    child.stdin.write(`${line}\n`);
+    child.on("close", () => {
+      clearTimeout(timer);
+      resolve({ reused: /^Reused, /m.test(output), reply: new RegExp(`^(.*answered: ${line})$`, "m").exec(output)?.[1], output });
+    });
   });
 }
 

@@ -8,15 +8,16 @@
 //
 //   web / evil (mTLS clients with Consul leaves) ──► db-1's sidecar ──► db app
 //                                 controller, HAProxy ──► fault proxy ──► Consul
-import { readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import { startFaultProxy, type Fault, type FaultProxy } from "../harness/fault-proxy.js";
 import { sendRuntimeCommand } from "../harness/haproxy.js";
-import { mtlsRoundTrip, serviceWithSidecar, startConnectHaproxy, startDbApp, type SidecarProcess } from "../harness/mesh.js";
+import { mtlsRoundTrip, opensslRoundTrip, serviceWithSidecar, startConnectHaproxy, startDbApp, type SidecarProcess } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
-import { sleep, waitFor, type StartedProcess } from "../harness/processes.js";
+import { runCommand, sleep, waitFor, type StartedProcess } from "../harness/processes.js";
 import { parseShowProc } from "../../controller/runtime-api.js";
 
 interface Leaf {
@@ -193,4 +194,45 @@ describe("the sidecar under bad input from Consul", () => {
     expect(await waitFor("api allowed once the agent answers", async () => (await ask("api")) ?? undefined, { timeoutMs: 10_000 })).toBe("db-1 answered: from api");
     console.log(`authorize garbage:\n  ${outputSince(offset).split("\n").find((line) => line.includes("authorize reply: "))}`);
   }, 30_000);
+
+  // Last: it leaves other roots in place until SIGHUP brings Consul's back.
+  it("refuses to resume a TLS session established under a root that has left Consul's roots; SIGHUP re-reads the real ones", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ch-resume-"));
+    try {
+      const files = { certificate: join(dir, "web.pem"), key: join(dir, "web.key"), ca: join(dir, "roots.pem") };
+      writeFileSync(files.certificate, identities.web!.CertPEM);
+      writeFileSync(files.key, identities.web!.PrivateKeyPEM, { mode: 0o600 });
+      writeFileSync(files.ca, roots.join("\n"));
+      const otherRoot = join(dir, "other-root.pem");
+      const made = await runCommand("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, "other-root.key"), "-out", otherRoot, "-subj", "/CN=another root", "-days", "1"]);
+      expect(made.code, made.stderr).toBe(0);
+      const session = join(dir, "session.pem");
+      const first = await opensslRoundTrip(publicPort, files, "first", { sessionOut: session });
+      expect(first.reply, first.output).toBe("db-1 answered: first");
+      expect(first.reused).toBe(false);
+      // While the root that verified it is trusted, the session resumes (so the refusal below is about trust).
+      const resumed = await opensslRoundTrip(publicPort, files, "resumed", { sessionIn: session });
+      expect(resumed.reply, resumed.output).toBe("db-1 answered: resumed");
+      expect(resumed.reused).toBe(true);
+
+      const offset = sidecar.process.output().length;
+      proxy.inject(/^\/v1\/agent\/connect\/ca\/roots$/, { kind: "replace-roots", pem: readFileSync(otherRoot, "utf8") });
+      try {
+        await waitFor("the new roots applied", async () => (/applied change change="CA root/.test(outputSince(offset)) ? true : undefined), { timeoutMs: 10_000, process: sidecar.process });
+        console.log(`roots replaced:\n  ${outputSince(offset).split("\n").filter((line) => line.includes("applied change")).join("\n  ")}`);
+        const after = await opensslRoundTrip(publicPort, files, "after", { sessionIn: session });
+        expect(after.reused, after.output).toBe(false);
+        expect(after.reply).toBeUndefined();
+        expect((await opensslRoundTrip(publicPort, files, "fresh", {})).reply).toBeUndefined();
+      } finally {
+        proxy.clear();
+      }
+      // The watch blocks on Consul's index, which did not move: only a fresh read brings the real roots back.
+      sidecar.process.child.kill("SIGHUP");
+      expect(await waitFor("web served again", async () => (await ask("web")) ?? undefined, { timeoutMs: 15_000 })).toBe("db-1 answered: from web");
+      expect(outputSince(offset)).toContain("SIGHUP: re-reading everything from Consul");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
