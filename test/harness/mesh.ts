@@ -3,7 +3,7 @@
 // processes; and a TCP client that says whether a round trip got through.
 import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -78,23 +78,7 @@ export function startConsulProxy(serviceId: string, httpAddr: string, options: P
  * that denies a connection looks like to the client.
  */
 export function tcpRoundTrip(port: number, line: string, host = "127.0.0.1", timeoutMs = 5000): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    const socket = connect(port, host);
-    let reply = "";
-    const done = (value: string | undefined) => {
-      socket.destroy();
-      resolve(value);
-    };
-    socket.setEncoding("utf8");
-    socket.setTimeout(timeoutMs, () => done(undefined));
-    socket.on("connect", () => socket.write(`${line}\n`));
-    socket.on("data", (chunk) => {
-      reply += chunk;
-      if (reply.includes("\n")) done(reply.trim());
-    });
-    socket.on("error", () => done(undefined));
-    socket.on("close", () => done(undefined));
-  });
+  return lineRoundTrip(connect(port, host), "connect", line, timeoutMs);
 }
 
 /**
@@ -103,8 +87,13 @@ export function tcpRoundTrip(port: number, line: string, host = "127.0.0.1", tim
  * without a name to check, so only the chain is verified.
  */
 export function mtlsRoundTrip(port: number, identity: { CertPEM: string; PrivateKeyPEM: string }, roots: string[], line: string, timeoutMs = 5000): Promise<string | undefined> {
+  const socket = tlsConnect({ host: "127.0.0.1", port, ca: roots, cert: identity.CertPEM, key: identity.PrivateKeyPEM, checkServerIdentity: () => undefined });
+  return lineRoundTrip(socket, "secureConnect", line, timeoutMs);
+}
+
+/** Writes `line` once `socket` is `ready`; the reply line, or undefined when refused, closed or silent. */
+function lineRoundTrip(socket: Socket, ready: "connect" | "secureConnect", line: string, timeoutMs: number): Promise<string | undefined> {
   return new Promise((resolve) => {
-    const socket = tlsConnect({ host: "127.0.0.1", port, ca: roots, cert: identity.CertPEM, key: identity.PrivateKeyPEM, checkServerIdentity: () => undefined });
     let reply = "";
     const done = (value: string | undefined) => {
       socket.destroy();
@@ -112,7 +101,7 @@ export function mtlsRoundTrip(port: number, identity: { CertPEM: string; Private
     };
     socket.setEncoding("utf8");
     socket.setTimeout(timeoutMs, () => done(undefined));
-    socket.on("secureConnect", () => socket.write(`${line}\n`));
+    socket.on(ready, () => socket.write(`${line}\n`));
     socket.on("data", (chunk) => {
       reply += chunk;
       if (reply.includes("\n")) done(reply.trim());
