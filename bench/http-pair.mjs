@@ -5,6 +5,8 @@
 //   plain  the controller's render for the same registrations without the
 //          authorizer's lines (same logging, same TLS): no authorization at all
 //   l4     connect-haproxy run by the controller, web → db allowed by an L4 intention
+//   l4log  l4 with proxy-defaults AccessLogs on (Consul's default JSON format,
+//          Type file: both sidecars' lines through the controller into one file)
 //   l7     the same, web → db governed by an L7 intention of 10 permissions
 //          (the request matches the 10th; the first nine are POST-only with a
 //          header regex), decided by the native rules the controller renders
@@ -12,7 +14,7 @@
 // Rounds interleave the set-ups; each figure is a median over rounds, each
 // ratio the median of the per-round ratios; the spread of the plain pair's
 // rounds is the noise figure.
-//   node bench/http-pair.mjs [--rounds N] [--seconds S]   (after npm run build; CONSUL_BIN)
+//   node bench/http-pair.mjs [--rounds N] [--seconds S] [--log-format JSON]   (after npm run build; CONSUL_BIN)
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -27,7 +29,7 @@ import { registerMesh } from "./lib/mesh.mjs";
 import { median, medianRatio, spread } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
-const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" } } });
+const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" }, "log-format": { type: "string" } } });
 const rounds = Number(values.rounds);
 const seconds = Number(values.seconds);
 const log = (message) => console.error(message);
@@ -39,6 +41,7 @@ const L7_PERMISSIONS = [
 
 const INTENTIONS = {
   l4: [{ Name: "web", Action: "allow" }],
+  l4log: [{ Name: "web", Action: "allow" }],
   l7: [{ Name: "web", Permissions: L7_PERMISSIONS }],
 };
 
@@ -48,7 +51,7 @@ runProgram("http-pair", async () => {
   const cpu = cpus().length >= 2 ? { a: "0", b: "1" } : { a: undefined, b: undefined };
   let consul;
   let app;
-  const samples = { plain: [], l4: [], l7: [] };
+  const samples = { plain: [], l4: [], l4log: [], l7: [] };
   try {
     consul = await startConsulDev({ nodeName: "bench", cpu: cpu.b, logFile: join(runDir, "consul.log") });
     await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", Config: { protocol: "http" } });
@@ -58,9 +61,12 @@ runProgram("http-pair", async () => {
     app = await startHaproxy(readFileSync(join(appsDir, "http-ok.cfg"), "utf8"), { dir: runDir, name: "app", cpu: cpu.b, env: { APP_PORT: String(appPort) }, logToFile: true });
     const ctx = { runDir, consul, haproxyBin: process.env.HAPROXY_BIN ?? "haproxy", ports, cpu, runCounter: 0 };
     for (let round = 0; round < rounds; round++) {
-      const order = ["plain", "l4", "l7"].map((_, i, all) => all[(i + round) % all.length]);
+      const order = ["plain", "l4", "l4log", "l7"].map((_, i, all) => all[(i + round) % all.length]);
       for (const id of order) {
         if (id !== "plain") await consul.api("PUT", "/v1/config", { Kind: "service-intentions", Name: "db", Sources: INTENTIONS[id] });
+        const format = values["log-format"] ? { JSONFormat: values["log-format"] } : {};
+        const accessLogs = id === "l4log" ? { AccessLogs: { Enabled: true, Type: "file", Path: join(runDir, "access.log"), ...format } } : {};
+        await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", Config: { protocol: "http" }, ...accessLogs });
         const setup = await startSetup(id === "plain" ? "plain" : "connect", ctx);
         try {
           const load = { port: setup.entryPort, connections: 16, path: "/api/items/42", cpu: cpu.a };
@@ -91,8 +97,9 @@ runProgram("http-pair", async () => {
     secondsPerRun: seconds,
     rounds,
     requestsPerSecond: samples,
-    medians: { plain: median(samples.plain), l4: median(samples.l4), l7: median(samples.l7) },
-    ratioToPlain: { l4: medianRatio(samples.l4, samples.plain), l7: medianRatio(samples.l7, samples.plain) },
+    medians: { plain: median(samples.plain), l4: median(samples.l4), l4log: median(samples.l4log), l7: median(samples.l7) },
+    ratioToPlain: { l4: medianRatio(samples.l4, samples.plain), l4log: medianRatio(samples.l4log, samples.plain), l7: medianRatio(samples.l7, samples.plain) },
+    accessLogCost: { l4logToL4: medianRatio(samples.l4log, samples.l4) },
     noise: { plainSpread: spread(samples.plain) },
   }, null, 2));
   return 0;

@@ -7,7 +7,7 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { readFileSync } from "node:fs";
-import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, DiscoveryChainOverrides, DiscoveryChainReply, Intention, LeafCertificate, PreparedQueryResult, ServiceInstanceEntry } from "./consul-replies.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, MeshEntry, ProxyDefaultsEntry, DiscoveryChainOverrides, DiscoveryChainReply, Intention, LeafCertificate, PreparedQueryResult, ServiceInstanceEntry } from "./consul-replies.js";
 
 // ---- Errors ----
 
@@ -139,6 +139,17 @@ export class ConsulClient {
   intentionsForDestination(serviceName: string, cursor: BlockingCursor, signal?: AbortSignal) {
     const query = { ...blockingQuery(cursor), by: "destination", name: serviceName };
     return this.get<Record<string, Intention[] | null>>("/v1/connect/intentions/match", query, signal, `/v1/connect/intentions/match?by=destination&name=${encodeURIComponent(serviceName)}`);
+  }
+
+  /**
+   * One config entry, blocking. The list endpoint is watched (it answers [] and
+   * an index while the entry does not exist; the single-entry one answers 404).
+   */
+  async configEntry<K extends "proxy-defaults" | "mesh">(kind: K, name: string, cursor: BlockingCursor, signal?: AbortSignal) {
+    const page = await this.get<(K extends "mesh" ? MeshEntry : ProxyDefaultsEntry)[] | null>(`/v1/config/${kind}`, blockingQuery(cursor), signal);
+    if (page.value !== null && !Array.isArray(page.value)) throw new ConsulError("bad-reply", `/v1/config/${kind}`, `Consul's reply is unusable: not a list of ${kind} entries`);
+    // The mesh entry has no Name field (Consul names it "mesh" implicitly).
+    return { ...page, value: (page.value ?? []).find((entry) => (entry.Name ?? name) === name) ?? null };
   }
 
   /** `label` names the endpoint in errors when the path alone does not say enough. */

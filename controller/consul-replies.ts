@@ -269,3 +269,39 @@ export interface DiscoveryChainOverrides {
   OverrideConnectTimeout?: string;
   OverrideProtocol?: string;
 }
+
+/** proxy-defaults `AccessLogs` (Consul's structs.AccessLogsConfig). */
+export interface AccessLogsConfig {
+  Enabled?: boolean;
+  DisableListenerLogs?: boolean;
+  /** "" or "stdout", "stderr", "file". */
+  Type?: string;
+  Path?: string;
+  JSONFormat?: string;
+  TextFormat?: string;
+}
+
+/** The `proxy-defaults` config entry named `global` (only the fields read here). */
+export interface ProxyDefaultsEntry {
+  Kind: "proxy-defaults";
+  Name: string;
+  AccessLogs?: AccessLogsConfig | null;
+  ModifyIndex?: number;
+}
+
+/** `TLS.Incoming` / `TLS.Outgoing` of the mesh entry (Consul's MeshDirectionalTLSConfig). */
+export interface MeshDirectionalTls {
+  TLSMinVersion?: string;
+  TLSMaxVersion?: string;
+  CipherSuites?: string[] | null;
+  [other: string]: unknown;
+}
+
+/** The `mesh` config entry (only the fields read here). */
+export interface MeshEntry {
+  Kind: "mesh";
+  /** Absent: the one mesh entry is implicitly named "mesh". */
+  Name?: string;
+  TLS?: { Incoming?: MeshDirectionalTls | null; Outgoing?: MeshDirectionalTls | null } | null;
+  ModifyIndex?: number;
+}

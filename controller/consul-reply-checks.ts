@@ -110,5 +110,9 @@ export function replyProblem(kind: CheckedReply, reply: unknown, destination?: s
       return reply.Nodes === null ? undefined : instancesProblem(reply.Nodes);
     case "chain":
       return isObject(reply) ? chainProblem(reply.Chain) : `not an object: ${shown(reply)}`;
+    case "proxy-defaults":
+    case "mesh":
+      // A config entry, or none (null).
+      return reply === null || isObject(reply) ? undefined : `not a config entry: ${shown(reply)}`;
   }
 }

@@ -7,7 +7,7 @@ import { runBlockingWatch, type BlockingMode } from "./blocking-query.js";
 import type { Clock } from "./clock.js";
 import { ConsulError, type ConsulClient } from "./consul-client.js";
 import { replyProblem, type CheckedReply } from "./consul-reply-checks.js";
-import type { AgentServiceRegistration, BlockingCursor, CaRoots, CompiledDiscoveryChain, ConsulPage, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { AgentServiceRegistration, BlockingCursor, CaRoots, CompiledDiscoveryChain, ConsulPage, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "./consul-replies.js";
 import { targetQueryKey, type TargetQuery } from "./discovery-chain.js";
 import type { Logger } from "./logger.js";
 import type { UpstreamSpec } from "./sidecar-spec.js";
@@ -23,6 +23,8 @@ export type WatchId =
   | { kind: "roots" }
   | { kind: "leaf"; service: string }
   | { kind: "intentions"; service: string }
+  | { kind: "proxy-defaults" }
+  | { kind: "mesh" }
   | { kind: "upstream"; upstream: UpstreamTarget }
   | { kind: "chain"; upstream: ChainRequest }
   | { kind: "target"; query: TargetQuery };
@@ -39,6 +41,10 @@ export interface WatchValues {
   roots: CaRoots;
   leaf: LeafCertificate;
   intentions: IntentionsAtIndex;
+  /** The `global` proxy-defaults entry; null when there is none. */
+  "proxy-defaults": ProxyDefaultsEntry | null;
+  /** The `mesh` entry; null when there is none. */
+  mesh: MeshEntry | null;
   upstream: UpstreamInstances;
   chain: CompiledDiscoveryChain;
   /** Instances with no critical check (passing only, when the query says OnlyPassing). */
@@ -57,7 +63,7 @@ export interface SnapshotSource {
 /** The stable identity of a watch, for keeping the same one running across calls. */
 export function watchKey(id: WatchId): string {
   if (id.kind === "registration") return `registration ${id.proxyId}`;
-  if (id.kind === "roots") return "roots";
+  if (id.kind === "roots" || id.kind === "proxy-defaults" || id.kind === "mesh") return id.kind;
   if (id.kind === "upstream") return `upstream ${id.upstream.name}`;
   // The overrides are part of the identity: a changed one restarts the watch.
   if (id.kind === "chain") return `chain ${id.upstream.name} ${JSON.stringify(id.upstream.overrides)}`;
@@ -75,6 +81,10 @@ export function describeWatch(id: WatchId): string {
       return `leaf certificate of ${id.service}`;
     case "intentions":
       return `intentions for ${id.service}`;
+    case "proxy-defaults":
+      return "proxy-defaults config entry";
+    case "mesh":
+      return "mesh config entry";
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       return `instances of ${destinationType === "prepared_query" ? "prepared query " : ""}${destinationName}${datacenter ? ` in ${datacenter}` : ""}`;
@@ -108,6 +118,10 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
       const page = checked(await consul.intentionsForDestination(id.service, cursor, signal), id.kind, id.service);
       return as({ ...page, value: { byDestination: page.value, index: page.index ?? 0 } }, { kind: id.kind, id });
     }
+    case "proxy-defaults":
+      return as(await consul.configEntry("proxy-defaults", "global", cursor, signal), { kind: id.kind, id });
+    case "mesh":
+      return as(await consul.configEntry("mesh", "mesh", cursor, signal), { kind: id.kind, id });
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       if (destinationType === "prepared_query") {
@@ -146,7 +160,13 @@ export function withoutCritical(entries: ServiceInstanceEntry[]): ServiceInstanc
 export class ConsulWatches implements SnapshotSource {
   private readonly running = new Map<string, AbortController>();
 
-  constructor(private readonly consul: ConsulClient, private readonly clock: Clock, private readonly logger: Logger) {}
+  constructor(
+    private readonly consul: ConsulClient,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    /** Told of every failed request (metrics), by watch kind. */
+    private readonly onWatchError?: (kind: WatchId["kind"]) => void,
+  ) {}
 
   setWatches(wanted: WatchId[], deliver: (part: SnapshotPart) => void): void {
     const byKey = new Map(wanted.map((id) => [watchKey(id), id]));
@@ -177,6 +197,7 @@ export class ConsulWatches implements SnapshotSource {
       pollIntervalMs: 5_000,
       onError: (error, failures) => {
         const message = error instanceof Error ? error.message : String(error);
+        this.onWatchError?.(id.kind);
         // One line when a watch starts failing; HAProxy keeps its last good configuration.
         if (failures === 1) this.logger.error(`watch of ${description} failed: ${message}; retrying with backoff, HAProxy keeps its current configuration`);
         else this.logger.debug(`watch of ${description} still failing`, { failures, error: message });

@@ -1,6 +1,8 @@
 // Pure: a Consul snapshot → the HAProxy this sidecar should be running.
+import { planAccessLog, type AccessLog } from "./access-log.js";
 import { leafPem, rootsPem } from "./consul-pem.js";
-import type { CaRoots, CompiledDiscoveryChain, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { CaRoots, CompiledDiscoveryChain, IntentionsAtIndex, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "./consul-replies.js";
+import { planMeshTls, type MeshTls } from "./mesh-tls.js";
 import { planDiscoveryChain, targetQueryKey, type ChainPlan, type LoadBalancing, type RetryPolicy } from "./discovery-chain.js";
 import { nativeL7Rules, type NativeL7 } from "./native-l7.js";
 import { isHttpProtocol, SidecarSpecError, type PublicListenerSpec, type SidecarSpec, type UpstreamSpec } from "./sidecar-spec.js";
@@ -19,6 +21,10 @@ export interface ConsulSnapshot {
   chains: Record<string, CompiledDiscoveryChain>;
   /** The intentions matching this destination; only their change matters (cache flush, revocation). */
   intentions?: IntentionsAtIndex;
+  /** The `global` proxy-defaults entry; null or missing: none. */
+  proxyDefaults?: ProxyDefaultsEntry | null;
+  /** The `mesh` entry; null or missing: none. */
+  mesh?: MeshEntry | null;
 }
 
 /** Where things live on disk; fixed for the controller's life. */
@@ -33,6 +39,8 @@ export interface HaproxyPaths {
   /** CONNECT_SERVER_PASS_MAP: written empty; server certificates verified by connect_verify_upstream. */
   serverPassMap: string;
   luaBundle: string;
+  /** HAProxy's Prometheus exporter, on a unix socket (undefined: not rendered). */
+  promexSocket?: string;
 }
 
 export interface UpstreamInstance {
@@ -84,6 +92,10 @@ export interface DesiredState {
   intentionsIndex: number;
   /** HTTP public listener: the L7 intentions' rules HAProxy applies itself while current (native-l7.ts). */
   nativeL7: NativeL7;
+  /** proxy-defaults AccessLogs; undefined: not enabled (the built-in traffic line on stdout). */
+  accessLog?: AccessLog;
+  /** The mesh entry's TLS versions and suites (Envoy's defaults without one). */
+  meshTls: MeshTls;
 }
 
 export const slotBlockSize = 8;
@@ -188,6 +200,7 @@ function upstreamState(upstream: UpstreamSpec, snapshot: ConsulSnapshot, previou
 /** Pure: snapshot (+ what is running, for stable slots) → desired state. */
 export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths, running?: DesiredState): DesiredState {
   const previousSlots = new Map(running?.upstreams.flatMap((u) => u.backends.map((b) => [b.name, b.slots] as const)));
+  const accessLog = planAccessLog(snapshot.proxyDefaults?.AccessLogs);
   return {
     paths,
     publicListener: snapshot.sidecar.publicListener,
@@ -199,6 +212,8 @@ export function buildDesiredState(snapshot: ConsulSnapshot, paths: HaproxyPaths,
     intentionsFingerprint: intentionsFingerprint(snapshot.intentions),
     intentionsIndex: snapshot.intentions?.index ?? 0,
     nativeL7: nativeL7For(snapshot, paths),
+    ...(accessLog ? { accessLog } : {}),
+    meshTls: planMeshTls(snapshot.mesh),
   };
 }
 

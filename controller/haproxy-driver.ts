@@ -6,6 +6,7 @@ import { certificatePairProblem } from "./certificate-pair.js";
 import type { Clock } from "./clock.js";
 import { writeHaproxyFiles } from "./config-files.js";
 import type { DesiredState, HaproxyPaths } from "./desired-state.js";
+import { AccessLogRelay } from "./access-log-relay.js";
 import { HaproxyProcess } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
@@ -63,9 +64,11 @@ export interface ProcessDriverOptions {
 export class ProcessDriver implements HaproxyDriver {
   private readonly process: HaproxyProcess;
   private readonly runtimeApi: RuntimeApi;
+  private readonly accessLog: AccessLogRelay;
 
   constructor(options: ProcessDriverOptions) {
     this.runtimeApi = new RuntimeApi(options.paths.statsSocket);
+    this.accessLog = new AccessLogRelay(options.logger);
     this.process = new HaproxyProcess({
       binary: options.binary,
       configFile: options.paths.configFile,
@@ -75,6 +78,7 @@ export class ProcessDriver implements HaproxyDriver {
       logger: options.logger,
       clock: options.clock,
       stopTimeoutMs: options.stopTimeoutMs ?? 35_000,
+      onAccessLog: (chunk) => this.accessLog.write(chunk),
     });
   }
 
@@ -84,6 +88,7 @@ export class ProcessDriver implements HaproxyDriver {
 
   writeFiles(state: DesiredState): void {
     writeHaproxyFiles(state);
+    this.accessLog.follow(state.accessLog);
   }
 
   start(): Promise<void> {
@@ -125,8 +130,9 @@ export class ProcessDriver implements HaproxyDriver {
     return this.process.reload({ check: validation === "haproxy -c" });
   }
 
-  stop(): Promise<void> {
-    return this.process.stop();
+  async stop(): Promise<void> {
+    await this.process.stop();
+    await this.accessLog.close();
   }
 
   liveServers(): Promise<LiveServer[]> {

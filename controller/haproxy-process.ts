@@ -6,6 +6,7 @@ import { once } from "node:events";
 import { promisify } from "node:util";
 import type { Logger } from "./logger.js";
 import type { Clock } from "./clock.js";
+import { parseHaproxyVersion, type HaproxyVersion } from "./haproxy-version.js";
 import { parseShowProc, sendRuntimeCommand, type MasterProcessList } from "./runtime-api.js";
 
 const execFileAsync = promisify(execFile);
@@ -21,9 +22,22 @@ export interface HaproxyProcessOptions {
   clock: Clock;
   /** How long a soft stop may take before the master is killed. */
   stopTimeoutMs: number;
+  /** What HAProxy writes to fd 3 (`log fd@3`: the access log, access-log-relay.ts); drained and dropped without it. */
+  onAccessLog?: (chunk: Buffer) => void;
 }
 
 export class HaproxyConfigError extends Error {}
+
+/** `haproxy -v`'s version; undefined (with why) when the binary does not answer or says something unreadable. */
+export async function readHaproxyVersion(binary: string): Promise<{ version?: HaproxyVersion; problem?: string }> {
+  try {
+    const { stdout } = await execFileAsync(binary, ["-v"], { timeout: 5000 });
+    const version = parseHaproxyVersion(stdout);
+    return version ? { version } : { problem: `unreadable version line "${stdout.split("\n")[0]}"` };
+  } catch (err) {
+    return { problem: (err as Error).message.split("\n")[0] };
+  }
+}
 
 export class HaproxyProcess {
   private child?: ChildProcess;
@@ -84,8 +98,10 @@ export class HaproxyProcess {
     // HAProxy writes its traffic log and notices straight to our stdout and
     // stderr: relaying them line by line through Node cost 70-150 µs of CPU per
     // connection (bench/, docs/benchmarks.md).
-    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "inherit", "inherit"] });
+    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "inherit", "inherit", "pipe"] });
     this.child = child;
+    // fd 3 survives reloads (the master re-executes itself with its descriptors); chunks, not lines, keep it cheap.
+    child.stdio[3]?.on("data", (chunk: Buffer) => this.options.onAccessLog?.(chunk));
     this.exited = once(child, "exit");
     child.on("exit", (code, signal) => {
       if (this.stopping || this.child !== child) return;

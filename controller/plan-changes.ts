@@ -1,6 +1,7 @@
 // Pure: what is running + what should run → the cheapest safe operations.
 import type { BackendState, DesiredState, UpstreamState } from "./desired-state.js";
 import { publicFrontendName } from "./haproxy-config.js";
+import { reloadForCertificates, type RuntimeCapabilities } from "./haproxy-version.js";
 
 /** A change HAProxy takes at run time, with a human-readable description for the log. */
 export type RuntimeOperation =
@@ -93,13 +94,25 @@ export function describeChainChange(before: UpstreamStructure, after: UpstreamSt
   return words.join(", ") || "settings changed";
 }
 
+/** Pure: the reload reasons of the proxy-defaults access log and the mesh entry's TLS (both only in haproxy.cfg). */
+export function proxySettingsChanges(running: DesiredState, desired: DesiredState): string[] {
+  const reasons: string[] = [];
+  const log = (state: DesiredState) => (state.accessLog ? `${state.accessLog.sink.kind}${state.accessLog.sink.kind === "file" ? ` ${state.accessLog.sink.path}` : ""}` : "off");
+  if (JSON.stringify(running.accessLog) !== JSON.stringify(desired.accessLog)) reasons.push(`proxy-defaults access logs changed (${log(running)} -> ${log(desired)})`);
+  const tls = ({ meshTls: { incoming, outgoing } }: DesiredState) => `incoming ${incoming.minVersion}-${incoming.maxVersion}, outgoing ${outgoing.minVersion}-${outgoing.maxVersion}`;
+  const { warnings: _before, ...tlsBefore } = running.meshTls;
+  const { warnings: _after, ...tlsAfter } = desired.meshTls;
+  if (JSON.stringify(tlsBefore) !== JSON.stringify(tlsAfter)) reasons.push(`mesh TLS changed (${tls(running)} -> ${tls(desired)})`);
+  return reasons;
+}
+
 /** Pure: human-readable reasons for a reload; empty when none is needed. */
 export function structuralChanges(running: DesiredState, desired: DesiredState): string[] {
-  const reasons: string[] = [];
+  const reasons: string[] = proxySettingsChanges(running, desired);
   const before = structureOf(running);
   const after = structureOf(desired);
   if (JSON.stringify(before.paths) !== JSON.stringify(after.paths)) reasons.push("file locations changed");
-  for (const key of Object.keys(after.publicListener) as (keyof typeof after.publicListener)[]) {
+  for (const key of new Set([...Object.keys(before.publicListener), ...Object.keys(after.publicListener)]) as Set<keyof typeof after.publicListener>) {
     if (before.publicListener[key] !== after.publicListener[key]) {
       reasons.push(`public listener ${key} ${String(before.publicListener[key])} -> ${String(after.publicListener[key])}`);
     }
@@ -126,6 +139,12 @@ function upstreamChange(old: UpstreamStructure, upstream: UpstreamStructure): st
     const grown = newBackends.find((b, n) => b.slotCount !== oldBackends[n]!.slotCount);
     const without = (backends: typeof newBackends) => JSON.stringify(backends.map(({ slotCount: _slots, ...rest }) => rest));
     if (grown && without(oldBackends) === without(newBackends)) return `upstream ${grown.name} needs ${grown.slotCount} server slots (has ${oldBackends.find((b) => b.name === grown.name)!.slotCount})`;
+  }
+  // Only the upstream's own settings (limits, passive health check, ...) changed: name them.
+  const fields = Object.keys({ ...oldRest, ...newRest }) as (keyof typeof newRest)[];
+  const changedFields = fields.filter((key) => JSON.stringify(oldRest[key]) !== JSON.stringify(newRest[key]));
+  if (changedFields.length > 0 && JSON.stringify(oldChain) === JSON.stringify(newChain) && JSON.stringify(oldBackends) === JSON.stringify(newBackends)) {
+    return `upstream ${upstream.name} settings changed (${changedFields.join(", ")})`;
   }
   const destination = `${upstream.destinationName}${upstream.datacenter ? ` in ${upstream.datacenter}` : ""}`;
   if (oldChain || newChain) return `upstream ${destination}: discovery chain changed (${describeChainChange(old, upstream)})`;
@@ -160,18 +179,22 @@ function backendSlotChanges(running: BackendState, desired: BackendState): Runti
   return operations;
 }
 
-/** What the running HAProxy can safely change at run time. */
-export interface RuntimeCapabilities {
-  /**
-   * `set ssl cert` + `commit ssl cert` on a certificate used by a `bind … verify
-   * required`. False for HAProxy 2.6: the listener rebuilt by the commit stops
-   * requesting client certificates (proved by test/integration/controller-haproxy-2.6.test.ts),
-   * so a renewed leaf is loaded by a validated seamless reload instead.
-   */
-  swapListenerCertificate: boolean;
+/** What the running HAProxy worker has been through since it started (what it can still take at run time depends on it). */
+export interface WorkerHistory {
+  /** A `commit ssl ca-file` succeeded in this worker. */
+  caFileCommitted: boolean;
 }
 
-export const haproxy26: RuntimeCapabilities = { swapListenerCertificate: false };
+export const freshWorker: WorkerHistory = { caFileCommitted: false };
+
+/** Pure: why a renewed leaf needs a reload on this HAProxy worker; undefined when it can be swapped at run time. */
+function leafReloadReason(capabilities: RuntimeCapabilities, worker: WorkerHistory): string | undefined {
+  if (!capabilities.swapListenerCertificate) return `HAProxy ${capabilities.label} cannot swap a mutual-TLS listener's certificate at run time`;
+  if (worker.caFileCommitted && !capabilities.swapCertificateAfterCaCommit) {
+    return `this HAProxy ${capabilities.label} worker had its CA file replaced at run time, after which commit ssl cert no longer reaches the listener (and another CA commit can crash it: HAProxy issue #3165)`;
+  }
+  return undefined;
+}
 
 /** Pure: the certificates of `running`'s CA bundle that `desired`'s no longer has. */
 function removedCaCertificates(running: DesiredState, desired: DesiredState): number {
@@ -182,7 +205,7 @@ function removedCaCertificates(running: DesiredState, desired: DesiredState): nu
 
 /** Everything haproxy.cfg's text is rendered from (certificates live in their own files). */
 function configTextInputs(state: DesiredState): string {
-  return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain]);
+  return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain, state.accessLog, state.meshTls]);
 }
 
 /**
@@ -191,19 +214,24 @@ function configTextInputs(state: DesiredState): string {
  * other change); otherwise runtime commands only: certificates first, so
  * servers enabled in the same batch already use the new ones.
  */
-export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = haproxy26): Plan {
+export function planChanges(running: DesiredState, desired: DesiredState, capabilities: RuntimeCapabilities = reloadForCertificates, worker: WorkerHistory = freshWorker): Plan {
   const reasons = structuralChanges(running, desired);
   if (running.trustDomain !== desired.trustDomain) reasons.push(`trust domain ${running.trustDomain} -> ${desired.trustDomain}`);
-  if (!capabilities.swapListenerCertificate && running.leafCertificatePem !== desired.leafCertificatePem) {
-    reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); HAProxy 2.6 cannot swap a mutual-TLS listener's certificate at run time`);
+  const leafReload = leafReloadReason(capabilities, worker);
+  if (leafReload && running.leafCertificatePem !== desired.leafCertificatePem) {
+    reasons.push(`leaf certificate renewed (serial ${running.leafSerial} -> ${desired.leafSerial}); ${leafReload}`);
+  }
+  if (!capabilities.caFileReachesListener && running.caRootsPem !== desired.caRootsPem) {
+    reasons.push(`CA roots changed; HAProxy ${capabilities.label}'s commit ssl ca-file does not reach the listener's verification`);
   }
   // A TLS session resumes without the client's certificate being verified again: after `commit ssl
   // ca-file` (2.6.12) a session established under a removed root still resumed (consul-faults.test.ts).
   // A reload starts a worker with new session-ticket keys and an empty session cache.
-  const removed = removedCaCertificates(running, desired);
+  const removed = capabilities.caFileReachesListener ? removedCaCertificates(running, desired) : 0;
   if (removed > 0) reasons.push(`CA roots changed, ${removed} certificate(s) removed: a reload, so no TLS session they verified can be resumed`);
   if (reasons.length > 0) {
-    const validation = configTextInputs(running) === configTextInputs(desired) ? "key pair" : "haproxy -c";
+    // Only a leaf is checked by its key pair; new roots or text go through haproxy -c.
+    const validation = configTextInputs(running) === configTextInputs(desired) && running.caRootsPem === desired.caRootsPem ? "key pair" : "haproxy -c";
     return { kind: "reload", reason: reasons.join("; "), validation };
   }
   const operations: RuntimeOperation[] = [];

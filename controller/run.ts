@@ -12,12 +12,17 @@ import { ConsulWatches } from "./consul-watches.js";
 import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
 import { renderHaproxyConfig } from "./haproxy-config.js";
 import { ProcessDriver } from "./haproxy-driver.js";
+import { readHaproxyVersion } from "./haproxy-process.js";
+import { capabilitiesOf, type RuntimeCapabilities } from "./haproxy-version.js";
 import { createLogger, isLogLevel, type Logger } from "./logger.js";
 import { SidecarController } from "./sidecar-controller.js";
 import { findSidecar, LookupError, type SidecarSelector } from "./sidecar-lookup.js";
 import { readSnapshotOnce } from "./snapshot-once.js";
 import { SidecarSpecError } from "./sidecar-spec.js";
 import { verifyUpstreamIdentity } from "./upstream-identity.js";
+import { getOverUnixSocket, MetricsServer } from "./metrics-server.js";
+import { RuntimeApi } from "./runtime-api.js";
+import { SidecarMetrics } from "./sidecar-metrics.js";
 
 export const exitCodes = { ok: 0, runtimeFailure: 1, usage: 2 } as const;
 
@@ -82,6 +87,7 @@ export function pathsIn(configDir: string): HaproxyPaths {
     serverPassMap: join(configDir, "server-passes.map"),
     masterSocket: join(configDir, "master.sock"),
     luaBundle: luaBundlePath(),
+    promexSocket: join(configDir, "promex.sock"),
   };
 }
 
@@ -99,6 +105,7 @@ interface CommonOptions {
 interface RunCommandOptions extends CommonOptions {
   haproxyBin: string;
   driftCheckInterval: string;
+  metricsAddr?: string;
 }
 
 const exitCodeHelp = `
@@ -142,6 +149,11 @@ export async function run(argv: string[], out: Writable, err: Writable, runOptio
       new Option("--drift-check-interval <seconds>", "how often HAProxy's server slots are compared with Consul's view and repaired (0: never; SIGHUP also does it)")
         .env("CONNECT_HAPROXY_DRIFT_CHECK_INTERVAL")
         .default("30"),
+    )
+    .addOption(
+      new Option("--metrics-addr <host:port>", "serve Prometheus metrics (/metrics) and readiness (/ready) here; overrides the registration's Proxy.Config envoy_prometheus_bind_addr").env(
+        "CONNECT_HAPROXY_METRICS_ADDR",
+      ),
     )
     .option("--version", "print the versions of connect-haproxy, the HAProxy it would run and its Lua bundle, then exit")
     .action(async (options: RunCommandOptions & { version?: boolean }) => {
@@ -200,8 +212,24 @@ function failure(error: unknown, err: Writable): number {
   return exitCodes.runtimeFailure;
 }
 
+/** Which HAProxy runs, and so what it can change at run time; an unreadable version gets the safe (reloading) path, with a warning. */
+async function haproxyCapabilities(binary: string, logger: Logger): Promise<RuntimeCapabilities> {
+  const { version, problem } = await readHaproxyVersion(binary);
+  const capabilities = capabilitiesOf(version);
+  if (!version) logger.warn(`cannot tell which HAProxy ${binary} is (${problem}): renewed leaves and new roots will be loaded by reloads`);
+  else {
+    logger.info("HAProxy version", {
+      version: version.line.split(" - ")[0]!,
+      leaf: capabilities.swapListenerCertificate ? "runtime API (set/commit ssl cert)" : "reload",
+      roots: capabilities.caFileReachesListener ? "runtime API (set/commit ssl ca-file)" : "reload",
+    });
+  }
+  return capabilities;
+}
+
 async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal, hangup?: EventTarget): Promise<number> {
   let consul: ConsulClient | undefined;
+  let metricsServer: MetricsServer | undefined;
   try {
     const driftCheckSeconds = Number(options.driftCheckInterval);
     if (!/^\d+(\.\d+)?$/.test(options.driftCheckInterval)) throw new UsageError(`--drift-check-interval must be a number of seconds, not "${options.driftCheckInterval}"`);
@@ -218,15 +246,39 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
     if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
     const paths = pathsIn(configDir);
-    const controller = new SidecarController({
+    const capabilities = await haproxyCapabilities(options.haproxyBin, logger);
+    // The metrics read the controller, which counts into them: tied by closures.
+    let controller: SidecarController | undefined;
+    const metrics = new SidecarMetrics({ leafExpiresInSeconds: () => controller?.leafExpiresInSeconds(), ready: () => controller?.readiness().ready ?? false });
+    const runtimeApi = new RuntimeApi(paths.statsSocket);
+    metricsServer = new MetricsServer(
+      {
+        haproxy: () => getOverUnixSocket(paths.promexSocket!, "/metrics"),
+        authorizer: () => runtimeApi.authorizerMetrics(),
+        controller: () => metrics.text(),
+        readiness: () => controller?.readiness() ?? { ready: false, reason: "starting" },
+      },
+      logger,
+    );
+    const server = metricsServer;
+    const listenMetrics = (address: string | undefined) =>
+      void server.listen(address).catch((err: Error) => logger.error(`cannot serve metrics on ${address}: ${err.message}`));
+    if (options.metricsAddr) listenMetrics(options.metricsAddr);
+    controller = new SidecarController({
       registration,
       paths,
-      source: new ConsulWatches(consul, systemClock, logger),
+      source: new ConsulWatches(consul, systemClock, logger, (kind) => metrics.watchError(kind)),
       driver: new ProcessDriver({ binary: options.haproxyBin, paths, environment: haproxyEnvironment, logger, clock: systemClock }),
       probe: verifyUpstreamIdentity,
       logger,
       clock: systemClock,
       driftCheckMs: driftCheckSeconds * 1000,
+      metrics,
+      // --metrics-addr wins over the registration.
+      onPrometheusBindAddress: (address) => {
+        if (!options.metricsAddr) listenMetrics(address);
+      },
+      capabilities,
     });
     hangup?.addEventListener("SIGHUP", () => controller.resync());
     await controller.run(signal);
@@ -236,6 +288,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     return failure(error, err);
   } finally {
     consul?.close();
+    await metricsServer?.close();
   }
 }
 

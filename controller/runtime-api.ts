@@ -55,24 +55,30 @@ export class RuntimeApi {
     return answer;
   }
 
+  /**
+   * A new address goes through maintenance first: leaving it resets the
+   * health a passive check may have marked down, so a new instance in a slot
+   * whose previous one was ejected starts in rotation (tried on 2.6.12).
+   */
   async setServer(backend: string, server: string, target: { address: string; port: number } | undefined, ready: boolean): Promise<void> {
+    if (target && ready) await this.command(`set server ${backend}/${server} state maint`);
     if (target) await this.command(`set server ${backend}/${server} addr ${target.address} port ${target.port}`);
     await this.command(`set server ${backend}/${server} state ${ready ? "ready" : "maint"}`);
   }
 
   /**
    * `set ssl cert` + `commit ssl cert`; aborts the transaction if the commit fails.
-   * Throws when the certificate has no user left: HAProxy 2.6 forgets a
+   * Throws when the certificate has no user left: HAProxy 2.6 and 3.0 forget a
    * certificate's users after `commit ssl ca-file` (the rebuilt instances are
    * not linked back to the certificate), so a commit then changes nothing.
-   * Not used on HAProxy 2.6 listeners: see RuntimeCapabilities in plan-changes.ts.
+   * Not used on HAProxy 2.6 listeners: see RuntimeCapabilities in haproxy-version.ts.
    */
   async replaceCertificate(file: string, pem: string): Promise<void> {
     expectTransaction(await this.command(`set ssl cert ${file} <<\n${payload(pem)}\n\n`), `set ssl cert ${file}`);
     await this.commitOrAbort("cert", file);
     const details = await this.command(`show ssl cert ${file}`);
     if (!/^Status: Used$/m.test(details)) {
-      throw new RuntimeApiError(`commit ssl cert ${file}`, "the certificate is no longer linked to its listeners and servers (HAProxy 2.6 after commit ssl ca-file)");
+      throw new RuntimeApiError(`commit ssl cert ${file}`, "the certificate is no longer linked to its listeners and servers (HAProxy 2.6 and 3.0 after commit ssl ca-file)");
     }
   }
 
@@ -87,6 +93,17 @@ export class RuntimeApi {
 
   async flushAuthorizationCache(): Promise<string> {
     return this.command("connect cache flush");
+  }
+
+  /**
+   * The authorizer's counters in Prometheus text (`connect metrics`). Read
+   * without answerIsError: their help texts are prose that may look like an
+   * error line; an answer not starting with a HELP line is one.
+   */
+  async authorizerMetrics(): Promise<string> {
+    const answer = await sendRuntimeCommand(this.socketPath, "connect metrics", this.timeoutMs);
+    if (!answer.startsWith("# HELP ")) throw new RuntimeApiError("connect metrics", answer || "no answer");
+    return answer;
   }
 
   /** The authorizer uses no intention list for `target` older than `index` (it waits up to 1 s to catch up). */

@@ -2,7 +2,7 @@
 // needs, and when it is complete enough to serve (the shape of Consul's
 // proxycfg snapshot and its Valid()).
 import type { ChainRequest, SnapshotPart, UpstreamInstances, WatchId } from "./consul-watches.js";
-import type { CaRoots, CompiledDiscoveryChain, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, ServiceInstanceEntry } from "./consul-replies.js";
+import type { CaRoots, CompiledDiscoveryChain, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "./consul-replies.js";
 import { targetQuery, targetQueryKey, type TargetQuery } from "./discovery-chain.js";
 import type { ConsulSnapshot } from "./desired-state.js";
 import { parseSidecarSpec, type SidecarSpec, type UpstreamSpec } from "./sidecar-spec.js";
@@ -13,6 +13,10 @@ export interface SidecarSnapshot {
   roots?: CaRoots;
   leaf?: LeafCertificate;
   intentions?: IntentionsAtIndex;
+  /** The `global` proxy-defaults entry (access logs); null = none, undefined = not known yet. */
+  proxyDefaults?: ProxyDefaultsEntry | null;
+  /** The `mesh` entry (TLS); null = none, undefined = not known yet. */
+  mesh?: MeshEntry | null;
   /** Prepared-query upstreams' instances, by upstream name (UpstreamSpec.name); missing = not known yet. */
   instances: Record<string, UpstreamInstances>;
   /** Service upstreams' discovery chains, by upstream name; missing = not known yet. */
@@ -50,6 +54,8 @@ export function wantedWatches(snapshot: Pick<SidecarSnapshot, "spec" | "chains">
     { kind: "roots" },
     { kind: "leaf", service },
     { kind: "intentions", service },
+    { kind: "proxy-defaults" },
+    { kind: "mesh" },
     ...spec.upstreams.map((upstream): WatchId => (upstream.destinationType === "service" ? { kind: "chain", upstream: chainRequest(upstream) } : { kind: "upstream", upstream })),
     ...[...targets.values()].map((query): WatchId => ({ kind: "target", query })),
   ];
@@ -76,6 +82,10 @@ export function withPart(snapshot: SidecarSnapshot, part: SnapshotPart): Sidecar
       return { ...snapshot, leaf: part.value };
     case "intentions":
       return { ...snapshot, intentions: part.value };
+    case "proxy-defaults":
+      return { ...snapshot, proxyDefaults: part.value };
+    case "mesh":
+      return { ...snapshot, mesh: part.value };
     case "upstream": {
       const name = part.id.upstream.name;
       if (!snapshot.spec.upstreams.some((u) => u.name === name)) return snapshot;
@@ -131,13 +141,14 @@ function allUpstreamsKnown(snapshot: SidecarSnapshot): boolean {
 export type Readiness = { ready: true } | { ready: false; recheckInMs?: number };
 
 /**
- * Pure: may HAProxy be started from this snapshot? Roots and leaf are needed.
+ * Pure: may HAProxy be started from this snapshot? Roots, leaf and the mesh and proxy-defaults entries (or their absence) are needed.
  * The first start also waits (at most `upstreamWaitMs`) for every upstream's
  * instances and their identity checks, so that it does not start (or, after a
  * controller restart, take over) with empty upstream backends.
  */
 export function readiness(snapshot: SidecarSnapshot, identitiesSettled: boolean, sinceStartMs: number, upstreamWaitMs: number): Readiness {
-  if (!snapshot.roots || !snapshot.leaf) return { ready: false };
+  // The mesh entry sets the listener's TLS versions (Consul's proxycfg waits for it too); proxy-defaults, the access log.
+  if (!snapshot.roots || !snapshot.leaf || snapshot.mesh === undefined || snapshot.proxyDefaults === undefined) return { ready: false };
   const allKnown = allUpstreamsKnown(snapshot);
   if ((allKnown && identitiesSettled) || sinceStartMs >= upstreamWaitMs) return { ready: true };
   return { ready: false, recheckInMs: upstreamWaitMs - sinceStartMs };
@@ -145,5 +156,5 @@ export function readiness(snapshot: SidecarSnapshot, identitiesSettled: boolean,
 
 /** The snapshot as the desired state is built from it: complete, with only verified instances. */
 export function consulSnapshot(snapshot: SidecarSnapshot, verifiedInstances: Record<string, ServiceInstanceEntry[]>): ConsulSnapshot {
-  return { sidecar: snapshot.spec, roots: snapshot.roots!, leaf: snapshot.leaf!, upstreamInstances: verifiedInstances, chains: snapshot.chains, intentions: snapshot.intentions };
+  return { sidecar: snapshot.spec, roots: snapshot.roots!, leaf: snapshot.leaf!, upstreamInstances: verifiedInstances, chains: snapshot.chains, intentions: snapshot.intentions, proxyDefaults: snapshot.proxyDefaults ?? null, mesh: snapshot.mesh ?? null };
 }

@@ -1,6 +1,8 @@
 // Pure: reads a connect-proxy registration (and its Proxy.Config keys, as
 // Consul's own proxies read them) into the sidecar's specification.
 import type { AgentServiceRegistration, UpstreamRegistration } from "./consul-replies.js";
+import { ignoredKeys } from "./proxy-config-keys.js";
+import { outlierWarnings, parseMaxInboundConnections, wholeNumber, parsePassiveHealthCheck, parseUpstreamLimits, type PassiveHealthCheck, type UpstreamLimits } from "./proxy-limits.js";
 
 export type ProxyProtocol = "tcp" | "http" | "http2" | "grpc";
 
@@ -14,6 +16,10 @@ export interface PublicListenerSpec {
   localConnectTimeoutMs: number;
   /** HTTP protocols only: how long the local app may take to answer. */
   localRequestTimeoutMs: number;
+  /** HTTP protocols only: how long a request to the local app may stay idle (undefined: not set). */
+  localIdleTimeoutMs?: number;
+  /** Connections past it are refused (undefined: no limit). */
+  maxInboundConnections?: number;
 }
 
 export interface UpstreamSpec {
@@ -31,12 +37,20 @@ export interface UpstreamSpec {
    * discovery chain with these as OverrideProtocol / OverrideConnectTimeout.
    */
   configured?: { protocol?: ProxyProtocol; connectTimeoutMs?: number };
+  /** Config `limits` (circuit breakers); undefined: none set. */
+  limits?: UpstreamLimits;
+  /** Config `passive_health_check` (outlier detection), defaults filled in; undefined: not set. */
+  passiveHealthCheck?: PassiveHealthCheck;
 }
 
 export interface SidecarSpec {
   proxyId: string;
   publicListener: PublicListenerSpec;
   upstreams: UpstreamSpec[];
+  /** Proxy.Config envoy_prometheus_bind_addr: where the metrics and /ready listen (undefined: not set). */
+  prometheusBindAddress?: string;
+  /** Settings Consul documents that this sidecar ignores or only approximates, one line each. */
+  warnings: string[];
 }
 
 // Consul's defaults (agent/xds/config.go, agent/connect/proxy defaults).
@@ -95,11 +109,26 @@ function parseUpstream(upstream: UpstreamRegistration): UpstreamSpec {
     protocol: parseProtocol(config.protocol, where),
     connectTimeoutMs: positiveNumber(config.connect_timeout_ms, consulDefaults.connectTimeoutMs, `${where} connect_timeout_ms`),
   } as const;
+  const limits = parseUpstreamLimits(config.limits, where);
+  const passiveHealthCheck = parsePassiveHealthCheck(config.passive_health_check, where);
   const configured = {
     ...(isSet(config.protocol) ? { protocol: spec.protocol } : {}),
     ...(isSet(config.connect_timeout_ms) ? { connectTimeoutMs: spec.connectTimeoutMs } : {}),
   };
-  return { name: upstreamName(spec), ...spec, ...(Object.keys(configured).length > 0 ? { configured } : {}) };
+  return {
+    name: upstreamName(spec),
+    ...spec,
+    ...(Object.keys(configured).length > 0 ? { configured } : {}),
+    ...(limits ? { limits } : {}),
+    ...(passiveHealthCheck ? { passiveHealthCheck } : {}),
+  };
+}
+
+/** 0 disables Envoy's idle timeout: only the request timeout is left. */
+function parseLocalIdleTimeout(value: unknown): number | undefined {
+  if (!isSet(value)) return undefined;
+  const ms = wholeNumber(value, "local_idle_timeout_ms", 0);
+  return ms > 0 ? ms : undefined;
 }
 
 /** Reads a connect-proxy registration; throws SidecarSpecError on what it cannot serve. */
@@ -126,8 +155,15 @@ export function parseSidecarSpec(registration: AgentServiceRegistration, destina
       localServicePort,
       localConnectTimeoutMs: positiveNumber(config.local_connect_timeout_ms, consulDefaults.localConnectTimeoutMs, "local_connect_timeout_ms"),
       localRequestTimeoutMs: positiveNumber(config.local_request_timeout_ms, consulDefaults.localRequestTimeoutMs, "local_request_timeout_ms"),
+      localIdleTimeoutMs: parseLocalIdleTimeout(config.local_idle_timeout_ms),
+      maxInboundConnections: parseMaxInboundConnections(config.max_inbound_connections),
     },
     upstreams,
+    ...(isSet(config.envoy_prometheus_bind_addr) ? { prometheusBindAddress: String(config.envoy_prometheus_bind_addr) } : {}),
+    warnings: [
+      ...ignoredKeys(config, (proxy.Upstreams ?? []).map((u) => ({ name: u.DestinationName, config: u.Config }))).map((key) => `${key} is ignored (connect-haproxy has no equivalent; docs/controller.md)`),
+      ...upstreams.flatMap((u) => outlierWarnings(u.passiveHealthCheck).map((warning) => `upstream ${u.destinationName}: ${warning}`)),
+    ],
   };
 }
 

@@ -5,10 +5,12 @@
 // assigned (a backup server relaying to the failover targets), so a target
 // losing or regaining instances (runtime `set server`) needs no reload.
 import { createHash } from "node:crypto";
+import { frontendLogLines } from "./access-log.js";
 import type { DesiredState, BackendState, HaproxyPaths, UpstreamState } from "./desired-state.js";
 import type { ChainLeaf, HeaderChanges } from "./discovery-chain.js";
 import type { RouteHttpMatch } from "./consul-replies.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
+import { outlierServerOptions, upstreamAdmission, upstreamAdmissionLines, upstreamServerOptions } from "./proxy-limits.js";
 
 /** The backup server of a target with failover targets (failoverRelays). */
 const failoverServer = "failover";
@@ -250,21 +252,30 @@ function balanceLines(backend: BackendState): string[] {
   return [`    balance ${loadBalancing.algorithm}`];
 }
 
-export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths">, authorization: boolean): string[] {
+export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState, "paths" | "accessLog">, authorization: boolean): string[] {
   const http = isHttpProtocol(upstream.protocol);
   const relays = failoverRelays(upstream, state.paths);
   const upstreamMode = http ? "http" : "tcp";
-  const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required`;
+  // no-ssl-reuse: a destination must decide every connection. Consul's built-in
+  // proxy authorizes in its certificate check, which a resumed TLS session skips;
+  // HAProxy 3.0 resumes with it (a deny then never applied: interop.test.ts).
+  const meshTls = `ssl crt ${state.paths.leafCertificateFile} ca-file ${state.paths.caRootsFile} verify required no-ssl-reuse`;
   const target = upstream.datacenter ? `${upstream.destinationName} in ${upstream.datacenter}` : upstream.destinationName;
   const shape = upstream.chain?.shape;
   const chainNote = shape && (shape.router || shape.splitter || upstream.backends.length > 1) ? `; discovery chain: ${describeShape(upstream)}` : "";
   const usesTimeout = http && upstream.chain?.leaves.some((leaf) => leaf.requestTimeoutMs);
+  const admission = upstreamAdmission(upstream.limits, http);
+  const serverOptions = `${meshTls}${meshAlpn(upstream.protocol)}${upstreamServerOptions(admission)}${outlierServerOptions(upstream.passiveHealthCheck, http)}`;
   const lines = [
     `# upstream ${upstream.destinationType === "prepared_query" ? "prepared query " : ""}${target}${chainNote}`,
     `frontend ${upstream.name}`,
     `    mode ${upstreamMode}`,
     `    bind ${hostPort(upstream.bindAddress, upstream.bindPort)}`,
-    http ? "    option httplog" : "    option tcplog",
+    ...frontendLogLines(state.accessLog, http ? "http" : "tcp", false, [http ? "option httplog" : "option tcplog"]).map((line) => `    ${line}`),
+    // A reload answers the next request on an idle kept-alive connection (with
+    // Connection: close) instead of closing it under the application's feet
+    // (discovery-chain-traffic.test.ts on 3.0.11: "socket hang up" after a reload).
+    ...(http ? ["    option idle-close-on-response"] : []),
     ...chainFrontendRules(upstream),
     "",
   ];
@@ -280,11 +291,12 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
       ...(backend.retry ? [`    retries ${backend.retry.retries}`, `    retry-on ${backend.retry.retryOn.join(" ")}`] : []),
       // set-timeout is a backend action in 2.6: the frontend's rules leave the chain's timeout in a variable.
       ...(usesTimeout ? [`    http-request set-timeout server var(${timeoutVar}) if { var(${timeoutVar}) -m found }`] : []),
+      ...upstreamAdmissionLines(admission, http),
       ...(authorization && backend.service ? upstreamIdentityRules(backend.service, upstreamMode, state.paths.serverPassMap, relays.has(backend.name)) : []),
       ...backend.slots.map((slot) =>
         slot.instance
-          ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${meshTls}${meshAlpn(upstream.protocol)}`
-          : `    server ${slot.name} ${freeSlotAddress} ${meshTls}${meshAlpn(upstream.protocol)} disabled`,
+          ? `    server ${slot.name} ${hostPort(slot.instance.address, slot.instance.port)} ${serverOptions}`
+          : `    server ${slot.name} ${freeSlotAddress} ${serverOptions} disabled`,
       ),
       // Plain, inside this process; PROXY protocol keeps the client's address for the target's balance.
       ...(relays.has(backend.name) ? [`    server ${failoverServer} ${relays.get(backend.name)!.address} backup send-proxy-v2${upstream.protocol === "http2" || upstream.protocol === "grpc" ? " proto h2" : ""}`] : []),

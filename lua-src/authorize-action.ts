@@ -33,6 +33,7 @@ import { pathProblem } from "./request-path";
 import { TRUST_DOMAIN_PROBLEM, type CertificateReading, type PeerIdentities } from "./peer-identity";
 import { quoted, sanitize } from "./sanitize";
 import { INTERNAL_ORIGIN, runFailClosed, type Verdict } from "./fail-closed";
+import type { DecisionCounters } from "./metrics";
 
 const format = string.format;
 
@@ -44,6 +45,10 @@ export interface AuthorizeContext {
   intentions: IntentionWatch;
   connections: ConnectionRegistry;
   passes: RequestPasses;
+  /** HAProxy's global log (core.*), for decision lines when CONNECT_DECISION_LOG=global. */
+  globalLog?: (this: void, level: string, message: string) => void;
+  /** Decisions by verdict and origin, for `connect metrics` (absent: not counted). */
+  decisions?: DecisionCounters;
 }
 
 const find = string.find;
@@ -242,11 +247,12 @@ function logDecision(context: AuthorizeContext, txn: Txn, target: string, allowe
     request +
     " reason=" + quoteReason(reason) +
     " via=" + origin;
-  if (allowed) {
-    if (context.config.logAllowed) txn.Info(line);
-    else txn.Debug(line);
-  } else if (TROUBLE.get(origin) === true) txn.Warning(line);
-  else txn.Info(line);
+  const level = allowed ? (context.config.logAllowed ? "info" : "debug") : TROUBLE.get(origin) === true ? "warning" : "info";
+  // The frontend's log is then the access log (which carries the verdict itself): it keeps only access lines.
+  if (context.config.decisionLogGlobal && context.globalLog !== undefined) context.globalLog(level, line);
+  else if (level === "warning") txn.Warning(line);
+  else if (level === "info") txn.Info(line);
+  else txn.Debug(line);
 }
 
 /**
@@ -276,6 +282,7 @@ export function switchOnNativeRules(context: AuthorizeContext, target: string, i
 /** The action body. Never raises; always sets txn.connect_allowed. */
 export function authorizeTransaction(context: AuthorizeContext, txn: Txn, targetArgument: string | undefined): void {
   const [allowed, reason, origin, identity] = runFailClosed(evaluate, publish, "txn.connect_allowed", context, txn, targetArgument);
+  context.decisions?.record(allowed, origin);
   const target = targetArgument === undefined || targetArgument === "-" || targetArgument === "" ? context.config.defaultTarget ?? "-" : targetArgument;
   pcall(logDecision, context, txn, target, allowed, reason, origin, identity);
 }

@@ -10,6 +10,7 @@
 
 import type { AuthorizeAnswer } from "./agent";
 import { BoundedLru } from "./lru";
+import { LatencyHistogram } from "./metrics";
 
 const format = string.format;
 
@@ -76,6 +77,8 @@ export class Authorizer {
   private errors = 0;
   private graceAllows = 0;
   private flushes = 0;
+  /** Agent call durations (`connect metrics`). */
+  readonly agentLatency = new LatencyHistogram();
 
   constructor(
     private readonly options: AuthorizerOptions,
@@ -109,8 +112,10 @@ export class Authorizer {
     const generation = this.generation;
     this.agentCalls++;
     const authorize = this.deps.authorize;
+    const started = this.deps.now();
     const [ok, answer, failure] = protect(() => authorize(target, clientUri, serialOf()));
     const now = this.deps.now();
+    this.agentLatency.observe(now - started);
 
     let allowed = false;
     let reason: string;

@@ -32,6 +32,8 @@ export interface Config {
   defaultTarget: string | undefined;
   agentDownGraceMs: number;
   logAllowed: boolean;
+  /** CONNECT_DECISION_LOG=global: decision lines go to HAProxy's global log, not the frontend's (which is then the access log only). */
+  decisionLogGlobal: boolean;
   /** A map haproxy.cfg checks natively before running the action on an HTTP request (request-passes.ts). */
   passMap: string | undefined;
   /** "<target>@<index>": haproxy.cfg has native L7 rules rendered from target's intentions at index (controller/native-l7.ts). */
@@ -216,6 +218,9 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
   const logAllowedText = env("CONNECT_LOG_ALLOWED");
   const logAllowed = logAllowedText !== undefined && find(lower(logAllowedText), "^%s*[1ty]")[0] !== undefined;
 
+  const decisionLogText = env("CONNECT_DECISION_LOG");
+  const decisionLogGlobal = decisionLogText !== undefined && lower(decisionLogText) === "global";
+
   return {
     agentAddress: agent?.address ?? "",
     agentPort: agent?.port ?? 0,
@@ -232,6 +237,7 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
     defaultTarget: env("CONNECT_DEFAULT_TARGET"),
     agentDownGraceMs: duration("CONNECT_AGENT_DOWN_GRACE", DEFAULTS.agentDownGraceMs, MAX_AGENT_DOWN_GRACE_MS),
     logAllowed,
+    decisionLogGlobal,
     passMap: env("CONNECT_PASS_MAP"),
     serverPassMap: env("CONNECT_SERVER_PASS_MAP"),
     nativeRulesTarget,
@@ -254,6 +260,7 @@ export function describeConfig(config: Config, trustDomain: string): string {
     format("agent_read_timeout_ms: %d", config.readTimeoutMs),
     format("agent_down_grace_ms: %d", config.agentDownGraceMs),
     "log_allowed: " + (config.logAllowed ? "yes" : "no"),
+    "decision_log: " + (config.decisionLogGlobal ? "global" : "frontend"),
     "pass_map: " + (config.passMap ?? "(none)"),
     "server_pass_map: " + (config.serverPassMap ?? "(none)"),
   ];

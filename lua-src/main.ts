@@ -26,6 +26,7 @@ import * as peerIdentity from "./peer-identity";
 import * as failClosed from "./fail-closed";
 import * as authorizeAction from "./authorize-action";
 import * as statsCommands from "./stats-commands";
+import * as metrics from "./metrics";
 import * as verifyUpstreamAction from "./verify-upstream-action";
 import * as intentions from "./intentions";
 import * as intentionWatch from "./intention-watch";
@@ -77,6 +78,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   const sleep = (ms: number): void => core.msleep(Math.max(1, Math.floor(ms)));
   const log = (level: string, message: string): void => {
     if (level === "warning") core.Warning(message);
+    else if (level === "debug") core.Debug(message);
     else core.Info(message);
   };
 
@@ -141,6 +143,8 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     intentions: watch,
     connections: new connectionRegistry.ConnectionRegistry(settings.cacheSize),
     passes: new requestPasses.RequestPasses(requestPasses.haproxyPassMap(core, settings.passMap), settings.cacheSize),
+    globalLog: log,
+    decisions: new metrics.DecisionCounters(),
   };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);

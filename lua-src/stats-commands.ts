@@ -6,6 +6,7 @@
 //   connect revoked       recorded TCP connections whose source the current intentions deny
 //   connect sync <target> <index>              no list older than <index> decides a request
 //   connect l7-rules current <target> <index>  switch on haproxy.cfg's native L7 rules (controller/native-l7.ts)
+//   connect metrics       the counters in Prometheus' text format (metrics.ts)
 // The numbers are those of the Lua state that answers: with lua-load (one
 // shared state) that is the whole process.
 
@@ -13,6 +14,7 @@ import type { CliApplet, Core } from "./haproxy";
 import { flushVerdicts, switchOnNativeRules, type AuthorizeContext } from "./authorize-action";
 import { describeConfig } from "./config";
 import { revokedCommand as listRevoked } from "./connection-registry";
+import { DecisionCounters, metricsText } from "./metrics";
 
 const format = string.format;
 
@@ -29,6 +31,10 @@ export function statsCommand(context: AuthorizeContext): string {
     stats.graceAllows, stats.evictions, stats.inflight, stats.flushes, context.trustDomains.lookups, context.identities.size(),
     context.passes.size(), context.passes.granted, context.passes.revoked,
   );
+}
+
+export function metricsCommand(context: AuthorizeContext): string {
+  return metricsText(context.authorizer.stats(), context.decisions ?? new DecisionCounters(), context.authorizer.agentLatency);
 }
 
 export function configCommand(context: AuthorizeContext): string {
@@ -108,6 +114,8 @@ export function registerCommands(core: Core, context: AuthorizeContext): void {
     answer(applet, flushCommand, context));
   core.register_cli(["connect", "cache", "stats"], "connect cache stats : authorization cache counters", (applet) =>
     answer(applet, statsCommand, context));
+  core.register_cli(["connect", "metrics"], "connect metrics : the authorizer's counters in Prometheus text format", (applet) =>
+    answer(applet, metricsCommand, context));
   core.register_cli(["connect", "show", "config"], "connect show config : the authorizer's settings (never the token)", (applet) =>
     answer(applet, configCommand, context));
   core.register_cli(["connect", "intentions"], "connect intentions : watched destinations, their intention lists and default policy", (applet) =>

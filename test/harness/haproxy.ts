@@ -1,11 +1,12 @@
 // Real HAProxy processes (Debian's haproxy 2.6) run on a given configuration,
 // and their stats sockets, reached with the controller's own client.
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { sendRuntimeCommand } from "../../controller/runtime-api.js";
+import { capabilitiesOf, parseHaproxyVersion, type HaproxyVersion, type RuntimeCapabilities } from "../../controller/haproxy-version.js";
 import { startProcess, waitFor, type StartedProcess } from "./processes.js";
 
 export { sendRuntimeCommand };
@@ -14,6 +15,14 @@ const run = promisify(execFile);
 
 export function haproxyBinary(): string {
   return process.env.HAPROXY_BIN ?? "haproxy";
+}
+
+/** The HAProxy under test (HAPROXY_BIN): its version, as the controller reads it, and so what the controller lets it change at run time. */
+export function haproxyUnderTest(): { version: HaproxyVersion; capabilities: RuntimeCapabilities } {
+  const output = execFileSync(haproxyBinary(), ["-v"], { encoding: "utf8" });
+  const version = parseHaproxyVersion(output);
+  if (!version) throw new Error(`cannot read the version of ${haproxyBinary()}: ${output.split("\n")[0]}`);
+  return { version, capabilities: capabilitiesOf(version) };
 }
 
 /** `haproxy -c -f file`: resolves with its output, rejects with it when the check fails. */

@@ -4,10 +4,10 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { connect as tlsConnect } from "node:tls";
+import { connect as tlsConnect, type SecureVersion } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { consulBinary } from "./consul.js";
+import { consulBinary, type ConsulAgent } from "./consul.js";
 import { controllerCli, dbApp, httpEchoApp, webApp } from "./paths.js";
 import { startProcess, type StartedProcess } from "./processes.js";
 
@@ -166,6 +166,8 @@ export function serviceWithSidecar(options: {
   sidecarPort?: number;
   upstreams?: { DestinationName: string; LocalBindPort: number; Config?: Record<string, unknown> }[];
   check?: boolean;
+  /** The sidecar's Proxy.Config. */
+  proxyConfig?: Record<string, unknown>;
 }): Record<string, unknown> {
   // Consul hands out sidecar ports from 21000 per agent: two dev agents on one
   // host (vitest runs two files at once) give two sidecars the same port, and
@@ -195,8 +197,70 @@ export function serviceWithSidecar(options: {
             ],
           }
           : {}),
-        Proxy: { Upstreams: options.upstreams ?? [] },
+        Proxy: { Upstreams: options.upstreams ?? [], ...(options.proxyConfig ? { Config: options.proxyConfig } : {}) },
       },
     },
   };
+}
+
+/**
+ * One TLS handshake to a sidecar's public listener as a mesh client would
+ * (a leaf and the roots from the agent; the peer's SPIFFE ID is not checked):
+ * the negotiated version, or the error that ended the handshake.
+ */
+export function meshTlsHandshake(
+  port: number,
+  client: { certPem: string; keyPem: string; rootsPem: string; minVersion?: SecureVersion; maxVersion?: SecureVersion; ciphers?: string },
+  host = "127.0.0.1",
+): Promise<{ version: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({
+      host,
+      port,
+      cert: client.certPem,
+      key: client.keyPem,
+      ca: client.rootsPem,
+      minVersion: client.minVersion ?? "TLSv1.2",
+      maxVersion: client.maxVersion ?? "TLSv1.3",
+      ...(client.ciphers ? { ciphers: client.ciphers } : {}),
+      // Service leaves carry only a URI SAN: the chain is verified, not a host name.
+      checkServerIdentity: () => undefined,
+    });
+    const done = (result: { version: string } | { error: string }) => {
+      socket.destroy();
+      resolve(result);
+    };
+    socket.setTimeout(5000, () => done({ error: "timeout" }));
+    socket.on("secureConnect", () => done({ version: socket.getProtocol() ?? "?" }));
+    socket.on("error", (err) => done({ error: err.message }));
+    socket.on("close", () => done({ error: "closed" }));
+  });
+}
+
+export interface WebApiDbPorts {
+  api: number;
+  apiSidecar: number;
+  db: number;
+  dbSidecar: number;
+  web: number;
+  webSidecar: number;
+  apiUpstream: number;
+  dbUpstream: number;
+}
+
+/**
+ * The three services of the L7 and access-log tests: api (HTTP echo app) and
+ * db (line echo app) started and registered with their sidecars, and web with
+ * upstreams to both. Returns the apps (the caller stops them).
+ */
+export async function registerWebApiDb(consul: Pick<ConsulAgent, "api">, ports: WebApiDbPorts): Promise<StartedProcess[]> {
+  const apps = [startHttpEchoApp(ports.api, "api"), startDbApp(ports.db, "db")];
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api", name: "api", port: ports.api, sidecarPort: ports.apiSidecar }));
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db", name: "db", port: ports.db, sidecarPort: ports.dbSidecar }));
+  const upstreams = [
+    { DestinationName: "api", LocalBindPort: ports.apiUpstream },
+    { DestinationName: "db", LocalBindPort: ports.dbUpstream },
+  ];
+  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "web", name: "web", port: ports.web, sidecarPort: ports.webSidecar, upstreams }));
+  return apps;
 }

@@ -26,8 +26,11 @@ interface Leaf {
 }
 
 /** Every endpoint the controller watches for db-1's sidecar with one upstream (cache), and the watch that logs it. */
-const watchedEndpoints = /^\/v1\/(agent\/service\/|agent\/connect\/ca\/|connect\/intentions\/match|discovery-chain\/|health\/connect\/)/;
-const watches = ["registration of db-1-sidecar-proxy", "CA roots", "leaf certificate of db", "intentions for db", "discovery chain of cache", "instances of cache in dc1"];
+const watchedEndpoints = /^\/v1\/(agent\/service\/|agent\/connect\/ca\/|connect\/intentions\/match|discovery-chain\/|health\/connect\/|config\/(proxy-defaults|mesh)$)/;
+const watches = [
+  "registration of db-1-sidecar-proxy", "CA roots", "leaf certificate of db", "intentions for db", "discovery chain of cache", "instances of cache in dc1",
+  "proxy-defaults config entry", "mesh config entry",
+];
 
 describe("the sidecar under bad input from Consul", () => {
   let consul: ConsulAgent;

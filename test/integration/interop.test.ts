@@ -1,9 +1,12 @@
 // Interoperability with a data plane no one here wrote: Consul's own built-in
 // proxy (`consul connect proxy`) on one side, connect-haproxy on the other,
 // both directions, intentions enforced both ways.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import {
+  meshTlsHandshake,
   serviceWithSidecar,
   startConnectHaproxy,
   startConsulProxy,
@@ -104,5 +107,43 @@ describe("connect-haproxy as web's sidecar → Consul's built-in proxy as db's s
 
     await setIntention(pair.web, pair.db, "allow");
     expect(await expectThroughMesh(pair.upstreamPort, "answered", watch)).toBe(`${pair.db} answered: ping`);
+  });
+});
+
+describe("both directions under a mesh entry that asks for TLS 1.3 only", () => {
+  afterEach(async () => {
+    await consul.api("DELETE", "/v1/config/mesh/mesh");
+  });
+
+  it("connect-haproxy and Consul's built-in proxy still reach each other, and connect-haproxy speaks only TLS 1.3", async () => {
+    await consul.api("PUT", "/v1/config", { Kind: "mesh", TLS: { Incoming: { TLSMinVersion: "TLSv1_3" }, Outgoing: { TLSMinVersion: "TLSv1_3" } } });
+    // c: built-in proxy (web) → connect-haproxy (db); d: connect-haproxy (web) → built-in proxy (db).
+    const inbound = await registerPair("c");
+    const outbound = await registerPair("d");
+    const ours = [startConnectHaproxy(inbound.db, consul.httpAddr), startConnectHaproxy(outbound.web, consul.httpAddr)];
+    const watch = track(ours[0]!, startConsulProxy(inbound.web, consul.httpAddr), startConsulProxy(outbound.db, consul.httpAddr), ours[1]!);
+    await setIntention(inbound.web, inbound.db, "allow");
+    await setIntention(outbound.web, outbound.db, "allow");
+    // Both of ours run with the entry from their start (the controller waits for it before starting HAProxy).
+    for (const sidecar of ours) {
+      await waitFor(`${sidecar.process.name} to run with TLS 1.3 only`, async () => {
+        const cfg = existsSync(join(sidecar.configDir, "haproxy.cfg")) ? readFileSync(join(sidecar.configDir, "haproxy.cfg"), "utf8") : "";
+        return cfg.includes("ssl-default-bind-options ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3") && cfg.includes("ssl-default-server-options ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3") ? true : undefined;
+      });
+    }
+
+    // Inbound: our public listener accepts only TLS 1.3, so the built-in proxy's connection is TLS 1.3.
+    expect(await expectThroughMesh(inbound.upstreamPort, "answered", watch)).toBe(`${inbound.db} answered: ping`);
+    const leaf = await consul.api<{ CertPEM: string; PrivateKeyPEM: string }>("GET", `/v1/agent/connect/ca/leaf/${inbound.web}`);
+    const roots = await consul.api<{ Roots: { RootCert: string }[] }>("GET", "/v1/agent/connect/ca/roots");
+    const client = { certPem: leaf.CertPEM, keyPem: leaf.PrivateKeyPEM, rootsPem: roots.Roots.map((r) => r.RootCert).join("\n") };
+    expect(await meshTlsHandshake(inbound.dbSidecarPort, { ...client, maxVersion: "TLSv1.2" })).toHaveProperty("error");
+    // Outbound: our HAProxy offers only TLS 1.3 to the built-in proxy.
+    expect(await expectThroughMesh(outbound.upstreamPort, "answered", watch)).toBe(`${outbound.db} answered: ping`);
+
+    await setIntention(inbound.web, inbound.db, "deny");
+    await expectThroughMesh(inbound.upstreamPort, "refused", watch);
+    await setIntention(outbound.web, outbound.db, "deny");
+    await expectThroughMesh(outbound.upstreamPort, "refused", watch);
   });
 });

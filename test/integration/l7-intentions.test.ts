@@ -10,7 +10,7 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
-import { serviceWithSidecar, startConnectHaproxy, startDbApp, startHttpEchoApp, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
+import { registerWebApiDb, startConnectHaproxy, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
 import { parseKeyValues, sendRuntimeCommand, statCounter } from "../harness/haproxy.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
@@ -66,23 +66,7 @@ beforeAll(async () => {
   await consul.api("PUT", "/v1/config", { Kind: "service-defaults", Name: "api", Protocol: "http" });
   await writeIntentions(l7Rules);
   await consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
-  apps.push(startHttpEchoApp(ports.apiApp, "api"), startDbApp(ports.dbApp, "db"));
-  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api", name: "api", port: ports.apiApp, sidecarPort: apiSidecar! }));
-  await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "db", name: "db", port: ports.dbApp, sidecarPort: dbSidecar! }));
-  await consul.api(
-    "PUT",
-    "/v1/agent/service/register",
-    serviceWithSidecar({
-      id: "web",
-      name: "web",
-      port: ports.webApp,
-      sidecarPort: webSidecar!,
-      upstreams: [
-        { DestinationName: "api", LocalBindPort: ports.apiUpstream },
-        { DestinationName: "db", LocalBindPort: ports.dbUpstream },
-      ],
-    }),
-  );
+  apps.push(...(await registerWebApiDb(consul, { api: ports.apiApp, apiSidecar: apiSidecar!, db: ports.dbApp, dbSidecar: dbSidecar!, web: ports.webApp, webSidecar: webSidecar!, apiUpstream: ports.apiUpstream, dbUpstream: ports.dbUpstream })));
   for (const id of ["api", "db", "web"]) sidecars.push(startConnectHaproxy(id, consul.httpAddr));
   await waitFor("an allowed request to reach api", async () => ((await status("GET", "/health").catch(() => 0)) === 200 ? true : undefined), {
     timeoutMs: 60_000,

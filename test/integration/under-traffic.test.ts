@@ -6,6 +6,8 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { consulBinary } from "../harness/consul.js";
+import { haproxyUnderTest } from "../harness/haproxy.js";
+import { parseShowProc } from "../../controller/runtime-api.js";
 import { trafficClient } from "../harness/paths.js";
 import { serviceWithSidecar, startConnectHaproxy, startDbApp, type SidecarProcess } from "../harness/mesh.js";
 import { canCreateNamespaces, createTestNetwork, startHostAgent, type HostAgent, type TestHost, type TestNetwork } from "../harness/netns.js";
@@ -91,6 +93,15 @@ async function servedSerial(host: TestHost, sidecar: SidecarProcess): Promise<st
   return (stdout.match(/^Serial: (\S+)/m)?.[1] ?? "").toLowerCase();
 }
 
+/** How many times the sidecar's HAProxy master reloaded (`show proc` on the master CLI). */
+async function reloads(host: TestHost, sidecar: SidecarProcess): Promise<number> {
+  const { stdout } = await host.exec("sh", ["-c", `echo "show proc" | socat stdio ${sidecar.configDir}/master.sock`]);
+  return parseShowProc(stdout).reloads;
+}
+
+/** What the HAProxy under test can swap at run time (what the controllers read from `haproxy -v` too). */
+const { capabilities } = haproxyUnderTest();
+
 beforeAll(async () => {
   const capability = await canCreateNamespaces();
   if (!capability.ok) throw new Error(`tests under traffic need network namespaces (run as root with iproute2): ${capability.why}`);
@@ -138,12 +149,12 @@ afterAll(async () => {
 }, 120_000);
 
 describe("changes under traffic", () => {
-  // New roots reach HAProxy at run time; a renewed leaf takes a seamless
-  // reload on HAProxy 2.6 (its runtime swap drops `verify required`, see
-  // controller-haproxy-2.6.test.ts). Either way no connection may fail.
+  // How new roots and a renewed leaf reach HAProxy depends on its version
+  // (haproxy-capabilities.test.ts). Either way no connection may fail.
   it("rotates the CA root and renews every leaf with no failed connection", async () => {
     const { a, b } = network.hosts as Record<string, TestHost>;
     const before = { web: await leafSerial(agents.a!, "web"), db: await leafSerial(agents.b!, "db") };
+    const reloadsBefore = { web: await reloads(a!, sidecars.a!), db: await reloads(b!, sidecars.b!) };
     const window = await duringTraffic("CA root rotation and leaf renewal", async () => {
       await agents.server!.api("PUT", "/v1/connect/ca/configuration", { Provider: "consul", Config: { PrivateKeyType: "ec", PrivateKeyBits: 384 } });
       // Consul renews leaves after a rotation (within about 30 s); wait until both sidecars serve new ones.
@@ -159,6 +170,11 @@ describe("changes under traffic", () => {
       );
     });
     expect(window.failed).toBe(0);
+    // 2.6: a reload for the roots and one for the leaf (one if they come together);
+    // 3.0+: the roots at run time, the leaf too when it comes with them, else one reload (issue #3165).
+    const reloaded = { web: (await reloads(a!, sidecars.a!)) - reloadsBefore.web, db: (await reloads(b!, sidecars.b!)) - reloadsBefore.db };
+    console.log(`under traffic: reloads during the rotation (HAProxy ${capabilities.label}): web ${reloaded.web}, db ${reloaded.db}`);
+    for (const n of Object.values(reloaded)) expect(n).toBeLessThanOrEqual(capabilities.caFileReachesListener ? 1 : 2);
   }, 150_000);
 
   it("adds a db instance with no failed connection, and shares the load", async () => {
@@ -175,10 +191,28 @@ describe("changes under traffic", () => {
     expect(window.failed).toBe(0);
   }, 120_000);
 
-  it("keeps serving while web's local Consul agent restarts", async () => {
+  it("keeps serving while web's local Consul agent restarts, and loads the leaf the restarted agent issues (no reload where HAProxy swaps it)", async () => {
     // The controller keeps the last good configuration while its agent is away.
-    const window = await duringTraffic("web's Consul agent restarted", () => agents.a!.restart(), 3000);
+    // The restarted agent has no cached leaf: it signs a new one for web (same
+    // roots), a leaf renewal on its own, which 3.0+ takes at run time.
+    const { a } = network.hosts as Record<string, TestHost>;
+    const leafBefore = await leafSerial(agents.a!, "web");
+    const reloadsBefore = await reloads(a!, sidecars.a!);
+    const window = await duringTraffic("web's Consul agent restarted, web's leaf renewed", async () => {
+      await agents.a!.restart();
+      await waitFor(
+        "web's sidecar to serve the leaf the restarted agent issued",
+        async () => {
+          const now = await leafSerial(agents.a!, "web");
+          return now !== leafBefore && (await servedSerial(a!, sidecars.a!)) === now.replaceAll(":", "") ? true : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 500 },
+      );
+    }, 3000);
     expect(window.failed).toBe(0);
+    const reloaded = (await reloads(a!, sidecars.a!)) - reloadsBefore;
+    console.log(`under traffic: reloads for web's renewed leaf (HAProxy ${capabilities.label}): ${reloaded}`);
+    expect(reloaded).toBe(capabilities.swapListenerCertificate ? 0 : 1);
   }, 150_000);
 
   it("moves traffic to db-c while db-b's local Consul agent restarts", async () => {

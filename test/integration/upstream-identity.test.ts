@@ -25,6 +25,7 @@ import { leafPem, rootsPem } from "../../controller/consul-pem.js";
 import type { DesiredState } from "../../controller/desired-state.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { verifyUpstreamIdentity } from "../../controller/upstream-identity.js";
+import { planMeshTls } from "../../controller/mesh-tls.js";
 
 interface Leaf {
   cert: string;
@@ -119,6 +120,7 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
       intentionsFingerprint: "none",
       intentionsIndex: 0,
       nativeL7: { lines: [], index: 0, leftToLua: [] },
+      meshTls: planMeshTls(null),
     };
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);

@@ -45,6 +45,31 @@ describe("stats-socket commands", function()
     assert.matches("capacity: 10000\n", stats)
   end)
 
+  it("reports decisions by verdict and origin, and the agent calls, in Prometheus text", function()
+    local verdict = true
+    local world = haproxy({ CONNECT_TRUST_DOMAIN = TD }, function()
+      return 200, '{"Authorized":' .. tostring(verdict) .. ',"Reason":"r"}'
+    end)
+    world.run(web_der, nil, "db")
+    world.run(web_der, nil, "db")
+    verdict = false
+    world.run(web_der, nil, "api")
+    world.run(two_uri_der, nil, "db")
+    world.agent.down = true
+    world.run(web_der, nil, "web")
+    local text = stub.cli(world.core, "connect metrics")
+    assert.matches('connect_authorizer_decisions_total{verdict="allow",origin="agent"} 1\n', text, 1, true)
+    assert.matches('connect_authorizer_decisions_total{verdict="allow",origin="cache"} 1\n', text, 1, true)
+    assert.matches('connect_authorizer_decisions_total{verdict="deny",origin="agent"} 1\n', text, 1, true)
+    assert.matches('connect_authorizer_decisions_total{verdict="deny",origin="agent-error"} 1\n', text, 1, true)
+    assert.matches('connect_authorizer_decisions_total{verdict="deny",origin="identity"} 1\n', text, 1, true)
+    assert.matches("connect_authorizer_agent_calls_total 3\n", text, 1, true)
+    assert.matches("connect_authorizer_agent_errors_total 1\n", text, 1, true)
+    assert.matches("connect_authorizer_cache_hits_total 1\n", text, 1, true)
+    assert.matches('connect_authorizer_agent_call_seconds_bucket{le="+Inf"} 3\n', text, 1, true)
+    assert.matches("# TYPE connect_authorizer_agent_call_seconds histogram\n", text, 1, true)
+  end)
+
   it("reads each distinct certificate once (identity cache), bad ones included", function()
     local world = haproxy({ CONNECT_TRUST_DOMAIN = TD })
     for _ = 1, 3 do

@@ -67,6 +67,22 @@ describe("ConsulClient", () => {
     expect(seen[0]!.url.searchParams.has("index")).toBe(false);
   });
 
+  it("reads a config entry from its kind's list, blocking: the entry, or null while there is none (the mesh entry has no Name)", async () => {
+    const replies: Record<string, string> = {
+      "/v1/config/proxy-defaults": JSON.stringify([{ Kind: "proxy-defaults", Name: "global", AccessLogs: { Enabled: true } }]),
+      "/v1/config/mesh": "[]",
+    };
+    const addr = await fakeConsul((_req, url) => ({ headers: { "X-Consul-Index": "9" }, body: replies[url.pathname] ?? "null" }));
+    const client = new ConsulClient({ httpAddr: addr });
+    const defaults = await client.configEntry("proxy-defaults", "global", { index: 3, waitSeconds: 15 });
+    expect(defaults).toMatchObject({ index: 9, value: { Name: "global", AccessLogs: { Enabled: true } } });
+    expect(seen[0]!.url.search).toBe("?index=3&wait=15s");
+    expect((await client.configEntry("mesh", "mesh", {})).value).toBeNull();
+    replies["/v1/config/mesh"] = JSON.stringify([{ Kind: "mesh", TLS: { Incoming: { TLSMinVersion: "TLSv1_3" } } }]);
+    expect((await client.configEntry("mesh", "mesh", {})).value).toMatchObject({ TLS: { Incoming: { TLSMinVersion: "TLSv1_3" } } });
+    client.close();
+  });
+
   it("turns a 403 into one line naming the endpoint and the permission", async () => {
     const addr = await fakeConsul(() => ({ status: 403, headers: { "content-type": "text/plain" }, body: "Permission denied" }));
     const client = new ConsulClient({ httpAddr: addr });

@@ -2,7 +2,7 @@
 // recording HAProxy driver, a fake identity probe and a clock the test moves.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { Clock } from "../../controller/clock.js";
-import type { AgentServiceRegistration, CaRoots, CompiledDiscoveryChain, DiscoveryChainReply, Intention, LeafCertificate, ServiceInstanceEntry } from "../../controller/consul-replies.js";
+import type { AgentServiceRegistration, CaRoots, CompiledDiscoveryChain, DiscoveryChainReply, Intention, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "../../controller/consul-replies.js";
 import { targetQuery } from "../../controller/discovery-chain.js";
 import { watchKey, type SnapshotPart, type SnapshotSource, type WatchId } from "../../controller/consul-watches.js";
 import type { DesiredState } from "../../controller/desired-state.js";
@@ -10,6 +10,7 @@ import type { HaproxyDriver, ReloadTimings } from "../../controller/haproxy-driv
 import type { LiveServer } from "../../controller/runtime-api.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { silentLogger } from "../../controller/logger.js";
+import { capabilitiesOf, parseHaproxyVersion, type RuntimeCapabilities } from "../../controller/haproxy-version.js";
 import type { ReloadValidation, RuntimeOperation } from "../../controller/plan-changes.js";
 import { SidecarController } from "../../controller/sidecar-controller.js";
 import type { ExpectedIdentity, IdentityCheckMaterial, IdentityVerdict } from "../../controller/upstream-identity.js";
@@ -132,6 +133,10 @@ const dbTarget = Object.values(dbChain.Targets)[0]!;
 const instancesPart = (...entries: ServiceInstanceEntry[]): SnapshotPart => ({ kind: "target", id: { kind: "target", query: targetQuery(dbTarget) }, value: entries });
 const rootsPart = (value: CaRoots): SnapshotPart => ({ kind: "roots", id: { kind: "roots" }, value });
 const leafPart = (value: LeafCertificate): SnapshotPart => ({ kind: "leaf", id: { kind: "leaf", service: "web" }, value });
+const proxyDefaultsPart = (value: ProxyDefaultsEntry | null): SnapshotPart => ({ kind: "proxy-defaults", id: { kind: "proxy-defaults" }, value });
+const meshPart = (value: MeshEntry | null): SnapshotPart => ({ kind: "mesh", id: { kind: "mesh" }, value });
+/** startLoop delivers "no proxy-defaults, no mesh entry" unless a test clears this. */
+let configEntriesKnown = true;
 const intentionsPart = (byDestination: Record<string, Intention[] | null>, index = 30): SnapshotPart => ({ kind: "intentions", id: { kind: "intentions", service: "web" }, value: { byDestination, index } });
 const renewedLeaf: LeafCertificate = { ...leaf, SerialNumber: "aa:bb", CertPEM: leaf.CertPEM.replace(/^(-----BEGIN CERTIFICATE-----\n)/, "$1AAAA") };
 const withSecondRoot: CaRoots = { ...roots, Roots: [...roots.Roots!, { ...roots.Roots![0]!, ID: "second", Active: false, RootCert: "-----BEGIN CERTIFICATE-----\nsecond\n-----END CERTIFICATE-----\n" }] };
@@ -143,10 +148,13 @@ let probes: ProbeCall[];
 let verdictFor: (call: ProbeCall) => IdentityVerdict | undefined;
 let stop: AbortController;
 
-function startLoop(serviceRegistration: AgentServiceRegistration = registration, driftCheckMs?: number): SidecarController {
+const haproxy30 = capabilitiesOf(parseHaproxyVersion("HAProxy version 3.0.11-9e587df 2025/06/02"));
+
+function startLoop(serviceRegistration: AgentServiceRegistration = registration, capabilities?: RuntimeCapabilities, driftCheckMs?: number): SidecarController {
   const controller = new SidecarController({
     driftCheckMs,
     registration: serviceRegistration,
+    capabilities,
     paths,
     source,
     driver,
@@ -161,12 +169,16 @@ function startLoop(serviceRegistration: AgentServiceRegistration = registration,
   });
   void controller.run(stop.signal);
   source.send(chainPart());
+  if (configEntriesKnown) {
+    source.send(proxyDefaultsPart(null));
+    source.send(meshPart(null));
+  }
   return controller;
 }
 
 /** Runs the loop until HAProxy started with db-1 verified in its upstream. */
-async function startedWithDb1(driftCheckMs?: number): Promise<SidecarController> {
-  const controller = startLoop(registration, driftCheckMs);
+async function startedWithDb1(capabilities?: RuntimeCapabilities, driftCheckMs?: number): Promise<SidecarController> {
+  const controller = startLoop(registration, capabilities, driftCheckMs);
   source.send(rootsPart(roots));
   source.send(leafPart(leaf));
   source.send(instancesPart(db1));
@@ -184,13 +196,14 @@ beforeEach(() => {
   probes = [];
   verdictFor = () => ({ ok: true, spiffeId: "spiffe://x/ns/default/dc/dc1/svc/db" });
   stop = new AbortController();
+  configEntriesKnown = true;
   return () => stop.abort();
 });
 
 describe("the sidecar loop", () => {
   it("watches what the registration names, and follows it when the registration changes", () => {
     startLoop();
-    const common = ["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web"];
+    const common = ["registration web-1-sidecar-proxy", "roots", "leaf web", "intentions web", "proxy-defaults", "mesh"];
     // The chain (delivered by startLoop) names one target: its instances are watched too.
     expect(source.watches).toEqual([...common, "chain upstream_db {}", "target db dc1 not-critical "]);
     const proxy = registration.Proxy!;
@@ -251,7 +264,7 @@ describe("the sidecar loop", () => {
   });
 
   it("plans a burst of changes within 100 ms once, with one write of the files", async () => {
-    await startedWithDb1();
+    await startedWithDb1(haproxy30);
     source.send(rootsPart(withSecondRoot));
     await clock.advance(50);
     source.send(instancesPart());
@@ -318,6 +331,57 @@ describe("the sidecar loop", () => {
     expect(calls[1]).toMatchObject({ call: "reload", validation: "key pair" });
   });
 
+  it("waits for the mesh and proxy-defaults entries (or their absence) before starting", async () => {
+    configEntriesKnown = false;
+    startLoop();
+    source.send(rootsPart(roots));
+    source.send(leafPart(leaf));
+    source.send(instancesPart(db1));
+    source.send(proxyDefaultsPart(null));
+    await clock.advance(6_000);
+    expect(driver.calls).toEqual([]);
+    source.send(meshPart(null));
+    await clock.advance(100);
+    expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "start"]);
+  });
+
+  it("reloads, validated, when the mesh TLS or the access logs change, and not when an entry changes nothing HAProxy uses", async () => {
+    await startedWithDb1();
+    source.send(meshPart({ Kind: "mesh", Name: "mesh", TLS: { Incoming: { TLSMinVersion: "TLSv1_3" } } }));
+    await clock.advance(100);
+    const calls = driver.take();
+    expect(calls.map((c) => c.call)).toEqual(["writeFiles", "reload"]);
+    expect(calls[1]).toMatchObject({ call: "reload", validation: "haproxy -c" });
+    expect(calls[0]?.call === "writeFiles" && calls[0].state.meshTls.incoming).toEqual({ minVersion: "TLSv1.3", maxVersion: "TLSv1.3" });
+    source.send(proxyDefaultsPart({ Kind: "proxy-defaults", Name: "global", AccessLogs: { Enabled: false } }));
+    await clock.advance(100);
+    expect(driver.take()).toEqual([]);
+    source.send(proxyDefaultsPart({ Kind: "proxy-defaults", Name: "global", AccessLogs: { Enabled: true, Type: "file", Path: "/var/log/web.log" } }));
+    await clock.advance(100);
+    const [write, reload] = driver.take();
+    expect(reload?.call).toBe("reload");
+    expect(write?.call === "writeFiles" && write.state.accessLog?.sink).toEqual({ kind: "file", path: "/var/log/web.log" });
+  });
+
+  it("on HAProxy 3.0 swaps a renewed leaf at run time, except in a worker that had a CA commit (then reloads; the next worker swaps again)", async () => {
+    await startedWithDb1(haproxy30);
+    const kinds = () => driver.take().map((c) => (c.call === "runtime" ? c.operation.kind : c.call));
+    source.send(leafPart(renewedLeaf));
+    await clock.advance(100);
+    expect(kinds()).toEqual(["writeFiles", "update-certificate"]);
+    source.send(rootsPart(withSecondRoot));
+    await clock.advance(100);
+    expect(kinds()).toEqual(["writeFiles", "update-ca-file"]);
+    source.send(leafPart({ ...renewedLeaf, SerialNumber: "cc:dd", CertPEM: renewedLeaf.CertPEM.replace("-----END", "x\n-----END") }));
+    await clock.advance(100);
+    const reload = driver.take();
+    expect(reload.map((c) => c.call)).toEqual(["writeFiles", "reload"]);
+    expect(reload[1]).toMatchObject({ call: "reload", validation: "key pair" });
+    source.send(leafPart(leaf));
+    await clock.advance(100);
+    expect(kinds()).toEqual(["writeFiles", "update-certificate"]);
+  });
+
   it("restores the files after a refused reload and tries again 30 s later", async () => {
     await startedWithDb1();
     driver.refuseReloads = 1;
@@ -334,7 +398,7 @@ describe("the sidecar loop", () => {
   });
 
   it("turns a failed runtime command into a validated reload that names it", async () => {
-    await startedWithDb1();
+    await startedWithDb1(haproxy30);
     driver.failRuntime = "update-ca-file";
     source.send(rootsPart(withSecondRoot));
     await clock.advance(100);
@@ -386,7 +450,7 @@ describe("the sidecar loop", () => {
   });
 
   it("checks HAProxy's server slots every driftCheckMs and repairs a slot put in maintenance behind its back", async () => {
-    await startedWithDb1(30_000);
+    await startedWithDb1(undefined, 30_000);
     const db1Slot = (ready: boolean): LiveServer => ({ backend: "upstream_db", server: "s1", address: "127.0.0.1", port: db1.Service.Port, state: ready ? "ready" : "maint" });
     driver.live = [{ ...db1Slot(false) }];
     await clock.advance(29_000);
@@ -417,5 +481,49 @@ describe("the sidecar loop", () => {
     stop.abort();
     await settle();
     expect(driver.take()).toEqual([{ call: "stop" }]);
+  });
+
+  it("answers /ready only while HAProxy serves the current leaf, inside its validity, with no refused change", async () => {
+    // The manual clock reads about 1970: a leaf valid from 0 to 2 000 000 ms.
+    const current = { ...leaf, ValidAfter: new Date(0).toISOString(), ValidBefore: new Date(2_000_000).toISOString() };
+    const controller = startLoop();
+    expect(controller.readiness()).toMatchObject({ ready: false, reason: expect.stringMatching(/not started yet/) });
+    source.send(rootsPart(roots));
+    source.send(leafPart(current));
+    source.send(instancesPart(db1));
+    await clock.advance(100);
+    expect(controller.readiness()).toEqual({ ready: true, reason: `serving ${registration.ID} with leaf serial ${leaf.SerialNumber}` });
+    expect(controller.leafExpiresInSeconds()).toBeCloseTo((2_000_000 - clock.now()) / 1000);
+    // A renewed leaf whose reload is refused: not ready until it is served.
+    driver.refuseReloads = 1;
+    source.send(leafPart({ ...renewedLeaf, ValidAfter: current.ValidAfter, ValidBefore: new Date(3_000_000).toISOString() }));
+    await clock.advance(100);
+    expect(controller.readiness()).toMatchObject({ ready: false, reason: expect.stringMatching(/^the last change is not applied: reload refused/) });
+    await clock.advance(30_000);
+    expect(controller.readiness()).toMatchObject({ ready: true });
+    await clock.advance(3_000_000);
+    expect(controller.readiness()).toMatchObject({ ready: false, reason: expect.stringMatching(/^the leaf certificate expired at 1970-01-01T00:50:00/) });
+  });
+
+  it("names each setting it cannot honour once, and follows the metrics address of the registration", async () => {
+    const lines: string[] = [];
+    const addresses: (string | undefined)[] = [];
+    const logger = { ...silentLogger, warn: (message: string) => void lines.push(message) };
+    const withConfig = (config: Record<string, unknown>): AgentServiceRegistration => ({ ...registration, Proxy: { ...registration.Proxy!, Config: config } });
+    const controller = new SidecarController({
+      registration: withConfig({ envoy_stats_tags: ["a=b"], envoy_prometheus_bind_addr: "127.0.0.1:9102" }),
+      paths, source, driver, logger, clock,
+      probe: () => Promise.resolve({ ok: true, spiffeId: "x" }),
+      onPrometheusBindAddress: (address) => void addresses.push(address),
+    });
+    void controller.run(stop.signal);
+    const registrationPart = (config: Record<string, unknown>): SnapshotPart => ({ kind: "registration", id: { kind: "registration", proxyId: registration.ID }, value: withConfig(config) });
+    source.send(registrationPart({ envoy_stats_tags: ["a=b"], envoy_prometheus_bind_addr: "127.0.0.1:9103" }));
+    source.send(registrationPart({ envoy_stats_tags: ["a=c"], envoy_tracing_json: "{}" }));
+    expect(lines).toEqual([
+      "Consul setting not honoured: Proxy.Config.envoy_stats_tags is ignored (connect-haproxy has no equivalent; docs/controller.md)",
+      "Consul setting not honoured: Proxy.Config.envoy_tracing_json is ignored (connect-haproxy has no equivalent; docs/controller.md)",
+    ]);
+    expect(addresses).toEqual(["127.0.0.1:9102", "127.0.0.1:9103", undefined]);
   });
 });

@@ -116,7 +116,7 @@ describe("renderHaproxyConfig", () => {
 
   it("renders each upstream with pre-allocated mTLS slots holding the healthy instances", () => {
     expect(web).toContain("bind 127.0.0.1:9191");
-    expect(web).toContain("server s1 127.0.0.1:21001 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required\n");
+    expect(web).toContain("server s1 127.0.0.1:21001 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required no-ssl-reuse\n");
     expect(web).toContain("server s2 127.0.0.1:21002 ssl crt");
     expect(web).toMatch(/server s8 127\.0\.0\.1:1 ssl crt .* disabled/);
     expect(web).toContain("balance roundrobin");
@@ -171,7 +171,7 @@ describe("renderHaproxyConfig", () => {
   describe("without authorization (the benchmark's plain pair)", () => {
     // The lines of the Lua authorizer, and nothing else.
     const authorizerLine = (line: string) =>
-      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP|NATIVE_L7_RULES) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
+      /^    (setenv CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP|NATIVE_L7_RULES|DECISION_LOG) |lua-load |(tcp|http)-(request|response) .*(connect_authorize|connect_allowed|connect_pass|connect_verify_upstream|connect_upstream_ok)|tcp-(request|response) inspect-delay )/.test(line);
     const trustDomain = fixture<CaRoots>("ca-roots").TrustDomain;
     const lua = "    lua-load /opt/connect-haproxy/dist/connect-haproxy.lua";
 
@@ -181,6 +181,7 @@ describe("renderHaproxyConfig", () => {
         "agent-service-web-sidecar-proxy",
         [
           `    setenv CONNECT_TRUST_DOMAIN ${trustDomain}`,
+          "    setenv CONNECT_DECISION_LOG frontend",
           lua,
           "    tcp-request inspect-delay 5s",
           "    tcp-request content lua.connect_authorize web",
@@ -198,6 +199,7 @@ describe("renderHaproxyConfig", () => {
           "    setenv CONNECT_PASS_MAP /run/ch/passes.map",
           "    setenv CONNECT_NATIVE_L7_RULES none",
           "    setenv CONNECT_SERVER_PASS_MAP /run/ch/server-passes.map",
+          "    setenv CONNECT_DECISION_LOG frontend",
           lua,
           "    http-request set-var(txn.connect_pass_until) var(sess.connect_pass_key),map_str_int(/run/ch/passes.map)",
           "    http-request set-var(txn.connect_allowed) int(1) if { date,neg,add(txn.connect_pass_until) gt 0 } { path -m beg / } !{ path -m sub % \\\\ }",
@@ -219,7 +221,7 @@ describe("renderHaproxyConfig", () => {
       const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
       expect(full.filter(authorizerLine)).toEqual(authorizerLines);
       expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
-      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP|NATIVE_L7_RULES)|inspect-delay|ssl_s_sha1/);
+      expect(plain.join("\n")).not.toMatch(/lua|connect_(authorize|verify_upstream|allowed\) -m|upstream_ok|pass)|CONNECT_(TRUST_DOMAIN|PASS_MAP|SERVER_PASS_MAP|NATIVE_L7_RULES|DECISION_LOG)|inspect-delay|ssl_s_sha1/);
     });
   });
 
