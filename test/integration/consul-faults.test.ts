@@ -190,7 +190,6 @@ describe("the sidecar under bad input from Consul", () => {
       // api has never connected: no cached verdict, so the agent's garbage is all there is.
       expect(await ask("api")).toBeUndefined();
       await waitFor("the deny logged", async () => (/authorize reply: /.test(outputSince(offset)) ? true : undefined), { timeoutMs: 5_000 });
-      expect(await ask("web")).toBe("db-1 answered: from web");
     } finally {
       proxy.clear();
     }
