@@ -36,6 +36,7 @@ local core = {
   register_action = function(name, _, fn) _G["bench_" .. name] = fn end,
   register_cli = function() end,
   register_task = function() end,
+  register_init = function() end,
   now = function() return { sec = clock_ms // 1000, usec = 0 } end,
   msleep = function(ms) clock_ms = clock_ms + ms end,
   Info = function() end, Warning = function() end, Debug = function() end,

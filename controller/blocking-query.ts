@@ -63,6 +63,13 @@ export async function runBlockingWatch<T>(options: BlockingWatchOptions<T>): Pro
   let lastDelivered: string | undefined;
   let consecutiveFailures = 0;
   let lastRequestAt = Number.NEGATIVE_INFINITY;
+  const failed = async (error: unknown) => {
+    consecutiveFailures += 1;
+    options.onError(error, consecutiveFailures);
+    // Forget the index: the next success starts a fresh (non-blocking) read.
+    cursor = {};
+    await clock.sleep(backoffDelayMs(consecutiveFailures, options.backoffBaseMs ?? 250, options.backoffMaxMs ?? 30_000, clock.random()), signal);
+  };
 
   while (!signal.aborted) {
     const sinceLast = clock.now() - lastRequestAt;
@@ -74,11 +81,7 @@ export async function runBlockingWatch<T>(options: BlockingWatchOptions<T>): Pro
       page = await options.fetchPage({ ...cursor, waitSeconds }, signal);
     } catch (error) {
       if (signal.aborted) break;
-      consecutiveFailures += 1;
-      options.onError(error, consecutiveFailures);
-      // Forget the index: the next success starts a fresh (non-blocking) read.
-      cursor = {};
-      await clock.sleep(backoffDelayMs(consecutiveFailures, options.backoffBaseMs ?? 250, options.backoffMaxMs ?? 30_000, clock.random()), signal);
+      await failed(error);
       continue;
     }
     if (consecutiveFailures > 0) options.onRecovered?.();
@@ -86,9 +89,17 @@ export async function runBlockingWatch<T>(options: BlockingWatchOptions<T>): Pro
     cursor = nextCursor(cursor, page, mode);
     const fingerprint = JSON.stringify(page.value);
     if (fingerprint !== lastDelivered) {
-      lastDelivered = fingerprint;
-      options.onChange(page.value);
+      try {
+        options.onChange(page.value);
+        lastDelivered = fingerprint;
+      } catch (error) {
+        // A value the consumer cannot take is a failed request (backoff), never an escaped rejection.
+        await failed(error);
+        continue;
+      }
     }
-    if (mode === "poll") await clock.sleep(pollIntervalMs, signal);
+    // A reply without the index (or hash) it should carry cannot block next time: pace the loop as a poll, not at the rate limit.
+    const cannotBlock = mode === "poll" || (mode === "index" ? page.index === undefined : page.contentHash === undefined);
+    if (cannotBlock) await clock.sleep(pollIntervalMs, signal);
   }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Bin shim: signals → AbortSignal, run() → exit code. A second signal, or a
+// Bin shim: signals → AbortSignal (SIGHUP → a resync event), run() → exit code. A second signal, or a
 // stop that outlasts the watchdog, ends the process at once.
 import { run } from "./run.js";
 
@@ -18,5 +18,8 @@ const onSignal = (name: NodeJS.Signals) => {
 };
 process.on("SIGTERM", onSignal);
 process.on("SIGINT", onSignal);
+// SIGHUP re-reads everything (consul-template's convention), it does not stop.
+const hangup = new EventTarget();
+process.on("SIGHUP", () => hangup.dispatchEvent(new Event("SIGHUP")));
 
-process.exitCode = await run(process.argv.slice(2), process.stdout, process.stderr, { signal: stop.signal });
+process.exitCode = await run(process.argv.slice(2), process.stdout, process.stderr, { signal: stop.signal, hangup });

@@ -147,6 +147,7 @@ export class ConsulClient {
    */
   async configEntry<K extends "proxy-defaults" | "mesh">(kind: K, name: string, cursor: BlockingCursor, signal?: AbortSignal) {
     const page = await this.get<(K extends "mesh" ? MeshEntry : ProxyDefaultsEntry)[] | null>(`/v1/config/${kind}`, blockingQuery(cursor), signal);
+    if (page.value !== null && !Array.isArray(page.value)) throw new ConsulError("bad-reply", `/v1/config/${kind}`, `Consul's reply is unusable: not a list of ${kind} entries`);
     // The mesh entry has no Name field (Consul names it "mesh" implicitly).
     return { ...page, value: (page.value ?? []).find((entry) => (entry.Name ?? name) === name) ?? null };
   }
@@ -201,7 +202,9 @@ export class ConsulClient {
           chunks.push(chunk);
         });
         res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }));
-        res.on("error", reject);
+        // The connection closed before the body was complete (Node says "aborted"): a broken reply, not an unreachable agent.
+        res.on("error", (err: NodeJS.ErrnoException) =>
+          reject(err instanceof ConsulError ? err : new ConsulError("bad-reply", url.pathname, `Consul's reply to ${url.pathname} broke off after ${size} bytes of its body (${err.code ?? err.message})`)));
       });
       req.on("timeout", () => req.destroy(Object.assign(new Error(`no answer within ${Math.round(timeoutMs)} ms`), { code: "ETIMEDOUT" })));
       req.on("error", reject);

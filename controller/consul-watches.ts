@@ -5,7 +5,8 @@
 // the running watches and by `connect-haproxy render`.
 import { runBlockingWatch, type BlockingMode } from "./blocking-query.js";
 import type { Clock } from "./clock.js";
-import type { ConsulClient } from "./consul-client.js";
+import { ConsulError, type ConsulClient } from "./consul-client.js";
+import { replyProblem, type CheckedReply } from "./consul-reply-checks.js";
 import type { AgentServiceRegistration, BlockingCursor, CaRoots, CompiledDiscoveryChain, ConsulPage, DiscoveryChainOverrides, IntentionsAtIndex, LeafCertificate, MeshEntry, ProxyDefaultsEntry, ServiceInstanceEntry } from "./consul-replies.js";
 import { targetQueryKey, type TargetQuery } from "./discovery-chain.js";
 import type { Logger } from "./logger.js";
@@ -108,13 +109,13 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
   const as = <P extends SnapshotPart>(page: ConsulPage<P["value"]>, part: Omit<P, "value">): ConsulPage<SnapshotPart> => ({ ...page, value: { ...part, value: page.value } as P });
   switch (id.kind) {
     case "registration":
-      return as(await consul.agentService(id.proxyId, cursor, signal), { kind: id.kind, id });
+      return as(checked(await consul.agentService(id.proxyId, cursor, signal), id.kind), { kind: id.kind, id });
     case "roots":
-      return as(await consul.caRoots(cursor, signal), { kind: id.kind, id });
+      return as(checked(await consul.caRoots(cursor, signal), id.kind), { kind: id.kind, id });
     case "leaf":
-      return as(await consul.leafCertificate(id.service, cursor, signal), { kind: id.kind, id });
+      return as(checked(await consul.leafCertificate(id.service, cursor, signal), id.kind), { kind: id.kind, id });
     case "intentions": {
-      const page = await consul.intentionsForDestination(id.service, cursor, signal);
+      const page = checked(await consul.intentionsForDestination(id.service, cursor, signal), id.kind, id.service);
       return as({ ...page, value: { byDestination: page.value, index: page.index ?? 0 } }, { kind: id.kind, id });
     }
     case "proxy-defaults":
@@ -124,23 +125,30 @@ export async function fetchPart(consul: ConsulClient, id: WatchId, cursor: Block
     case "upstream": {
       const { destinationType, destinationName, datacenter } = id.upstream;
       if (destinationType === "prepared_query") {
-        const page = await consul.preparedQuery(destinationName, datacenter, signal);
+        const page = checked(await consul.preparedQuery(destinationName, datacenter, signal), "prepared-query");
         return as({ ...page, value: { entries: page.value.Nodes ?? [], service: page.value.Service } }, { kind: id.kind, id });
       }
-      const page = await consul.healthyConnectInstances(destinationName, datacenter, cursor, signal);
+      const page = checked(await consul.healthyConnectInstances(destinationName, datacenter, cursor, signal), id.kind);
       return as({ ...page, value: { entries: page.value ?? [], service: destinationName } }, { kind: id.kind, id });
     }
     case "chain": {
       const { destinationName, datacenter, overrides } = id.upstream;
-      const page = await consul.discoveryChain(destinationName, { datacenter, overrides }, cursor, signal);
+      const page = checked(await consul.discoveryChain(destinationName, { datacenter, overrides }, cursor, signal), id.kind);
       return as({ ...page, value: page.value.Chain }, { kind: id.kind, id });
     }
     case "target": {
       const { service, datacenter, filter, onlyPassing } = id.query;
-      const page = await consul.connectInstances(service, { datacenter, filter, passing: onlyPassing }, cursor, signal);
+      const page = checked(await consul.connectInstances(service, { datacenter, filter, passing: onlyPassing }, cursor, signal), id.kind);
       return as({ ...page, value: withoutCritical(page.value ?? []) }, { kind: id.kind, id });
     }
   }
+}
+
+/** Refuses a reply the controller cannot read: the watch logs it in one line and the last good value stays. */
+function checked<T>(page: ConsulPage<T>, kind: CheckedReply, destination?: string): ConsulPage<T> {
+  const problem = replyProblem(kind, page.value, destination);
+  if (problem) throw new ConsulError("bad-reply", kind, `Consul's reply is unusable: ${problem}`);
+  return page;
 }
 
 /** Pure: the instances Envoy would send to: none of their checks critical (warning is healthy). */

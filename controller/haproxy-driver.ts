@@ -10,7 +10,7 @@ import { AccessLogRelay } from "./access-log-relay.js";
 import { HaproxyProcess } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
-import { RuntimeApi } from "./runtime-api.js";
+import { RuntimeApi, type LiveServer } from "./runtime-api.js";
 
 export interface ReloadTimings {
   checkMs: number;
@@ -27,6 +27,8 @@ export interface HaproxyDriver {
   /** Validates the files as asked, then reloads; throws (HAProxy keeps running as it was) when refused. */
   reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings>;
   stop(): Promise<void>;
+  /** Every server as HAProxy runs it now (`show servers state`), for the drift check. */
+  liveServers(): Promise<LiveServer[]>;
 }
 
 /** Pure: how an operation reaches HAProxy, for the "applied change" log line. */
@@ -131,5 +133,9 @@ export class ProcessDriver implements HaproxyDriver {
   async stop(): Promise<void> {
     await this.process.stop();
     await this.accessLog.close();
+  }
+
+  liveServers(): Promise<LiveServer[]> {
+    return this.runtimeApi.serversState();
   }
 }

@@ -196,6 +196,13 @@ function leafReloadReason(capabilities: RuntimeCapabilities, worker: WorkerHisto
   return undefined;
 }
 
+/** Pure: the certificates of `running`'s CA bundle that `desired`'s no longer has. */
+function removedCaCertificates(running: DesiredState, desired: DesiredState): number {
+  const certificatesIn = (pem: string) => pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const kept = new Set(certificatesIn(desired.caRootsPem));
+  return certificatesIn(running.caRootsPem).filter((certificate) => !kept.has(certificate)).length;
+}
+
 /** Everything haproxy.cfg's text is rendered from (certificates live in their own files). */
 function configTextInputs(state: DesiredState): string {
   return JSON.stringify([state.paths, state.publicListener, state.upstreams, state.trustDomain, state.accessLog, state.meshTls]);
@@ -217,6 +224,11 @@ export function planChanges(running: DesiredState, desired: DesiredState, capabi
   if (!capabilities.caFileReachesListener && running.caRootsPem !== desired.caRootsPem) {
     reasons.push(`CA roots changed; HAProxy ${capabilities.label}'s commit ssl ca-file does not reach the listener's verification`);
   }
+  // A TLS session resumes without the client's certificate being verified again: after `commit ssl
+  // ca-file` (2.6.12) a session established under a removed root still resumed (consul-faults.test.ts).
+  // A reload starts a worker with new session-ticket keys and an empty session cache.
+  const removed = capabilities.caFileReachesListener ? removedCaCertificates(running, desired) : 0;
+  if (removed > 0) reasons.push(`CA roots changed, ${removed} certificate(s) removed: a reload, so no TLS session they verified can be resumed`);
   if (reasons.length > 0) {
     // Only a leaf is checked by its key pair; new roots or text go through haproxy -c.
     const validation = configTextInputs(running) === configTextInputs(desired) && running.caRootsPem === desired.caRootsPem ? "key pair" : "haproxy -c";

@@ -33,6 +33,8 @@ export interface Writable {
 export interface RunOptions {
   /** Aborting it stops the controller (the bin shim wires SIGTERM/SIGINT to it). */
   signal?: AbortSignal;
+  /** Each "SIGHUP" event makes the sidecar re-read Consul and check HAProxy (the bin shim wires SIGHUP to it). */
+  hangup?: EventTarget;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -102,6 +104,7 @@ interface CommonOptions {
 
 interface RunCommandOptions extends CommonOptions {
   haproxyBin: string;
+  driftCheckInterval: string;
   metricsAddr?: string;
 }
 
@@ -143,6 +146,11 @@ export async function run(argv: string[], out: Writable, err: Writable, runOptio
   addConsulOptions(program)
     .addOption(new Option("--haproxy-bin <path>", "HAProxy 2.6+ binary").env("HAPROXY_BIN").default("haproxy"))
     .addOption(
+      new Option("--drift-check-interval <seconds>", "how often HAProxy's server slots are compared with Consul's view and repaired (0: never; SIGHUP also does it)")
+        .env("CONNECT_HAPROXY_DRIFT_CHECK_INTERVAL")
+        .default("30"),
+    )
+    .addOption(
       new Option("--metrics-addr <host:port>", "serve Prometheus metrics (/metrics) and readiness (/ready) here; overrides the registration's Proxy.Config envoy_prometheus_bind_addr").env(
         "CONNECT_HAPROXY_METRICS_ADDR",
       ),
@@ -153,7 +161,7 @@ export async function run(argv: string[], out: Writable, err: Writable, runOptio
         exitCode = writeVersions(options.haproxyBin, out) ? exitCodes.ok : exitCodes.runtimeFailure;
         return;
       }
-      exitCode = await runSidecar(options, out, err, signal);
+      exitCode = await runSidecar(options, out, err, signal, runOptions.hangup);
     });
   addConsulOptions(program.command("render"))
     .description("print the haproxy.cfg the sidecar would run (for review, or for an existing HAProxy setup), then exit")
@@ -219,10 +227,12 @@ async function haproxyCapabilities(binary: string, logger: Logger): Promise<Runt
   return capabilities;
 }
 
-async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal): Promise<number> {
+async function runSidecar(options: RunCommandOptions, out: Writable, err: Writable, signal: AbortSignal, hangup?: EventTarget): Promise<number> {
   let consul: ConsulClient | undefined;
   let metricsServer: MetricsServer | undefined;
   try {
+    const driftCheckSeconds = Number(options.driftCheckInterval);
+    if (!/^\d+(\.\d+)?$/.test(options.driftCheckInterval)) throw new UsageError(`--drift-check-interval must be a number of seconds, not "${options.driftCheckInterval}"`);
     const selector = selectorFrom(options);
     const token = readToken(options);
     const logger = loggerFor(options, err);
@@ -262,6 +272,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
       probe: verifyUpstreamIdentity,
       logger,
       clock: systemClock,
+      driftCheckMs: driftCheckSeconds * 1000,
       metrics,
       // --metrics-addr wins over the registration.
       onPrometheusBindAddress: (address) => {
@@ -269,6 +280,7 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
       },
       capabilities,
     });
+    hangup?.addEventListener("SIGHUP", () => controller.resync());
     await controller.run(signal);
     return exitCodes.ok;
   } catch (error) {

@@ -87,6 +87,10 @@ export class RuntimeApi {
     await this.commitOrAbort("ca-file", file);
   }
 
+  async serversState(): Promise<LiveServer[]> {
+    return parseServersState(await this.command("show servers state"));
+  }
+
   async flushAuthorizationCache(): Promise<string> {
     return this.command("connect cache flush");
   }
@@ -151,6 +155,39 @@ export class RuntimeApi {
       throw err;
     }
   }
+}
+
+/** One server of `show servers state`: its address, port and what an operator or the controller made of it. */
+export interface LiveServer {
+  backend: string;
+  server: string;
+  address: string;
+  port: number;
+  /** maint: forced, inherited, from the configuration or DNS; drain: weight 0 by an operator. */
+  state: "ready" | "maint" | "drain";
+}
+
+// srv_admin_state bits (HAProxy's SRV_ADMF_*): FMAINT, IMAINT, RMAINT; FDRAIN, IDRAIN. Not CMAINT (0x04):
+// 2.6.12 keeps it on a slot configured `disabled` after `set server … state ready`, which then serves.
+const adminMaint = 0x01 | 0x02 | 0x20;
+const adminDrain = 0x08 | 0x10;
+
+/** Pure: `show servers state` (format 1: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state … srv_port at column 18). */
+export function parseServersState(answer: string): LiveServer[] {
+  return answer
+    .split("\n")
+    .map((line) => line.trim().split(/\s+/))
+    .filter((columns) => columns.length > 18 && /^\d+$/.test(columns[0]!))
+    .map((columns) => {
+      const admin = Number(columns[6]);
+      return {
+        backend: columns[1]!,
+        server: columns[3]!,
+        address: columns[4]!,
+        port: Number(columns[18]),
+        state: admin & adminMaint ? "maint" : admin & adminDrain ? "drain" : "ready",
+      };
+    });
 }
 
 export interface MasterProcessList {

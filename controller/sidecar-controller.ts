@@ -13,6 +13,7 @@ import { planChanges, runningAfterRuntime, sameNativeRules, type ReloadValidatio
 import { reloadForCertificates, type RuntimeCapabilities } from "./haproxy-version.js";
 import { consulSnapshot, emptySnapshot, readiness, upstreamsToCheck, wantedWatches, withPart, type SidecarSnapshot } from "./sidecar-snapshot.js";
 import { describeShape } from "./upstream-config.js";
+import { serverDrift } from "./server-drift.js";
 import { parseSidecarSpec, SidecarSpecError } from "./sidecar-spec.js";
 import { identityCheckMaterial, UpstreamIdentities, type IdentityProbe } from "./upstream-identity.js";
 import type { SidecarMetrics } from "./sidecar-metrics.js";
@@ -46,6 +47,8 @@ export interface SidecarControllerOptions {
   upstreamWaitMs?: number;
   /** When a refused reload is tried again if Consul does not change before. */
   reloadRetryMs?: number;
+  /** How often HAProxy's server slots are compared with the running state and repaired (default: never; the CLI sets 30 s). */
+  driftCheckMs?: number;
   /** The controller's counters (reloads, runtime operations, instances); none when absent. */
   metrics?: SidecarMetrics;
   /** Called with the registration's envoy_prometheus_bind_addr at start and whenever it changes. */
@@ -69,6 +72,7 @@ export class SidecarController {
   private timerDue?: number;
   private chain: Promise<void> = Promise.resolve();
   private fatal?: (err: Error) => void;
+  private cancelDriftTimer?: () => void;
   private stopped = false;
   /** Why the last change could not be applied (cleared by the next that is). */
   private applyProblem?: string;
@@ -88,6 +92,7 @@ export class SidecarController {
     this.options.logger.info("watching Consul", { proxy: spec.proxyId, service: spec.publicListener.destinationServiceName, upstreams: spec.upstreams.length });
     this.specChanged();
     this.watch();
+    this.scheduleDriftChecks();
     try {
       await Promise.race([stopped, failed]);
     } finally {
@@ -98,6 +103,7 @@ export class SidecarController {
   private async shutdown(): Promise<void> {
     this.stopped = true;
     this.cancelTimer?.();
+    this.cancelDriftTimer?.();
     this.options.source.stop();
     await this.chain.catch(() => undefined);
     if (this.options.driver.pid) {
@@ -105,6 +111,42 @@ export class SidecarController {
       await this.options.driver.stop();
     }
     this.options.logger.info("stopped");
+  }
+
+  /**
+   * SIGHUP: every watch starts over (a fresh read of everything, as at start),
+   * the files are written again, and HAProxy's server slots are checked at once.
+   */
+  resync(): void {
+    if (this.stopped) return;
+    this.options.logger.info("SIGHUP: re-reading everything from Consul and checking HAProxy against it");
+    this.options.source.stop();
+    this.watch();
+    if (this.running) this.options.driver.writeFiles(this.running);
+    this.checkDrift("SIGHUP");
+  }
+
+  private scheduleDriftChecks(): void {
+    const every = this.options.driftCheckMs ?? 0;
+    if (every <= 0 || this.stopped) return;
+    this.cancelDriftTimer = this.options.clock.setTimer(every, () => {
+      this.checkDrift("periodic");
+      this.scheduleDriftChecks();
+    });
+  }
+
+  /** Compares HAProxy's server slots with the running state and repairs each difference (one "applied change" line each). Runs in turn with reconciles. */
+  private checkDrift(trigger: string): void {
+    const { driver, logger } = this.options;
+    this.chain = this.chain
+      .then(async () => {
+        if (this.stopped || !this.running) return;
+        const repairs = serverDrift(this.running, await driver.liveServers());
+        if (repairs.length === 0) return logger.debug("drift check: HAProxy's server slots are as desired", { trigger });
+        logger.warn("drift check: HAProxy's server slots differ from the desired state; repairing each", { trigger, differences: repairs.length });
+        await this.applyOperations(repairs, this.running);
+      })
+      .catch((err: Error) => logger.warn(`drift check failed: ${err.message}`, { trigger }));
   }
 
   private watch(): void {

@@ -1,6 +1,7 @@
 // Configuration from the environment, read once when HAProxy loads the file
-// (`setenv`/`presetenv` in haproxy.cfg's global section, or the process
-// environment). Pure: takes a getenv function, returns the settings and the
+// (`setenv`/`presetenv` in haproxy.cfg's global section above `lua-load`, or
+// the process environment; one set below `lua-load` stops the start-up:
+// lateSettings). Pure: takes a getenv function, returns the settings and the
 // problems found. A bad value never stops HAProxy: a bad duration falls back
 // to its default with a warning; an unusable agent address makes every
 // decision a deny that says why.
@@ -265,4 +266,30 @@ export function describeConfig(config: Config, trustDomain: string): string {
   ];
   for (const warning of config.warnings) lines.push("warning: " + warning);
   return table.concat(lines, "\n") + "\n";
+}
+
+/** A getenv that remembers what it answered ("" for unset), for lateSettings. */
+export function recordingGetenv(getenv: (this: void, name: string) => string | undefined, seen: LuaTable<string, string>): (this: void, name: string) => string | undefined {
+  return (name) => {
+    const value = getenv(name);
+    seen.set(name, value ?? "");
+    return value;
+  };
+}
+
+/**
+ * The settings whose value changed between the load and the end of parsing
+ * (a `setenv` written below `lua-load`): the authorizer would silently run
+ * without them, so start-up stops with this message instead. nil when none.
+ */
+export function lateSettings(seen: LuaTable<string, string>, getenv: (this: void, name: string) => string | undefined): string | undefined {
+  const late: string[] = [];
+  for (const [name, value] of seen) if ((getenv(name) ?? "") !== value) late.push(name);
+  if (late.length === 0) return undefined;
+  table.sort(late);
+  const names = table.concat(late, ", ");
+  return format(
+    "connect-haproxy: %s set after lua-load: the authorizer reads its settings when lua-load runs, so move the setenv/presetenv line(s) for %s above lua-load in the global section",
+    names, names,
+  );
 }

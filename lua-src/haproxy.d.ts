@@ -46,6 +46,12 @@ export interface Core {
   register_cli(path: string[], usage: string, fn: CliFunction): void;
   /** Runs `fn` once in its own coroutine after start-up; it may loop and sleep. */
   register_task(fn: (this: void) => void): void;
+  /**
+   * Runs `fn` once HAProxy has parsed its whole configuration, before it
+   * serves: a `setenv` below `lua-load` is visible then, not at load (tried
+   * on 2.6.12). An error raised in `fn` stops the start-up (exit 1, "Lua init: …").
+   */
+  register_init(fn: (this: void) => void): void;
 
   /** Sets `key` to `value` in a map haproxy.cfg references by this file name (raises "unknown map file" otherwise). */
   set_map(file: string, key: string, value: string): void;

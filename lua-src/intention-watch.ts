@@ -216,8 +216,6 @@ export class IntentionWatch {
       }
       return backoffDelayMs(rules.failures, 250, MAX_BACKOFF_MS, this.deps.random());
     }
-    if (rules.failures > 0) this.deps.log("info", format("connect-haproxy: intentions for %s readable again after %d failed attempt(s)", rules.target, rules.failures));
-    rules.failures = 0;
     const reply = answer as IntentionsAnswer;
     const first = rules.list === undefined;
     const changed = first || reply.index !== rules.index || reply.index === 0;
@@ -229,7 +227,10 @@ export class IntentionWatch {
         // Fail closed: a reply we cannot read leaves no list, so requests are refused with this reason.
         rules.list = undefined;
         rules.lastError = compileError;
-        this.deps.log("warning", format("connect-haproxy: intentions for %s unusable: %s", rules.target, tostring(compileError)));
+        // It is a failed read too: one line, and backoff (the next query cannot block, having no list).
+        rules.failures++;
+        if (rules.failures === 1) this.deps.log("warning", format("connect-haproxy: intentions for %s unusable: %s", rules.target, tostring(compileError)));
+        return backoffDelayMs(rules.failures, 250, MAX_BACKOFF_MS, this.deps.random());
       } else {
         rules.list = list;
         rules.lastError = undefined;
@@ -241,6 +242,8 @@ export class IntentionWatch {
         this.refreshDefault(rules, true);
       }
     }
+    if (rules.failures > 0) this.deps.log("info", format("connect-haproxy: intentions for %s readable again after %d failed attempt(s)", rules.target, rules.failures));
+    rules.failures = 0;
     if (!changed || rules.list === undefined) this.refreshDefault(rules, false);
     const elapsed = this.deps.now() - started;
     return elapsed >= MIN_INTERVAL_MS ? 0 : MIN_INTERVAL_MS - elapsed;

@@ -141,7 +141,10 @@ function unknownKey(object: LuaTable<string, unknown>, known: LuaTable<string, b
 }
 
 function arrayOf(value: unknown): LuaTable<number, unknown> | undefined {
-  return isObject(value) ? (value as unknown as LuaTable<number, unknown>) : undefined;
+  if (!isObject(value)) return undefined;
+  // The decoder makes JSON objects and arrays both tables: one with a string key was an object.
+  for (const [key] of value as unknown as LuaTable<AnyNotNil, unknown>) if (type(key) !== "number") return undefined;
+  return value as unknown as LuaTable<number, unknown>;
 }
 
 function lengthOf(array: LuaTable<number, unknown>): number {
@@ -303,6 +306,8 @@ function compileIntention(raw: LuaTable<string, unknown>, compile: RegexCompiler
 export function compileIntentionList(decoded: unknown, target: string, compile: RegexCompiler): LuaMultiReturn<[IntentionList | undefined, string | undefined]> {
   if (!isObject(decoded)) return $multi(undefined, "intention match reply is not an object");
   const rawList = decoded.get(target);
+  // Consul names every destination asked about, with null or [] when none match: a reply without it is not Consul's.
+  if (rawList === undefined) return $multi(undefined, format("intention match reply has no list for %s", target));
   const list: IntentionList = { target, intentions: [], hasLocalWildcard: false };
   if (!present(rawList)) return $multi(list, undefined);
   const array = arrayOf(rawList);

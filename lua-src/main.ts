@@ -63,7 +63,13 @@ function regexCompiler(regexClass: RegexClass | undefined): intentions.RegexComp
 
 /** Builds everything from `getenv` and registers it with `core`. */
 export function install(core: Core, getenv: (this: void, name: string) => string | undefined): Installed {
-  const settings = config.loadConfig(getenv);
+  const seen = new LuaTable<string, string>();
+  const settings = config.loadConfig(config.recordingGetenv(getenv, seen));
+  // A setenv below lua-load is visible only once parsing ends: refuse to start without it rather than ignore it.
+  core.register_init(() => {
+    const late = config.lateSettings(seen, getenv);
+    if (late !== undefined) error(late, 0);
+  });
   const now = (): number => {
     const time = core.now();
     return time.sec * 1000 + time.usec / 1000;

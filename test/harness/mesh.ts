@@ -1,8 +1,9 @@
 // Pieces of a mesh: the test applications (test/apps/), a connect-haproxy
 // sidecar (the built controller CLI) and Consul's own built-in proxy, all real
 // processes; and a TCP client that says whether a round trip got through.
+import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { connect as tlsConnect, type SecureVersion } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -77,8 +78,22 @@ export function startConsulProxy(serviceId: string, httpAddr: string, options: P
  * that denies a connection looks like to the client.
  */
 export function tcpRoundTrip(port: number, line: string, host = "127.0.0.1", timeoutMs = 5000): Promise<string | undefined> {
+  return lineRoundTrip(connect(port, host), "connect", line, timeoutMs);
+}
+
+/**
+ * tcpRoundTrip as a mesh client: mTLS with `identity` (a Consul leaf: CertPEM
+ * and PrivateKeyPEM) to a sidecar's public listener, which presents a leaf
+ * without a name to check, so only the chain is verified.
+ */
+export function mtlsRoundTrip(port: number, identity: { CertPEM: string; PrivateKeyPEM: string }, roots: string[], line: string, timeoutMs = 5000): Promise<string | undefined> {
+  const socket = tlsConnect({ host: "127.0.0.1", port, ca: roots, cert: identity.CertPEM, key: identity.PrivateKeyPEM, checkServerIdentity: () => undefined });
+  return lineRoundTrip(socket, "secureConnect", line, timeoutMs);
+}
+
+/** Writes `line` once `socket` is `ready`; the reply line, or undefined when refused, closed or silent. */
+function lineRoundTrip(socket: Socket, ready: "connect" | "secureConnect", line: string, timeoutMs: number): Promise<string | undefined> {
   return new Promise((resolve) => {
-    const socket = connect(port, host);
     let reply = "";
     const done = (value: string | undefined) => {
       socket.destroy();
@@ -86,13 +101,59 @@ export function tcpRoundTrip(port: number, line: string, host = "127.0.0.1", tim
     };
     socket.setEncoding("utf8");
     socket.setTimeout(timeoutMs, () => done(undefined));
-    socket.on("connect", () => socket.write(`${line}\n`));
+    socket.on(ready, () => socket.write(`${line}\n`));
     socket.on("data", (chunk) => {
       reply += chunk;
       if (reply.includes("\n")) done(reply.trim());
     });
     socket.on("error", () => done(undefined));
     socket.on("close", () => done(undefined));
+  });
+}
+
+export interface OpensslRoundTrip {
+  /** s_client said "Reused": the server resumed the session (no certificate exchanged). */
+  reused: boolean;
+  /** The reply line, if one came back. */
+  reply?: string;
+  output: string;
+}
+
+/**
+ * One line over mTLS with `openssl s_client` (TLS 1.2, as Envoy's upstream side
+ * speaks in a Consul mesh), saving the session to `sessionOut` or resuming the
+ * one in `sessionIn`: what TLS session resumption lets through.
+ */
+export function opensslRoundTrip(
+  port: number,
+  files: { certificate: string; key: string; ca: string },
+  line: string,
+  session: { sessionOut?: string; sessionIn?: string },
+  timeoutMs = 3000,
+): Promise<OpensslRoundTrip> {
+  const args = ["s_client", "-connect", `127.0.0.1:${port}`, "-tls1_2", "-cert", files.certificate, "-key", files.key, "-CAfile", files.ca];
+  if (session.sessionOut) args.push("-sess_out", session.sessionOut);
+  if (session.sessionIn) args.push("-sess_in", session.sessionIn);
+  return new Promise((resolve) => {
+    const child = spawn("openssl", args, { stdio: ["pipe", "pipe", "pipe"] });
+    let output = "";
+    const finish = () => {
+      clearTimeout(timer);
+      child.stdin.end();
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    const collect = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes(`answered: ${line}\n`)) finish();
+    };
+    child.stdout.on("data", collect);
+    child.stderr.on("data", collect);
+    child.stdin.on("error", () => undefined);
+    child.stdin.write(`${line}\n`);
+    child.on("close", () => {
+      clearTimeout(timer);
+      resolve({ reused: /^Reused, /m.test(output), reply: new RegExp(`^(.*answered: ${line})$`, "m").exec(output)?.[1], output });
+    });
   });
 }
 

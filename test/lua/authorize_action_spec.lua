@@ -131,6 +131,11 @@ describe("connect_authorize", function()
     local replies = {
       { function() return 403, "Permission denied: token with AccessorID 'x' lacks permission 'service:write'" end, "agent replied HTTP 403: Permission denied" },
       { function() return 200, "<html>" end, "invalid JSON" },
+      { function() return 502, "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head></html>" end, "agent replied HTTP 502: <!DOCTYPE html> <html>" },
+      { function() return 500, "rpc error making call: No cluster leader" end, "agent replied HTTP 500: rpc error making call" },
+      { function() return 200, '{"Authorized":true,"Reas' end, "authorize reply: " },
+      { function() return "HTTP/1.1 200 OK\r\nContent-Length: 52428800\r\n\r\n[0,0,0" end, "larger than 65536" },
+      { function() return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n" .. string.rep("0", 65537) end, "larger than 65536" },
       { function() return 200, '{"Authorized":"yes"}' end, "no boolean Authorized" },
       { function() return 200, "[true]" end, "no boolean Authorized" },
       { function() return 200, string.rep(" ", 70000) .. "{}" end, "larger than 65536" },

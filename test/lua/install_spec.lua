@@ -19,6 +19,21 @@ describe("install()", function()
     assert.matches("agent 127%.0%.0%.1:8500, token not set", world.core.logs[#world.core.logs].message)
   end)
 
+  it("stops the start-up when a setting it read changed by the end of parsing (a setenv below lua-load), naming what to move", function()
+    local stub = require("test.lua.support.haproxy_stub")
+    local env = { CONNECT_TRUST_DOMAIN = TD }
+    local core = stub.core(stub.agent(function() return 500, "" end))
+    bundle.ch.install(core, stub.env(env))
+    assert.are.equal(1, #core.inits)
+    assert.has_no.errors(core.inits[1])
+    env.CONSUL_HTTP_ADDR = "10.0.0.5:8500"
+    env.CONNECT_TRUST_DOMAIN = "other.consul"
+    local ok, message = pcall(core.inits[1])
+    assert.is_false(ok)
+    assert.are.equal("connect-haproxy: CONNECT_TRUST_DOMAIN, CONSUL_HTTP_ADDR set after lua-load: the authorizer reads its settings when lua-load runs, "
+      .. "so move the setenv/presetenv line(s) for CONNECT_TRUST_DOMAIN, CONSUL_HTTP_ADDR above lua-load in the global section", message)
+  end)
+
   it("registers no roots task when the trust domain is configured", function()
     local world = haproxy({ CONNECT_TRUST_DOMAIN = TD })
     assert.are.equal(1 + bundle.ch.intentionWatch.WORKERS, #world.core.tasks)

@@ -318,6 +318,37 @@ describe("L7 intentions", function()
       assert.matches("flushes: 1\n", stats)
     end)
 
+    it("a reply that is not the destination's list: requests refused, one warning, backoff (not a query per 100 ms), then recovery", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/" }) }) })
+      assert.is_true(allowed(world, { path = "/" }))
+      local function warnings()
+        local n = 0
+        for _, entry in ipairs(world.core.logs) do if entry.message:find("intentions for api unusable", 1, true) then n = n + 1 end end
+        return n
+      end
+      for _, body in ipairs({ '{"error":"upstream connect error","code":503}', '{"api":{"not":"a list"}}' }) do
+        world.intentions_body = body
+        world.intentions_index = world.intentions_index + 1
+        local pauses = {}
+        for i = 1, 4 do
+          local before = world.core.clock_ms
+          world.poll("api")
+          pauses[i] = world.core.clock_ms - before
+        end
+        assert.is_true(pauses[1] >= 125 and pauses[4] >= 1000, "backoff: " .. table.concat(pauses, ", "))
+        local verdict, reason = decide(world, { path = "/" })
+        assert.are.equal(0, verdict)
+        assert.matches("intention match reply", reason)
+        world.intentions_body = nil
+        world.poll("api")
+        assert.is_true(allowed(world, { path = "/" }))
+      end
+      assert.are.equal(2, warnings())
+      local recovered = 0
+      for _, entry in ipairs(world.core.logs) do if entry.message:find("intentions for api readable again after 4 failed attempt", 1, true) then recovered = recovered + 1 end end
+      assert.are.equal(2, recovered)
+    end)
+
     it("ends its task once HAProxy is stopping", function()
       local world = world_with({ l4("web", "allow") })
       world.core.stopping = 1

@@ -51,7 +51,7 @@ function fakeClock(): Clock & { sleeps: number[] } {
 }
 
 /** Runs a watch over scripted replies; stops when the script runs out. */
-async function runScript<T>(mode: "index" | "hash" | "poll", script: (ConsulPage<T> | Error)[], extra: { minIntervalMs?: number } = {}) {
+async function runScript<T>(mode: "index" | "hash" | "poll", script: (ConsulPage<T> | Error)[], extra: { minIntervalMs?: number; onChange?: (value: T) => void } = {}) {
   const controller = new AbortController();
   const clock = fakeClock();
   const cursors: BlockingCursor[] = [];
@@ -72,7 +72,10 @@ async function runScript<T>(mode: "index" | "hash" | "poll", script: (ConsulPage
       if (reply instanceof Error) throw reply;
       return reply!;
     },
-    onChange: (value) => changes.push(value),
+    onChange: (value) => {
+      extra.onChange?.(value);
+      changes.push(value);
+    },
     onError: (_err, failures) => errors.push(failures),
     onRecovered: () => recovered++,
   });
@@ -131,6 +134,26 @@ describe("runBlockingWatch", () => {
     expect(clock.sleeps).toEqual([250, 500, 1000]);
     expect(cursors[4]).toEqual({ waitSeconds: 15 });
     expect(changes).toEqual(["a", "b"]);
+  });
+
+  it("paces replies that carry no index (or hash) as a poll, not at the rate limit", async () => {
+    const index = await runScript("index", [{ value: 1, index: 4 }, { value: 1 }, { value: 1 }, { value: 1, index: 5 }]);
+    expect(index.clock.sleeps).toEqual([10_000, 10_000]);
+    const hash = await runScript("hash", [{ value: 1 }, { value: 1, contentHash: "h" }]);
+    expect(hash.clock.sleeps).toEqual([10_000]);
+  });
+
+  it("treats a value the consumer throws on as a failed request: backoff, and delivered again next time", async () => {
+    let refusals = 1;
+    const { errors, clock, changes, cursors } = await runScript(
+      "index",
+      [{ value: "bad", index: 3 }, { value: "bad", index: 3 }, { value: "good", index: 4 }],
+      { onChange: (value) => { if (value === "bad" && refusals-- > 0) throw new TypeError("cannot read it"); } },
+    );
+    expect(errors).toEqual([1]);
+    expect(clock.sleeps).toEqual([250]);
+    expect(cursors[1]).toEqual({ waitSeconds: 15 });
+    expect(changes).toEqual(["bad", "good"]);
   });
 
   it("sleeps the poll interval in poll mode", async () => {

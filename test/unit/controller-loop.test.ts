@@ -7,6 +7,7 @@ import { targetQuery } from "../../controller/discovery-chain.js";
 import { watchKey, type SnapshotPart, type SnapshotSource, type WatchId } from "../../controller/consul-watches.js";
 import type { DesiredState } from "../../controller/desired-state.js";
 import type { HaproxyDriver, ReloadTimings } from "../../controller/haproxy-driver.js";
+import type { LiveServer } from "../../controller/runtime-api.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { silentLogger } from "../../controller/logger.js";
 import { capabilitiesOf, parseHaproxyVersion, type RuntimeCapabilities } from "../../controller/haproxy-version.js";
@@ -98,6 +99,11 @@ class RecordingDriver implements HaproxyDriver {
   async stop(): Promise<void> {
     this.calls.push({ call: "stop" });
   }
+  /** What `show servers state` answers (the drift check). */
+  live: LiveServer[] = [];
+  async liveServers(): Promise<LiveServer[]> {
+    return this.live;
+  }
   /** The calls since the last `take`. */
   take(): DriverCall[] {
     const calls = this.calls;
@@ -144,8 +150,9 @@ let stop: AbortController;
 
 const haproxy30 = capabilitiesOf(parseHaproxyVersion("HAProxy version 3.0.11-9e587df 2025/06/02"));
 
-function startLoop(serviceRegistration: AgentServiceRegistration = registration, capabilities?: RuntimeCapabilities): SidecarController {
+function startLoop(serviceRegistration: AgentServiceRegistration = registration, capabilities?: RuntimeCapabilities, driftCheckMs?: number): SidecarController {
   const controller = new SidecarController({
+    driftCheckMs,
     registration: serviceRegistration,
     capabilities,
     paths,
@@ -170,13 +177,14 @@ function startLoop(serviceRegistration: AgentServiceRegistration = registration,
 }
 
 /** Runs the loop until HAProxy started with db-1 verified in its upstream. */
-async function startedWithDb1(capabilities?: RuntimeCapabilities): Promise<void> {
-  startLoop(registration, capabilities);
+async function startedWithDb1(capabilities?: RuntimeCapabilities, driftCheckMs?: number): Promise<SidecarController> {
+  const controller = startLoop(registration, capabilities, driftCheckMs);
   source.send(rootsPart(roots));
   source.send(leafPart(leaf));
   source.send(instancesPart(db1));
   await clock.advance(100);
   expect(driver.take().map((c) => c.call)).toEqual(["writeFiles", "start"]);
+  return controller;
 }
 
 const serversIn = (state: DesiredState) => state.upstreams[0]!.backends[0]!.slots.flatMap((slot) => (slot.instance ? [slot.instance.id] : []));
@@ -439,6 +447,33 @@ describe("the sidecar loop", () => {
     expect(driver.take().filter((c) => c.call === "runtime")).toEqual([]);
     await clock.advance(1_100);
     expect(probes.length).toBe(probedBefore + 1);
+  });
+
+  it("checks HAProxy's server slots every driftCheckMs and repairs a slot put in maintenance behind its back", async () => {
+    await startedWithDb1(undefined, 30_000);
+    const db1Slot = (ready: boolean): LiveServer => ({ backend: "upstream_db", server: "s1", address: "127.0.0.1", port: db1.Service.Port, state: ready ? "ready" : "maint" });
+    driver.live = [{ ...db1Slot(false) }];
+    await clock.advance(29_000);
+    expect(driver.take()).toEqual([]);
+    await clock.advance(1_000);
+    const repairs = driver.take();
+    expect(repairs).toHaveLength(1);
+    expect(repairs[0]).toMatchObject({ call: "runtime", operation: { kind: "set-server", backend: "upstream_db", ready: true, change: expect.stringMatching(/^drift: upstream_db\/\S+ is maint in HAProxy, should be ready at /) } });
+    driver.live = [db1Slot(true)];
+    await clock.advance(30_000);
+    expect(driver.take()).toEqual([]);
+  });
+
+  it("on SIGHUP, starts every watch over, writes the files again and checks HAProxy at once", async () => {
+    const controller = await startedWithDb1();
+    driver.live = [{ backend: "upstream_db", server: "s1", address: "127.0.0.1", port: 1, state: "ready" }];
+    source.watches = [];
+    controller.resync();
+    expect(source.watches).toContain("roots");
+    await settle();
+    const calls = driver.take();
+    expect(calls.map((c) => c.call)).toEqual(["writeFiles", "runtime"]);
+    expect(calls[1]).toMatchObject({ operation: { kind: "set-server", address: "127.0.0.1", port: db1.Service.Port, ready: true } });
   });
 
   it("stops HAProxy softly when asked to stop", async () => {

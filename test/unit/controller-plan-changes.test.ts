@@ -107,6 +107,16 @@ describe("planChanges", () => {
     expect(ops[0]!.kind === "update-ca-file" && ops[0]!.pem.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
   });
 
+  it("reloads when a root leaves (TLS sessions it verified must not resume), with the file holding the rest", () => {
+    const snapshot = webSnapshot([db1!]);
+    const extra = { ...snapshot.roots.Roots![0]!, ID: "new", RootCert: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----" };
+    const both = buildDesiredState({ ...snapshot, roots: { ...snapshot.roots, Roots: [...snapshot.roots.Roots!, extra] } }, paths, running);
+    const onlyNew = buildDesiredState({ ...snapshot, roots: { ...snapshot.roots, Roots: [extra] } }, paths, both);
+    expect(planChanges(both, onlyNew, haproxy30)).toEqual({ kind: "reload", reason: "CA roots changed, 1 certificate(s) removed: a reload, so no TLS session they verified can be resumed", validation: "haproxy -c" });
+    // 2.6 reloads for every roots change anyway.
+    expect(planChanges(both, onlyNew)).toMatchObject({ kind: "reload", reason: expect.stringMatching(/^CA roots changed; HAProxy 2.6's commit ssl ca-file does not reach/) });
+  });
+
   it("reloads when the trust domain changes (the authorizer reads it at load)", () => {
     const snapshot = webSnapshot([db1!]);
     const moved = { ...snapshot, roots: { ...snapshot.roots, TrustDomain: "11111111-2222-3333-4444-555555555555.consul" } };

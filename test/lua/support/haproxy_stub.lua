@@ -93,6 +93,8 @@ function M.core(agent)
     core.clis[table.concat(path, " ")] = fn
   end
   function core.register_task(fn) core.tasks[#core.tasks + 1] = fn end
+  core.inits = {}
+  function core.register_init(fn) core.inits[#core.inits + 1] = fn end
   -- Maps as HAProxy keeps them: only files haproxy.cfg references exist (core.maps[file] = {} declares one).
   core.maps = {}
   -- core.int_maps[file] = true: haproxy.cfg also reads the map with map_str_int;

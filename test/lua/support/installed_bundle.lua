@@ -52,7 +52,8 @@ function M.haproxy(env, policy)
       world.intention_queries[#world.intention_queries + 1] = path
       local name = path:match("[?&]name=([^&]+)")
       local list = world.intentions[name]
-      local body = list == nil and "{}" or ("{" .. M.json(name) .. ":" .. (#list == 0 and "[]" or M.json(list)) .. "}")
+      local body = "{" .. M.json(name) .. ":" .. ((list == nil or #list == 0) and "[]" or M.json(list)) .. "}"
+      if world.intentions_body then body = world.intentions_body end
       if world.intentions_status then return world.intentions_status, "Permission denied" end
       return 200, body, { ["X-Consul-Index"] = tostring(world.intentions_index) }
     end
