@@ -145,9 +145,12 @@ describe("L7 intentions through sidecars run by the controller", () => {
     const api = sidecars[0]!;
     const apiStats = async () => parseKeyValues(await sendRuntimeCommand(join(api.configDir, "stats.sock"), "connect cache stats"));
     /** Writes the intentions and waits for `enforced`: within 1 s, and before the reload that brings native rules for them. */
+    /** The index of api's intention list as api's authorizer holds it (its own watch flushes when it moves). */
+    const authorizerIndex = async () => Number(/^api: .*, index (\d+),/m.exec(await sendRuntimeCommand(join(api.configDir, "stats.sock"), "connect intentions"))?.[1] ?? -1);
     async function change(sources: unknown[], what: string, enforced: () => Promise<boolean>): Promise<number> {
       const nativeBefore = nativeRulesReloads(api);
       const flushesBefore = flushCount(api);
+      const indexBefore = await authorizerIndex();
       const changedAt = Date.now();
       await writeIntentions(sources);
       await waitFor(what, async () => ((await enforced()) ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
@@ -155,6 +158,8 @@ describe("L7 intentions through sidecars run by the controller", () => {
       expect(nativeRulesReloads(api), `${what}: enforced by the authorizer, before any reload`).toBe(nativeBefore);
       // Once api's controller flushed for this change (its flush empties the passes and switches the native rules off).
       await waitFor("api's controller to flush for the change", async () => (flushCount(api) > flushesBefore ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+      // And api's authorizer's own watch, which flushes too when its list moves: after both, passes granted stay.
+      await waitFor("api's authorizer to hold the new list", async () => ((await authorizerIndex()) > indexBefore ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
       return nativeBefore;
     }
     const nativeRulesFollow = (before: number) =>
