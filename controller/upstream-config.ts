@@ -285,9 +285,6 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
       `    mode ${upstreamMode}`,
       ...balanceLines(backend),
       `    timeout connect ${backend.connectTimeoutMs}ms`,
-      // Any idle mTLS connection to the target serves any request, a new client's first one included: it
-      // carries only this sidecar's identity, and the remote sidecar decides every request on it.
-      ...(http ? ["    http-reuse always"] : []),
       ...(backend.retry ? [`    retries ${backend.retry.retries}`, `    retry-on ${backend.retry.retryOn.join(" ")}`] : []),
       // set-timeout is a backend action in 2.6: the frontend's rules leave the chain's timeout in a variable.
       ...(usesTimeout ? [`    http-request set-timeout server var(${timeoutVar}) if { var(${timeoutVar}) -m found }`] : []),
