@@ -6,7 +6,7 @@ import type { AccessLogsConfig } from "./consul-replies.js";
 
 export type LogMode = "http" | "tcp";
 
-/** Where the access log goes (the controller writes what HAProxy sends it through a pipe: access-log-relay.ts). */
+/** Where the access log goes: HAProxy writes it itself (a file through a descriptor the controller opens: accessLogFileDescriptor). */
 export type AccessLogSink = { kind: "stdout" } | { kind: "stderr" } | { kind: "file"; path: string };
 
 /** One HAProxy log-format, with the per-request rules it needs. */
@@ -27,7 +27,7 @@ export interface AccessLog {
   sink: AccessLogSink;
   http: TranslatedFormat;
   tcp: TranslatedFormat;
-  /** DisableListenerLogs false: TLS handshake failures on the public listener are logged too (error-log-format). */
+  /** DisableListenerLogs false: failures before a stream (TLS handshakes; error-log-format on the public listener) and before any rule are logged too. */
   listenerLogs: boolean;
   warnings: string[];
 }
@@ -291,7 +291,7 @@ export function planAccessLog(config: AccessLogsConfig | null | undefined): Acce
   const notes = [...new Set([...http.notes, ...tcp.notes])];
   warnings.push(...notes.map((note) => `access logs: ${note}`));
   if (config.DisableListenerLogs) {
-    warnings.push("access logs: DisableListenerLogs cannot be honoured on HAProxy 2.6: TLS handshake failures on the public listener are still logged (HAProxy's one-line connection-error format)");
+    warnings.push("access logs: DisableListenerLogs: failures before a request (TLS handshakes) are not logged, nor are requests HAProxy refuses before reading them whole (400, 408), which Envoy would log");
   }
   return { sink, http, tcp, listenerLogs: !config.DisableListenerLogs, warnings };
 }
@@ -301,18 +301,22 @@ function singleQuoted(text: string): string {
   return `'${text.replace(/'/g, `'\\''`)}'`;
 }
 
-/** The prefix `format short` gives an access line (level info; tried on 2.6.12: "<6>", no facility); HAProxy's own notices are more severe ("<4>Proxy … stopped"). */
-export const accessLinePriority = "<6>";
-
 /**
- * The frontend's only log target: a pipe to the controller (fd 3), which
- * keeps the lines at `accessLinePriority` (access lines; HAProxy also sends a
- * proxy's "stopped" notices at reloads to its loggers, at warning) and writes
- * them, without the priority, to stdout, stderr or the file.
+ * The frontend's only log target, written by HAProxy itself: its stdout, its
+ * stderr, or the file the controller opened as fd 3 (HAProxy 2.6 cannot open
+ * a file). HAProxy also sends a frontend's notices ("Proxy … stopped" at every
+ * reload, at level warning) to the frontend's loggers, and a logger's level
+ * only caps; so access lines are raised to `err` (the first rule of every
+ * stream; `option log-separate-errors` raises those that fail before any rule
+ * ran, and failed handshakes) and the logger keeps `err` and above: the
+ * notices never reach the access log (checked on 2.6.12 and 3.0.11 by the
+ * integration test, which parses every line of the file as JSON across reloads).
+ * With DisableListenerLogs, failures before a stream stay at info and are dropped.
  */
-export function accessLogTargetLines(fileDescriptor: number): string[] {
+export function accessLogTargetLines(sink: AccessLogSink, listenerLogs: boolean): string[] {
+  const target = sink.kind === "file" ? `fd@${accessLogFileDescriptor}` : sink.kind;
   // 8 kB: Consul's default JSON format with long paths passes 1 kB (HAProxy's default).
-  return ["no log", `log fd@${fileDescriptor} len 8192 format short local0 info`];
+  return ["no log", `log ${target} len 8192 format raw local0 err`, "tcp-request content set-log-level err", ...(listenerLogs ? ["option log-separate-errors"] : [])];
 }
 
 /**
@@ -320,15 +324,16 @@ export function accessLogTargetLines(fileDescriptor: number): string[] {
  * the start time and captures first (so a denied request logs them too), then
  * the formats. `publicListener` adds the handshake-failure lines.
  */
-export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicListener: boolean, fileDescriptor: number): string[] {
+export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicListener: boolean): string[] {
   const translated = log[mode];
+  // The level first: a rule that refuses the stream ends the rules (access-log target lines).
   const lines: string[] = [];
   if (translated.startTime) {
     lines.push(mode === "http" ? `http-request set-var(${startVar(mode)}) date(0,ms)` : `tcp-request connection set-var(${startVar(mode)}) date(0,ms)`);
   }
   for (const header of translated.requestHeaders) lines.push(`http-request capture req.hdr(${header.name}) len ${header.length}`);
   translated.responseHeaders.forEach((header, slot) => lines.push(`declare capture response len ${header.length}`, `http-response capture res.hdr(${header.name}) id ${slot}`));
-  lines.push(...accessLogTargetLines(fileDescriptor), `log-format ${singleQuoted(translated.format)}`);
+  lines.push(...accessLogTargetLines(log.sink, log.listenerLogs), `log-format ${singleQuoted(translated.format)}`);
   if (publicListener && log.listenerLogs) {
     // A failed handshake has no request: its start is the connection's.
     if (translated.startTime && mode === "http") lines.unshift(`tcp-request connection set-var(${startVar("tcp")}) date(0,ms)`);
@@ -339,8 +344,8 @@ export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicList
 
 /** A frontend's log lines: the access log's when enabled, else the built-in ones the caller renders. */
 export function frontendLogLines(log: AccessLog | undefined, mode: LogMode, publicListener: boolean, builtIn: string[]): string[] {
-  return log ? accessLogFrontendLines(log, mode, publicListener, accessLogFileDescriptor) : builtIn;
+  return log ? accessLogFrontendLines(log, mode, publicListener) : builtIn;
 }
 
-/** The pipe HAProxy writes access lines to (haproxy-process.ts opens it; it survives reloads). */
+/** The access log file's descriptor in HAProxy (haproxy-process.ts opens the file at spawn; it survives reloads, not a change of Path). */
 export const accessLogFileDescriptor = 3;

@@ -6,8 +6,7 @@ import { certificatePairProblem } from "./certificate-pair.js";
 import type { Clock } from "./clock.js";
 import { writeHaproxyFiles } from "./config-files.js";
 import type { DesiredState, HaproxyPaths } from "./desired-state.js";
-import { AccessLogRelay } from "./access-log-relay.js";
-import { HaproxyProcess } from "./haproxy-process.js";
+import { HaproxyProcess, type AccessLogFile } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
 import { RuntimeApi, type LiveServer } from "./runtime-api.js";
@@ -15,6 +14,8 @@ import { RuntimeApi, type LiveServer } from "./runtime-api.js";
 export interface ReloadTimings {
   checkMs: number;
   reloadMs: number;
+  /** A new master took the listeners over instead of a reload (the access log file changed). */
+  newMaster?: boolean;
 }
 
 export interface HaproxyDriver {
@@ -24,11 +25,16 @@ export interface HaproxyDriver {
   start(): Promise<void>;
   /** Throws when HAProxy refuses the operation; resolves with a line per thing it did worth logging (e.g. each connection closed). */
   runtime(operation: RuntimeOperation): Promise<string[]>;
-  /** Validates the files as asked, then reloads; throws (HAProxy keeps running as it was) when refused. */
+  /** Validates the files as asked, then reloads (or starts a new master taking the listeners over, when the access log file changes); throws (HAProxy keeps running as it was) when refused. */
   reload(validation: ReloadValidation, state: DesiredState): Promise<ReloadTimings>;
   stop(): Promise<void>;
   /** Every server as HAProxy runs it now (`show servers state`), for the drift check. */
   liveServers(): Promise<LiveServer[]>;
+}
+
+/** Pure: the file HAProxy's access log loggers write through fd 3, if any. */
+export function accessLogFile(state: Pick<DesiredState, "accessLog">): AccessLogFile {
+  return state.accessLog?.sink.kind === "file" ? state.accessLog.sink.path : undefined;
 }
 
 /** Pure: how an operation reaches HAProxy, for the "applied change" log line. */
@@ -64,11 +70,11 @@ export interface ProcessDriverOptions {
 export class ProcessDriver implements HaproxyDriver {
   private readonly process: HaproxyProcess;
   private readonly runtimeApi: RuntimeApi;
-  private readonly accessLog: AccessLogRelay;
+  /** The access log file the files just written want (HAProxy's fd 3). */
+  private wantedAccessLog: AccessLogFile;
 
   constructor(options: ProcessDriverOptions) {
     this.runtimeApi = new RuntimeApi(options.paths.statsSocket);
-    this.accessLog = new AccessLogRelay(options.logger);
     this.process = new HaproxyProcess({
       binary: options.binary,
       configFile: options.paths.configFile,
@@ -78,7 +84,6 @@ export class ProcessDriver implements HaproxyDriver {
       logger: options.logger,
       clock: options.clock,
       stopTimeoutMs: options.stopTimeoutMs ?? 35_000,
-      onAccessLog: (chunk) => this.accessLog.write(chunk),
     });
   }
 
@@ -88,11 +93,11 @@ export class ProcessDriver implements HaproxyDriver {
 
   writeFiles(state: DesiredState): void {
     writeHaproxyFiles(state);
-    this.accessLog.follow(state.accessLog);
+    this.wantedAccessLog = accessLogFile(state);
   }
 
   start(): Promise<void> {
-    return this.process.start();
+    return this.process.start(this.wantedAccessLog);
   }
 
   async runtime(operation: RuntimeOperation): Promise<string[]> {
@@ -127,12 +132,14 @@ export class ProcessDriver implements HaproxyDriver {
       const problem = certificatePairProblem(state.leafCertificatePem);
       if (problem) throw new Error(`the new leaf certificate is unusable: ${problem}`);
     }
+    const accessLog = accessLogFile(state);
+    // A master holds fd 3 for good: a new file needs a new master (checked like any structural change).
+    if (accessLog !== this.process.accessLogFile) return { ...(await this.process.restart(accessLog)), newMaster: true };
     return this.process.reload({ check: validation === "haproxy -c" });
   }
 
   async stop(): Promise<void> {
     await this.process.stop();
-    await this.accessLog.close();
   }
 
   liveServers(): Promise<LiveServer[]> {

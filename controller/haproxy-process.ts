@@ -1,7 +1,7 @@
 // HAProxy's master process (master-worker mode): start, validated reload
 // through the master CLI, soft stop, and restart when it dies.
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { closeSync, existsSync, openSync } from "node:fs";
 import { once } from "node:events";
 import { promisify } from "node:util";
 import type { Logger } from "./logger.js";
@@ -22,9 +22,10 @@ export interface HaproxyProcessOptions {
   clock: Clock;
   /** How long a soft stop may take before the master is killed. */
   stopTimeoutMs: number;
-  /** What HAProxy writes to fd 3 (`log fd@3`: the access log, access-log-relay.ts); drained and dropped without it. */
-  onAccessLog?: (chunk: Buffer) => void;
 }
+
+/** Where fd 3 of HAProxy leads (`log fd@3`: the access log file, access-log.ts); /dev/null without one, so the descriptor is never HAProxy's own. */
+export type AccessLogFile = string | undefined;
 
 export class HaproxyConfigError extends Error {}
 
@@ -41,6 +42,10 @@ export async function readHaproxyVersion(binary: string): Promise<{ version?: Ha
 
 export class HaproxyProcess {
   private child?: ChildProcess;
+  /** Masters replaced by restart(), soft-stopping while their connections end. */
+  private retiring = new Set<ChildProcess>();
+  /** The access log file the running master holds as fd 3 (it cannot change without a new master). */
+  private heldAccessLog: AccessLogFile;
   private stopping = false;
   private restarts = 0;
   private exited?: Promise<unknown>;
@@ -69,10 +74,10 @@ export class HaproxyProcess {
    * `expose-fd listeners`) before the old one soft-stops: a controller restart
    * refuses no connection and cuts none.
    */
-  async start(): Promise<void> {
+  async start(accessLog: AccessLogFile = undefined): Promise<void> {
     await this.check();
     const previous = await this.previousMaster();
-    this.spawnMaster(previous ? ["-x", this.options.statsSocket] : []);
+    this.spawnMaster(accessLog, previous ? ["-x", this.options.statsSocket] : []);
     await this.waitUntilServing(previous?.workers[0]);
     if (!previous) return;
     try {
@@ -93,15 +98,62 @@ export class HaproxyProcess {
     return list && list.masterPid > 0 && list.workers.length > 0 ? list : undefined;
   }
 
-  private spawnMaster(extraArgs: string[] = []): void {
+  /** The access log file the running master writes (restart() changes it). */
+  get accessLogFile(): AccessLogFile {
+    return this.heldAccessLog;
+  }
+
+  /**
+   * What becomes HAProxy's fd 3: /dev/null without an access log file, else a
+   * pipe to `cat` writing the file. HAProxy makes a log descriptor
+   * non-blocking with F_SETFL, which also clears O_APPEND (fd.c, 2.6 to 3.0),
+   * so sidecars sharing one Path would write over each other's lines (seen in
+   * access-logs-and-mesh-tls.test.ts). `cat`'s stdout is the file opened
+   * O_APPEND; it copies whole writes, one read and one write per wake-up, with
+   * no Node in the path. It ends by itself when the last HAProxy process
+   * holding the pipe does. Throws with the path and the system's reason.
+   */
+  private accessLogDescriptor(path: AccessLogFile): { stdio: number | NodeJS.WritableStream; spawned(): void } {
+    if (path === undefined) {
+      const fd = openSync("/dev/null", "a");
+      return { stdio: fd, spawned: () => closeSync(fd) };
+    }
+    let file: number;
+    try {
+      // 640: the lines name clients and paths.
+      file = openSync(path, "a", 0o640);
+    } catch (err) {
+      throw new Error(`cannot open the access log ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    let writer: ChildProcess;
+    try {
+      writer = spawn("cat", [], { stdio: ["pipe", file, "inherit"] });
+    } finally {
+      closeSync(file);
+    }
+    writer.on("error", (err) => this.options.logger.error(`the access log writer for ${path} (cat) failed: ${err.message}; access lines are dropped`));
+    writer.on("exit", (code, signal) => {
+      if (code !== 0) this.options.logger.error(`the access log writer for ${path} (cat) exited (${signal ?? `code ${code}`}); access lines are dropped until HAProxy restarts`);
+    });
+    // Only HAProxy keeps the write end: cat sees the end of the pipe when HAProxy is gone.
+    return { stdio: writer.stdin!, spawned: () => writer.stdin!.destroy() };
+  }
+
+  private spawnMaster(accessLog: AccessLogFile, extraArgs: string[] = []): void {
     const { binary, configFile, masterSocket, environment } = this.options;
-    // HAProxy writes its traffic log and notices straight to our stdout and
-    // stderr: relaying them line by line through Node cost 70-150 µs of CPU per
-    // connection (bench/, docs/benchmarks.md).
-    const child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "inherit", "inherit", "pipe"] });
+    const accessLogFd = this.accessLogDescriptor(accessLog);
+    // HAProxy writes its traffic log, the access log and its notices itself:
+    // relaying them line by line through Node cost 70-150 µs of CPU per
+    // connection (bench/, docs/benchmarks.md), and a pipe read per access line
+    // cost 30-40 % of kept-alive requests/s (bench/http-pair.mjs).
+    let child: ChildProcess;
+    try {
+      child = spawn(binary, ["-W", "-S", `${masterSocket},mode,600`, ...extraArgs, "-f", configFile], { env: environment, stdio: ["ignore", "inherit", "inherit", accessLogFd.stdio as never] });
+    } finally {
+      accessLogFd.spawned();
+    }
     this.child = child;
-    // fd 3 survives reloads (the master re-executes itself with its descriptors); chunks, not lines, keep it cheap.
-    child.stdio[3]?.on("data", (chunk: Buffer) => this.options.onAccessLog?.(chunk));
+    this.heldAccessLog = accessLog;
     this.exited = once(child, "exit");
     child.on("exit", (code, signal) => {
       if (this.stopping || this.child !== child) return;
@@ -110,7 +162,12 @@ export class HaproxyProcess {
       this.options.logger.error("HAProxy exited unexpectedly; restarting it", { code: code ?? undefined, signal: signal ?? undefined, restartInMs: delayMs, restarts: this.restarts });
       void this.options.clock.sleep(delayMs).then(() => {
         if (this.stopping) return;
-        this.spawnMaster();
+        try {
+          this.spawnMaster(this.heldAccessLog);
+        } catch (err) {
+          this.options.logger.error("HAProxy cannot be restarted", { error: (err as Error).message });
+          return;
+        }
         this.waitUntilServing(undefined).then(
           () => this.options.logger.info("HAProxy restarted", { pid: this.child?.pid }),
           (err: Error) => this.options.logger.error("HAProxy did not come back", { error: err.message }),
@@ -169,14 +226,41 @@ export class HaproxyProcess {
     return { checkMs: Math.round(checked - started), reloadMs: Math.round(clock.now() - checked) };
   }
 
+  /**
+   * A new master for what a reload cannot change (the access log file, fd 3):
+   * validated like a reload, it takes the listeners over from the running
+   * worker (`-x`, as start() does after a controller restart) and the old
+   * master soft-stops, so no connection is refused or cut.
+   */
+  async restart(accessLog: AccessLogFile): Promise<{ checkMs: number; reloadMs: number }> {
+    const { clock } = this.options;
+    const started = clock.now();
+    await this.check();
+    const checked = clock.now();
+    const old = this.child;
+    const before = await this.processList();
+    this.spawnMaster(accessLog, ["-x", this.options.statsSocket]);
+    await this.waitUntilServing(before.workers[0]);
+    if (old && old.exitCode === null && old.signalCode === null) {
+      this.retiring.add(old);
+      old.once("exit", () => this.retiring.delete(old));
+      old.kill("SIGUSR1");
+    }
+    return { checkMs: Math.round(checked - started), reloadMs: Math.round(clock.now() - checked) };
+  }
+
   /** Soft stop (SIGUSR1): listeners close, established connections finish within the bound. */
   async stop(): Promise<void> {
     this.stopping = true;
     const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const current = child && child.exitCode === null && child.signalCode === null && this.exited ? [this.softStop(child, this.exited)] : [];
+    await Promise.all([...current, ...[...this.retiring].map((old) => this.softStop(old, once(old, "exit")))]);
+  }
+
+  private async softStop(child: ChildProcess, exited: Promise<unknown>): Promise<void> {
     child.kill("SIGUSR1");
     const killer = setTimeout(() => child.kill("SIGKILL"), this.options.stopTimeoutMs);
-    await this.exited;
+    await exited;
     clearTimeout(killer);
   }
 }

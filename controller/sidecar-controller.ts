@@ -318,12 +318,16 @@ export class SidecarController {
   private async reload(reason: string, validation: ReloadValidation, desired: DesiredState): Promise<void> {
     const { driver, logger } = this.options;
     try {
-      const timings = await driver.reload(validation, desired);
+      const { newMaster, ...timings } = await driver.reload(validation, desired);
       this.running = desired;
       this.options.metrics?.reload(reason, "applied");
       this.applied(desired);
       this.worker = { caFileCommitted: false };
-      const path = validation === "haproxy -c" ? "validated reload (haproxy -c, master CLI reload)" : "seamless reload (leaf key pair checked, master CLI reload)";
+      const path = newMaster
+        ? "new master for the access log file (haproxy -c, listeners taken over with -x, old master soft-stopped)"
+        : validation === "haproxy -c"
+          ? "validated reload (haproxy -c, master CLI reload)"
+          : "seamless reload (leaf key pair checked, master CLI reload)";
       logger.info("applied change", { change: reason, path, ...timings });
     } catch (err) {
       driver.writeFiles(this.running!);

@@ -2,7 +2,7 @@
 // config entries, two connect-haproxy sidecars (web → api over HTTP, web → db
 // over TCP), real HAProxy. The translation itself is unit-tested
 // (test/unit/controller-access-log-and-tls.test.ts).
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -35,6 +35,21 @@ function accessLines(): AccessLine[] {
         throw new Error(`access log line is not JSON: ${line}`);
       }
     });
+}
+
+/** Pids of the processes with `path` open (their /proc/<pid>/fd links). */
+function processesHolding(path: string): number[] {
+  const holders: number[] = [];
+  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone, or not ours
+    }
+    if (fds.some((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`) === path; } catch { return false; } })) holders.push(Number(pid));
+  }
+  return holders;
 }
 
 async function httpThroughWeb(path: string): Promise<number> {
@@ -132,6 +147,39 @@ describe("access logs from proxy-defaults", () => {
     // Every line parsed as JSON (accessLines throws otherwise): the authorizer's decision lines went to stderr.
     expect(accessLines().length).toBeGreaterThan(5);
     for (const sidecar of [api, web]) expect(sidecar.process.output()).toMatch(/applied change.*proxy-defaults access logs changed \(file /);
+  });
+
+  it("moves to a new Path through a new HAProxy master that takes the listeners over: no request fails, and the old file stops growing", async () => {
+    const oldPath = accessLogPath;
+    const newPath = join(logDir, "moved.log");
+    // Requests one after another through web → api for the whole switch.
+    let failures = 0;
+    let requests = 0;
+    let load = true;
+    const traffic = (async () => {
+      while (load) {
+        requests += 1;
+        if ((await httpThroughWeb("/ok/during").catch(() => 0)) !== 200) failures += 1;
+      }
+    })();
+    try {
+      await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", AccessLogs: { Enabled: true, Type: "file", Path: newPath } });
+      accessLogPath = newPath;
+      for (const sidecar of [api, web]) {
+        await waitFor(`${sidecar.process.name} on a new master`, async () => (/applied change.*access logs changed \(file .*access\.log -> file .*moved\.log\).*new master for the access log file/.test(sidecar.process.output()) ? true : undefined), { timeoutMs: 20_000, intervalMs: 200 });
+      }
+      await waitForLine("a line in the new file from api's sidecar", (l) => l.path === "/ok/moved" && l.upstream_cluster === "local_app", () => httpThroughWeb("/ok/moved"));
+    } finally {
+      load = false;
+      await traffic;
+    }
+    expect(requests).toBeGreaterThan(10);
+    expect(failures).toBe(0);
+    // The old masters soft-stop, their idle connections closed: soon no process holds the old file.
+    await waitFor("no process holding the old file", async () => (processesHolding(oldPath).length === 0 ? true : undefined), { timeoutMs: 20_000, intervalMs: 300 });
+    const oldSize = statSync(oldPath).size;
+    await waitForLine("a line after the switch", (l) => l.path === "/ok/after" && l.upstream_cluster === "local_app", () => httpThroughWeb("/ok/after"));
+    expect(statSync(oldPath).size).toBe(oldSize);
   });
 });
 

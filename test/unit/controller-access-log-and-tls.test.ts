@@ -3,9 +3,6 @@
 // test/integration/access-logs-and-mesh-tls.test.ts.
 import { describe, expect, it } from "vitest";
 import { accessLogFrontendLines, consulDefaultJsonFormat, planAccessLog, translateFormat } from "../../controller/access-log.js";
-import { AccessLogRelay, accessLinesOf } from "../../controller/access-log-relay.js";
-import { PassThrough } from "node:stream";
-import { createLogger } from "../../controller/logger.js";
 import { meshTlsGlobalLines, planMeshTls } from "../../controller/mesh-tls.js";
 
 describe("access logs (proxy-defaults AccessLogs)", () => {
@@ -73,11 +70,12 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
     const translated = translateFormat({ json: { a: "%REQ(:AUTHORITY)%", b: "%REQ(X-REQUEST-ID):16%", c: "%REQ(Host)%" } }, "http");
     expect(translated.requestHeaders).toEqual([{ name: "host", length: 256 }, { name: "x-request-id", length: 16 }]);
     const log = { sink: { kind: "stdout" as const }, http: translated, tcp: translated, listenerLogs: false, warnings: [] };
-    expect(accessLogFrontendLines(log, "http", false, 3)).toEqual([
+    expect(accessLogFrontendLines(log, "http", false)).toEqual([
       "http-request capture req.hdr(host) len 256",
       "http-request capture req.hdr(x-request-id) len 16",
       "no log",
-      "log fd@3 len 8192 format short local0 info",
+      "log stdout len 8192 format raw local0 err",
+      "tcp-request content set-log-level err",
       expect.stringMatching(/^log-format '\{/),
     ]);
   });
@@ -97,17 +95,19 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
     expect(log.sink).toEqual({ kind: "file", path: "/var/log/envoy.log" });
     // The format logs the connect fields itself: nothing is appended.
     expect(log.http.format).toBe('{"c":"%[var(txn.connect_spiffe),json(utf8s)]","v":"%[var(txn.connect_allowed),iif(allow,deny)]","r":"%[var(txn.connect_reason),json(utf8s)]"}');
-    expect(log.warnings).toEqual([expect.stringMatching(/^access logs: DisableListenerLogs cannot be honoured on HAProxy 2\.6/)]);
-    expect(accessLogFrontendLines(log, "tcp", true, 3)).toEqual(["no log", "log fd@3 len 8192 format short local0 info", `log-format '${log.tcp.format}'`]);
+    expect(log.warnings).toEqual([expect.stringMatching(/^access logs: DisableListenerLogs: failures before a request .* are not logged, nor are requests HAProxy refuses before reading them whole/)]);
+    // The file is HAProxy's fd 3; without listener logs, failures before any rule stay at info, below the logger's err.
+    expect(accessLogFrontendLines(log, "tcp", true)).toEqual(["no log", "log fd@3 len 8192 format raw local0 err", "tcp-request content set-log-level err", `log-format '${log.tcp.format}'`]);
   });
 
   it("logs TLS handshake failures on the public listener unless DisableListenerLogs, with the connection's start", () => {
     const log = planAccessLog({ Enabled: true, JSONFormat: '{"t":"%START_TIME%"}' })!;
-    const lines = accessLogFrontendLines(log, "http", true, 3);
+    const lines = accessLogFrontendLines(log, "http", true);
     expect(lines[0]).toBe("tcp-request connection set-var(sess.connect_start) date(0,ms)");
     expect(lines[1]).toBe("http-request set-var(txn.connect_start) date(0,ms)");
     expect(lines.find((l) => l.startsWith("error-log-format"))).toContain("var(sess.connect_start)");
-    expect(accessLogFrontendLines(log, "http", false, 3).some((l) => l.startsWith("error-log-format"))).toBe(false);
+    expect(lines).toContain("option log-separate-errors");
+    expect(accessLogFrontendLines(log, "http", false).some((l) => l.startsWith("error-log-format"))).toBe(false);
   });
 
   it("falls back with a warning on a bad JSONFormat, an unknown Type, or a file without a Path", () => {
@@ -119,31 +119,8 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
   });
 });
 
-describe("the access log relay", () => {
-  it("keeps whole access lines (level info) without their priority, drops HAProxy's notices, and holds a partial line back", () => {
-    const { lines, rest } = accessLinesOf(Buffer.from('<6>{"a":1}\n<4>Proxy public_listener stopped (cumulated conns: FE: 3, BE: 0).\n<6>x y\n<6>{"b"'));
-    expect(lines.map(String)).toEqual(['{"a":1}\n', "x y\n"]);
-    expect(String(rest)).toBe('<6>{"b"');
-  });
-
-  it("writes to the sink proxy-defaults names, joins lines split across chunks, and drops lines while access logs are off", () => {
-    const stdout = new PassThrough();
-    const stderr = new PassThrough();
-    const relay = new AccessLogRelay(createLogger("error", () => undefined), { stdout, stderr });
-    relay.write(Buffer.from("<6>before\n"));
-    relay.follow(planAccessLog({ Enabled: true }));
-    relay.write(Buffer.from("<6>one\n<6>tw"));
-    relay.write(Buffer.from("o\n"));
-    relay.follow(planAccessLog({ Enabled: true, Type: "stderr" }));
-    relay.write(Buffer.from("<4>Proxy stopped\n<6>three\n"));
-    relay.flush();
-    expect(String(stdout.read())).toBe("one\ntwo\n");
-    expect(String(stderr.read())).toBe("three\n");
-  });
-});
-
 describe("mesh TLS (the mesh config entry)", () => {
-  it("uses TLS 1.2-1.3 both ways without a mesh entry (incoming: Envoy's server default; outgoing: not Envoy's 1.2-1.2, see mesh-tls.ts)", () => {
+  it("uses Envoy's defaults without a mesh entry: incoming TLS 1.2-1.3 (server), outgoing 1.2-1.2 (client)", () => {
     const tls = planMeshTls(null);
     expect(tls.warnings).toEqual([]);
     expect(meshTlsGlobalLines(tls)).toEqual(["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"]);
