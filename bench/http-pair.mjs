@@ -9,6 +9,8 @@
 //          Type file: both sidecars' lines into one file, each through its
 //          `cat` writer, lines counted; --log-type stdout: HAProxy writes the
 //          lines to the controller's stdout, here a file, itself)
+//   l4metrics  l4 with metrics on (--metrics-addr on both sidecars), each
+//          sidecar's /metrics scraped every second during the run (times reported)
 //   l7     the same, web → db governed by an L7 intention of 10 permissions
 //          (the request matches the 10th; the first nine are POST-only with a
 //          header regex), decided by the native rules the controller renders
@@ -31,7 +33,7 @@ import { registerMesh } from "./lib/mesh.mjs";
 import { median, medianRatio, spread } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
-const allSetups = ["plain", "l4", "l4log", "l7"];
+const allSetups = ["plain", "l4", "l4log", "l4metrics", "l7"];
 const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "8" }, "log-format": { type: "string" }, "log-type": { type: "string", default: "file" }, setups: { type: "string", default: allSetups.join(",") } } });
 const setups = values.setups.split(",");
 for (const id of setups) if (!allSetups.includes(id)) throw new Error(`--setups: unknown set-up ${id} (known: ${allSetups.join(", ")})`);
@@ -47,6 +49,7 @@ const L7_PERMISSIONS = [
 const INTENTIONS = {
   l4: [{ Name: "web", Action: "allow" }],
   l4log: [{ Name: "web", Action: "allow" }],
+  l4metrics: [{ Name: "web", Action: "allow" }],
   l7: [{ Name: "web", Permissions: L7_PERMISSIONS }],
 };
 
@@ -70,7 +73,8 @@ runProgram("http-pair", async () => {
   const cpu = cpus().length >= 2 ? { a: "0", b: "1" } : { a: undefined, b: undefined };
   let consul;
   let app;
-  const samples = { plain: [], l4: [], l4log: [], l7: [] };
+  const samples = { plain: [], l4: [], l4log: [], l4metrics: [], l7: [] };
+  const scrapes = [];
   const accessLogPath = join(runDir, "access.log");
   const logLines = [];
   try {
@@ -88,7 +92,7 @@ runProgram("http-pair", async () => {
         const format = values["log-format"] ? { JSONFormat: values["log-format"] } : {};
         const accessLogs = id === "l4log" ? { AccessLogs: { Enabled: true, Type: values["log-type"], ...(values["log-type"] === "file" ? { Path: accessLogPath } : {}), ...format } } : {};
         await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", Config: { protocol: "http" }, ...accessLogs });
-        const setup = await startSetup(id === "plain" ? "plain" : "connect", ctx);
+        const setup = await startSetup(id === "plain" ? "plain" : id === "l4metrics" ? "connectMetrics" : "connect", ctx);
         try {
           const load = { port: setup.entryPort, connections: 16, path: "/api/items/42", cpu: cpu.a };
           const linesBefore = id === "l4log" ? countLines(accessLogPath) : 0;
@@ -103,6 +107,7 @@ runProgram("http-pair", async () => {
           const run = await runWrk({ ...load, seconds });
           if (run.errorCount > 0) throw new Error(`${id}: ${JSON.stringify(run.errors)} (status counts answers of 400 and above)`);
           samples[id].push(Math.round(run.requestsPerSecond));
+          if (id === "l4metrics") scrapes.push((await setup.details()).scrape);
           if (id === "l4log" && values["log-type"] === "file") {
             // Both sidecars log every request: a missing line is one HAProxy dropped (the pipe was full) or the relay lost.
             await new Promise((resolve) => setTimeout(resolve, 300));
@@ -127,6 +132,7 @@ runProgram("http-pair", async () => {
     medians: Object.fromEntries(setups.map((id) => [id, median(samples[id])])),
     ratioToPlain: samples.plain.length ? Object.fromEntries(setups.filter((id) => id !== "plain").map((id) => [id, medianRatio(samples[id], samples.plain)])) : undefined,
     accessLogCost: samples.l4.length && samples.l4log.length ? { l4logToL4: medianRatio(samples.l4log, samples.l4) } : undefined,
+    metricsCost: samples.l4.length && samples.l4metrics.length ? { l4metricsToL4: medianRatio(samples.l4metrics, samples.l4), scrapesPerRound: scrapes } : undefined,
     accessLogLines: logLines.length ? { expected: logLines.reduce((n, r) => n + r.expected, 0), written: logLines.reduce((n, r) => n + r.written, 0) } : undefined,
     noise: samples.plain.length ? { plainSpread: spread(samples.plain) } : { l4Spread: spread(samples.l4) },
   }, null, 2));

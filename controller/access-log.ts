@@ -321,24 +321,24 @@ export function accessLogTargetLines(sink: AccessLogSink, listenerLogs: boolean)
 
 /**
  * Pure: the lines a frontend of `mode` gets for the access log, in order:
- * the start time and captures first (so a denied request logs them too), then
- * the formats. `publicListener` adds the handshake-failure lines.
+ * the target, the start time and captures (so a denied request logs them
+ * too), then the formats. `publicListener` adds the handshake-failure lines.
  */
 export function accessLogFrontendLines(log: AccessLog, mode: LogMode, publicListener: boolean): string[] {
   const translated = log[mode];
-  // The level first: a rule that refuses the stream ends the rules (access-log target lines).
-  const lines: string[] = [];
-  if (translated.startTime) {
-    lines.push(mode === "http" ? `http-request set-var(${startVar(mode)}) date(0,ms)` : `tcp-request connection set-var(${startVar(mode)}) date(0,ms)`);
-  }
+  const listenerLogs = publicListener && log.listenerLogs;
+  // HAProxy runs tcp-request connection, then content, then http-request rules
+  // whatever their order, and warns when they are written out of it.
+  const connection: string[] = [];
+  // A failed handshake has no request: its start is the connection's.
+  if (translated.startTime && (mode === "tcp" || listenerLogs)) connection.push(`tcp-request connection set-var(${startVar("tcp")}) date(0,ms)`);
+  // The target's level rule comes before any rule that refuses the stream.
+  const lines = [...connection, ...accessLogTargetLines(log.sink, log.listenerLogs)];
+  if (translated.startTime && mode === "http") lines.push(`http-request set-var(${startVar(mode)}) date(0,ms)`);
   for (const header of translated.requestHeaders) lines.push(`http-request capture req.hdr(${header.name}) len ${header.length}`);
   translated.responseHeaders.forEach((header, slot) => lines.push(`declare capture response len ${header.length}`, `http-response capture res.hdr(${header.name}) id ${slot}`));
-  lines.push(...accessLogTargetLines(log.sink, log.listenerLogs), `log-format ${singleQuoted(translated.format)}`);
-  if (publicListener && log.listenerLogs) {
-    // A failed handshake has no request: its start is the connection's.
-    if (translated.startTime && mode === "http") lines.unshift(`tcp-request connection set-var(${startVar("tcp")}) date(0,ms)`);
-    lines.push(`error-log-format ${singleQuoted(translated.format.replaceAll(`var(${startVar("http")})`, `var(${startVar("tcp")})`))}`);
-  }
+  lines.push(`log-format ${singleQuoted(translated.format)}`);
+  if (listenerLogs) lines.push(`error-log-format ${singleQuoted(translated.format.replaceAll(`var(${startVar("http")})`, `var(${startVar("tcp")})`))}`);
   return lines;
 }
 

@@ -14,6 +14,7 @@ import { renderHaproxyConfig } from "../../dist/controller/haproxy-config.js";
 import { parseKeyValues, sendRuntimeCommand, startHaproxy } from "../../dist/test/harness/haproxy.js";
 import { startConnectHaproxy, startConsulProxy } from "../../dist/test/harness/mesh.js";
 import { ProcessGroup } from "../../dist/test/harness/process-stats.js";
+import { freePorts } from "../../dist/test/harness/ports.js";
 import { startProcess, waitFor } from "../../dist/test/harness/processes.js";
 import { sidecarState } from "./mesh.mjs";
 import { httpStatus } from "./probe.mjs";
@@ -24,6 +25,8 @@ export const SETUPS = {
   connect: { label: "connect-haproxy pair (authorization on, cache warm)", short: "connect-haproxy" },
   builtin: { label: "Consul built-in proxy pair", short: "built-in proxy" },
   connectNoCache: { label: "connect-haproxy pair, verdict cache off (every connection asks the agent)", short: "connect-haproxy, no cache" },
+  // Opt-in: the cost of metrics (issue 12), against `connect` in the same run.
+  connectMetrics: { label: "connect-haproxy pair with metrics on (--metrics-addr), each sidecar scraped every second", short: "connect-haproxy, scraped", optIn: true },
   // Opt-in (--setups): what the plain pair gains from settings the controller could render.
   plainBigBuffers: {
     label: "plain HAProxy pair with tune.bufsize 65536",
@@ -119,8 +122,39 @@ async function startPair(ctx, what, start, { stopSignal, graceMs }) {
   return { entryPort: ctx.ports.upstream, sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])], stop };
 }
 
-/** Two sidecars run by the controller, as an operator would run them. */
-async function startControllerPair(ctx, { env = {} }) {
+/**
+ * Scrapes each `http://127.0.0.1:<port>/metrics` every `intervalMs` (a busy
+ * Prometheus scrapes every 15 s; once a second makes the cost visible), and
+ * times each scrape.
+ */
+function startScraper(ports, intervalMs) {
+  const scrapes = [];
+  let failures = 0;
+  const scrapeAll = () =>
+    ports.forEach(async (port) => {
+      const started = performance.now();
+      try {
+        const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+        const body = await response.text();
+        if (response.status !== 200) throw new Error(`status ${response.status}`);
+        scrapes.push({ ms: performance.now() - started, bytes: body.length });
+      } catch {
+        failures += 1;
+      }
+    });
+  const timer = setInterval(scrapeAll, intervalMs);
+  return {
+    stop: () => clearInterval(timer),
+    summary: () => {
+      const ms = scrapes.map((s) => s.ms).sort((a, b) => a - b);
+      const at = (q) => Math.round(ms[Math.min(ms.length - 1, Math.floor(q * ms.length))] * 10) / 10;
+      return { scrapes: ms.length, failures, medianMs: at(0.5), p90Ms: at(0.9), maxMs: at(1), bytes: scrapes.at(-1)?.bytes };
+    },
+  };
+}
+
+/** Two sidecars run by the controller, as an operator would run them; `metricsPorts` ({ web, db }) turns metrics on. */
+async function startControllerPair(ctx, { env = {}, metricsPorts }) {
   const dir = join(ctx.runDir, `controller-${ctx.runCounter++}`);
   const start = (service, cpu) => {
     const configDir = join(dir, service);
@@ -129,7 +163,7 @@ async function startControllerPair(ctx, { env = {} }) {
       launch: pinnedLauncher(cpu, join(dir, `${service}.log`), env),
       configDir,
       logLevel: "info",
-      args: ["--haproxy-bin", ctx.haproxyBin],
+      args: ["--haproxy-bin", ctx.haproxyBin, ...(metricsPorts ? ["--metrics-addr", `127.0.0.1:${metricsPorts[service]}`] : [])],
     }).process;
   };
   const pair = await startPair(ctx, "controller pair", start, { stopSignal: "SIGTERM", graceMs: 10000 });
@@ -159,6 +193,20 @@ export async function startSetup(id, ctx) {
       // An allow TTL of 0 caches nothing: every connection asks the agent
       // (connections for the same client arriving during a call share it).
       return startControllerPair(ctx, { env: { CONNECT_ALLOW_TTL: "0", CONNECT_DENY_TTL: "0" } });
+    case "connectMetrics": {
+      const [web, db] = await freePorts(2);
+      const pair = await startControllerPair(ctx, { metricsPorts: { web, db } });
+      const scraper = startScraper([web, db], 1000);
+      return {
+        ...pair,
+        metricsPorts: { web, db },
+        details: async () => ({ ...(await pair.details()), scrape: scraper.summary() }),
+        stop: async () => {
+          scraper.stop();
+          await pair.stop();
+        },
+      };
+    }
     case "builtin":
       return startBuiltinPair(ctx);
     case "plainBigBuffers":

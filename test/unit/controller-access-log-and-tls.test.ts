@@ -70,12 +70,13 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
     const translated = translateFormat({ json: { a: "%REQ(:AUTHORITY)%", b: "%REQ(X-REQUEST-ID):16%", c: "%REQ(Host)%" } }, "http");
     expect(translated.requestHeaders).toEqual([{ name: "host", length: 256 }, { name: "x-request-id", length: 16 }]);
     const log = { sink: { kind: "stdout" as const }, http: translated, tcp: translated, listenerLogs: false, warnings: [] };
+    // In the order HAProxy runs them (it warns otherwise): the tcp-request level rule, then the http-request captures.
     expect(accessLogFrontendLines(log, "http", false)).toEqual([
-      "http-request capture req.hdr(host) len 256",
-      "http-request capture req.hdr(x-request-id) len 16",
       "no log",
       "log stdout len 8192 format raw local0 err",
       "tcp-request content set-log-level err",
+      "http-request capture req.hdr(host) len 256",
+      "http-request capture req.hdr(x-request-id) len 16",
       expect.stringMatching(/^log-format '\{/),
     ]);
   });
@@ -103,8 +104,14 @@ describe("access logs (proxy-defaults AccessLogs)", () => {
   it("logs TLS handshake failures on the public listener unless DisableListenerLogs, with the connection's start", () => {
     const log = planAccessLog({ Enabled: true, JSONFormat: '{"t":"%START_TIME%"}' })!;
     const lines = accessLogFrontendLines(log, "http", true);
-    expect(lines[0]).toBe("tcp-request connection set-var(sess.connect_start) date(0,ms)");
-    expect(lines[1]).toBe("http-request set-var(txn.connect_start) date(0,ms)");
+    expect(lines.slice(0, 6)).toEqual([
+      "tcp-request connection set-var(sess.connect_start) date(0,ms)",
+      "no log",
+      "log stdout len 8192 format raw local0 err",
+      "tcp-request content set-log-level err",
+      "option log-separate-errors",
+      "http-request set-var(txn.connect_start) date(0,ms)",
+    ]);
     expect(lines.find((l) => l.startsWith("error-log-format"))).toContain("var(sess.connect_start)");
     expect(lines).toContain("option log-separate-errors");
     expect(accessLogFrontendLines(log, "http", false).some((l) => l.startsWith("error-log-format"))).toBe(false);

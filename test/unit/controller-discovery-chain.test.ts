@@ -4,6 +4,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { planAccessLog } from "../../controller/access-log.js";
 import type { CompiledDiscoveryChain, DiscoveryChainReply, DiscoveryResolverNode, ServiceInstanceEntry } from "../../controller/consul-replies.js";
 import { buildDesiredState, type DesiredState } from "../../controller/desired-state.js";
 import { durationMs, planDiscoveryChain, targetQuery, targetQueryKey } from "../../controller/discovery-chain.js";
@@ -273,6 +274,10 @@ describe("the rendered chain", () => {
       writeFileSync(local.caRootsFile, state.caRootsPem);
       writeFileSync(local.configFile, renderHaproxyConfig(state));
       await checkHaproxyConfig(local.configFile);
+      // With access logs on (their rules sit among the chain's), in an order HAProxy takes without a warning.
+      const logged = { ...state, accessLog: planAccessLog({ Enabled: true, Type: "file", Path: join(dir, "access.log"), JSONFormat: '{"t":"%START_TIME%","ua":"%REQ(USER-AGENT)%","ct":"%RESP(CONTENT-TYPE)%"}' }) };
+      writeFileSync(local.configFile, renderHaproxyConfig(logged));
+      expect(await checkHaproxyConfig(local.configFile)).not.toMatch(/WARNING/);
     }
   });
 });
