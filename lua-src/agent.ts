@@ -42,6 +42,8 @@ export interface RootsAnswer {
 export interface IntentionsAnswer {
   /** The decoded reply: an object whose member <destination> is the list, highest precedence first. */
   decoded: unknown;
+  /** The reply as sent: the same text is the same list (Consul's index also moves for writes that change nothing here). */
+  body: string;
   /** X-Consul-Index (0 if absent). */
   index: number;
 }
@@ -144,7 +146,7 @@ export function createAgentClient(openSocket: (this: void) => Socket, now: (this
       if (reply.status !== 200) return $multi(undefined, describeFailure(reply));
       const [decoded, decodeError] = decode(reply.body);
       if (decoded === undefined) return $multi(undefined, "intention match reply: " + (decodeError as string));
-      return $multi({ decoded, index: indexOf(reply) }, undefined);
+      return $multi({ decoded, body: reply.body, index: indexOf(reply) }, undefined);
     },
 
     defaultPolicy() {

@@ -57,6 +57,8 @@ export interface DestinationRules {
   target: string;
   /** nil until the first list was read (or when the last reply could not be used). */
   list: IntentionList | undefined;
+  /** The reply `list` was compiled from. */
+  body: string | undefined;
   index: number;
   /** Completed queries, successful or not. */
   attempts: number;
@@ -116,7 +118,7 @@ export class IntentionWatch {
     const known = this.destinations.get(target);
     if (known !== undefined) return known;
     const rules: DestinationRules = {
-      target, list: undefined, index: 0, attempts: 0, requiredIndex: 0, failures: 0, lastError: undefined, changes: 0,
+      target, list: undefined, body: undefined, index: 0, attempts: 0, requiredIndex: 0, failures: 0, lastError: undefined, changes: 0,
       defaultAllow: undefined, defaultReason: "default policy not read yet", defaultCheckedAt: -1e18,
     };
     this.destinations.set(target, rules);
@@ -218,7 +220,11 @@ export class IntentionWatch {
     }
     const reply = answer as IntentionsAnswer;
     const first = rules.list === undefined;
-    const changed = first || reply.index !== rules.index || reply.index === 0;
+    // A new index with the same reply is not a change: Consul's intention index
+    // also moves for writes elsewhere (deleting a source is two writes), and a
+    // flush would cost every cached verdict and pass (seen: a flush landing in
+    // authorizer.test.ts's exact counts on 3.0.11).
+    const changed = first || ((reply.index !== rules.index || reply.index === 0) && reply.body !== rules.body);
     // Consul's rules: an index that goes backwards resets to 0; 0 is never blocked on.
     rules.index = reply.index < rules.index ? 0 : reply.index;
     if (changed) {
@@ -226,6 +232,7 @@ export class IntentionWatch {
       if (list === undefined) {
         // Fail closed: a reply we cannot read leaves no list, so requests are refused with this reason.
         rules.list = undefined;
+        rules.body = undefined;
         rules.lastError = compileError;
         // It is a failed read too: one line, and backoff (the next query cannot block, having no list).
         rules.failures++;
@@ -233,6 +240,7 @@ export class IntentionWatch {
         return backoffDelayMs(rules.failures, 250, MAX_BACKOFF_MS, this.deps.random());
       } else {
         rules.list = list;
+        rules.body = reply.body;
         rules.lastError = undefined;
         if (!first) {
           rules.changes++;

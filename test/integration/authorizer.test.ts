@@ -374,9 +374,11 @@ describe("connect_authorize against a Consul dev agent (ACLs off: default allow)
     const before = await mesh.haproxy.command("connect cache stats");
     for (let i = 0; i < 3; i++) expect((await tlsRoundTrip(mesh.tcpPort, webIdentity(), mesh.rootsPem)).echoed).toBe("ping\n");
     const after = await mesh.haproxy.command("connect cache stats");
-    expect(stat(after, "agent_calls") - stat(before, "agent_calls")).toBe(1);
-    expect(stat(after, "misses") - stat(before, "misses")).toBe(1);
-    expect(stat(after, "hits") - stat(before, "hits")).toBe(2);
+    // Seen once on 3.0.11 in CI (2 agent calls, not reproduced in 14 runs): the counters say whether a flush came between.
+    const story = `before:\n${before}\nafter:\n${after}\nintentions:\n${await mesh.haproxy.command("connect intentions")}`;
+    expect(stat(after, "agent_calls") - stat(before, "agent_calls"), story).toBe(1);
+    expect(stat(after, "misses") - stat(before, "misses"), story).toBe(1);
+    expect(stat(after, "hits") - stat(before, "hits"), story).toBe(2);
     expect(stat(after, "entries")).toBe(1);
     expect(stat(after, "errors")).toBe(0);
   });

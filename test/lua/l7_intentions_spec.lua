@@ -318,6 +318,25 @@ describe("L7 intentions", function()
       assert.matches("flushes: 1\n", stats)
     end)
 
+    it("a new index with the same list is no change: nothing flushed", function()
+      local world = world_with({ l7("web", { allow({ PathPrefix = "/" }) }) })
+      assert.is_true(allowed(world, { path = "/admin" }))
+      world.intentions_index = 8
+      world.poll("api")
+      local stub = require("test.lua.support.haproxy_stub")
+      assert.matches("flushes: 0\n", stub.cli(world.core, "connect cache stats"))
+      -- The next query waits on the new index.
+      world.poll("api")
+      assert.matches("index=8&wait=4s", world.intention_queries[#world.intention_queries], nil, true)
+      assert.matches("flushes: 0\n", stub.cli(world.core, "connect cache stats"))
+      -- A list that differs is a change again.
+      world.intentions.api = { l7("web", { deny({ PathPrefix = "/admin" }), allow({ PathPrefix = "/" }) }) }
+      world.intentions_index = 9
+      world.poll("api")
+      assert.is_false(allowed(world, { path = "/admin" }))
+      assert.matches("flushes: 1\n", stub.cli(world.core, "connect cache stats"))
+    end)
+
     it("a reply that is not the destination's list: requests refused, one warning, backoff (not a query per 100 ms), then recovery", function()
       local world = world_with({ l7("web", { allow({ PathPrefix = "/" }) }) })
       assert.is_true(allowed(world, { path = "/" }))
