@@ -240,7 +240,8 @@ export function sleep(ms: number): Promise<void> {
 
 /**
  * Polls `probe` until it returns a value other than undefined, or fails with
- * the last reason; fails at once when a watched process exits.
+ * the last reason and the watched processes' last output; fails at once when
+ * a watched process exits.
  */
 export async function waitFor<T>(
   what: string,
@@ -265,7 +266,9 @@ export async function waitFor<T>(
     }
     if (Date.now() > deadline) {
       const reason = lastError instanceof Error ? lastError.message : String(lastError ?? "no answer");
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${reason})`);
+      // What the watched processes said last is usually why (a flake seen once in CI needs it to be understood).
+      const said = watchedList.map((p) => `\n--- ${p.name}, last output:\n${p.output(3000)}`).join("");
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${reason})${said}`);
     }
     await sleep(intervalMs);
   }
