@@ -112,7 +112,8 @@ export function instancesFromEntries(entries: ServiceInstanceEntry[]): UpstreamI
       address: instanceAddress(entry),
       port: entry.Service.Port,
     }))
-    .sort((a, b) => a.id.localeCompare(b.id));
+    // Code-unit order: the same on every host whatever its locale, and no ICU collator loaded (3 MB of RSS).
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
 /**
