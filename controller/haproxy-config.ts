@@ -142,6 +142,12 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
   );
   if (pubMode === "http") {
     add(...frontendLogLines(state.accessLog, "http", true, [`log-format ${httpLogFormat}`]).map((line) => `    ${line}`), `    timeout http-request ${authorizeInspectDelay}`, ...pathNormalization.map((line) => `    ${line}`));
+    // Other sidecars keep idle pooled connections to this listener. At a
+    // reload (or a new master) the old worker would close them at once, racing
+    // a request a peer sends on one (seen: 1 failed request of a sequence
+    // through web → api while api's sidecar moved its access log file); with
+    // this it answers that request, with Connection: close, instead.
+    add("    option idle-close-on-response");
     // Every request is decided (L4 and L7 intentions alike), so a kept-alive or pooled connection never carries one past a deny.
     if (authorization) add(...httpAuthorizationRules(pub.destinationServiceName, paths.passMap, state.nativeL7.lines).map((line) => `    ${line}`));
   } else {

@@ -147,7 +147,7 @@ export async function measureSetup(id, ctx, plan, log) {
       log(`  ${id}: bulk ${result.bulk.gbitPerSecond.toFixed(2)} Gbit/s`);
     }
     for (const g of groups) g.sample();
-    result.sidecars = sidecars.map((g) => ({ name: g.name, peakRssKb: g.peakRssKb(), processes: g.describePeaks() }));
+    result.sidecars = sidecars.map((g) => ({ name: g.name, peakRssKb: g.peakRssKb(), peakAnonRssKb: g.peakAnonRssKb(), processes: g.describePeaks() }));
     result.details = await setup.details().catch((err) => ({ error: err.message }));
   } finally {
     await setup?.stop();

@@ -46,6 +46,8 @@ function statusKb(pid: number, key: string): number | undefined {
 /** Peak resident set size (VmHWM) in kB. */
 export const peakRssKb = (pid: number) => statusKb(pid, "VmHWM");
 export const rssKb = (pid: number) => statusKb(pid, "VmRSS");
+/** Resident anonymous memory (RssAnon) in kB: the process's own heap and stacks, not the binaries' pages that every process of the same program shares. */
+export const anonRssKb = (pid: number) => statusKb(pid, "RssAnon");
 
 /** Every live descendant of `pid` (children, grandchildren, ...). */
 export function descendantPids(pid: number): number[] {
@@ -96,6 +98,8 @@ export type CpuSample = Map<number, number>;
  */
 export class ProcessGroup<Root extends MeasuredRoot = MeasuredRoot> {
   readonly peakKb = new Map<number, number>();
+  /** Largest RssAnon seen per process. */
+  readonly peakAnonKb = new Map<number, number>();
   readonly commands = new Map<number, string>();
 
   constructor(
@@ -124,6 +128,8 @@ export class ProcessGroup<Root extends MeasuredRoot = MeasuredRoot> {
       if (!this.commands.has(pid)) this.commands.set(pid, commandName(pid) ?? "?");
       const peak = peakRssKb(pid);
       if (peak !== undefined) this.peakKb.set(pid, Math.max(this.peakKb.get(pid) ?? 0, peak));
+      const anon = anonRssKb(pid);
+      if (anon !== undefined) this.peakAnonKb.set(pid, Math.max(this.peakAnonKb.get(pid) ?? 0, anon));
     }
     return cpu;
   }
@@ -132,6 +138,13 @@ export class ProcessGroup<Root extends MeasuredRoot = MeasuredRoot> {
   peakRssKb(): number {
     let sum = 0;
     for (const kb of this.peakKb.values()) sum += kb;
+    return sum;
+  }
+
+  /** Sum of the largest anonymous resident memory of every process seen (sampled, so a lower bound of the true peak). */
+  peakAnonRssKb(): number {
+    let sum = 0;
+    for (const kb of this.peakAnonKb.values()) sum += kb;
     return sum;
   }
 
