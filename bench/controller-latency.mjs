@@ -17,6 +17,7 @@ import { sendRuntimeCommand } from "../dist/test/harness/haproxy.js";
 import { request } from "node:http";
 import { startConnectHaproxy, startHttpEchoApp } from "../dist/test/harness/mesh.js";
 import { controllerCli } from "../dist/test/harness/paths.js";
+import { quantileSummary } from "./lib/report.mjs";
 import { freePorts } from "../dist/test/harness/ports.js";
 import { peakRssKb, rssKb } from "../dist/test/harness/process-stats.js";
 import { installCleanupHandlers, sleep, stopAll, waitUntil } from "../dist/test/harness/processes.js";
@@ -85,11 +86,6 @@ function servedSerial(port, pem) {
   });
 }
 
-const summary = (samples) => {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-  return { n: sorted.length, median: +at(0.5).toFixed(1), p90: +at(0.9).toFixed(1), max: +sorted[sorted.length - 1].toFixed(1) };
-};
 
 function rssOf(pid) {
   return { rssMB: +((rssKb(pid) ?? 0) / 1024).toFixed(1), peakMB: +((peakRssKb(pid) ?? 0) / 1024).toFixed(1) };
@@ -216,13 +212,13 @@ try {
   const memory = Object.fromEntries(Object.entries(controllers).map(([id, c]) => [id, rssOf(c.process.pid)]));
   const results = {
     date: new Date().toISOString(),
-    instanceRemovedMs: summary(removals),
-    instanceAddedMs: summary(additions),
-    intentionDenyMs: summary(denies),
-    intentionAllowMs: summary(allows),
-    l7RuleChangeEnforcedMs: summary(l7Changes),
-    leafServedAfterConsulIssuedItMs: summary(leafApplied),
-    leafServedAfterCaChangeMs: summary(endToEnd),
+    instanceRemovedMs: quantileSummary(removals),
+    instanceAddedMs: quantileSummary(additions),
+    intentionDenyMs: quantileSummary(denies),
+    intentionAllowMs: quantileSummary(allows),
+    l7RuleChangeEnforcedMs: quantileSummary(l7Changes),
+    leafServedAfterConsulIssuedItMs: quantileSummary(leafApplied),
+    leafServedAfterCaChangeMs: quantileSummary(endToEnd),
     controllerMemory: memory,
   };
   console.log(JSON.stringify(results, null, 2));

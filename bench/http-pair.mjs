@@ -30,7 +30,7 @@ import { sendRuntimeCommand, startHaproxy } from "../dist/test/harness/haproxy.j
 import { appsDir } from "../dist/test/harness/paths.js";
 import { runWrk } from "./lib/load.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
-import { median, medianRatio, spread } from "./lib/report.mjs";
+import { median, medianRatio, quantileSummary, spread } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
 const allSetups = ["plain", "l4", "l4log", "l4metrics", "l7"];
@@ -107,7 +107,10 @@ runProgram("http-pair", async () => {
           const run = await runWrk({ ...load, seconds });
           if (run.errorCount > 0) throw new Error(`${id}: ${JSON.stringify(run.errors)} (status counts answers of 400 and above)`);
           samples[id].push(Math.round(run.requestsPerSecond));
-          if (id === "l4metrics") scrapes.push((await setup.details()).scrape);
+          if (id === "l4metrics") {
+            const { ms, ...scrape } = (await setup.details()).scrape;
+            scrapes.push({ ...scrape, ms: ms.length ? quantileSummary(ms) : undefined });
+          }
           if (id === "l4log" && values["log-type"] === "file") {
             // Both sidecars log every request: a missing line is one HAProxy dropped (the pipe was full) or the relay lost.
             await new Promise((resolve) => setTimeout(resolve, 300));

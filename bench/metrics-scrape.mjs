@@ -19,6 +19,8 @@ import { freePorts } from "../dist/test/harness/ports.js";
 import { cpuBetween } from "../dist/test/harness/process-stats.js";
 import { runProgram, stopAll } from "../dist/test/harness/processes.js";
 import { registerMesh } from "./lib/mesh.mjs";
+import { timedScrape } from "./lib/probe.mjs";
+import { quantileSummary } from "./lib/report.mjs";
 import { startSetup } from "./lib/setups.mjs";
 
 const { values } = parseArgs({ options: { scrapes: { type: "string", default: "200" } } });
@@ -45,17 +47,12 @@ runProgram("metrics-scrape", async () => {
       let bytes = 0;
       const before = group.sample();
       for (let i = 0; i < scrapes; i++) {
-        const started = performance.now();
-        const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-        const body = await response.text();
-        if (response.status !== 200) throw new Error(`${name}: /metrics answered ${response.status}`);
-        times.push(performance.now() - started);
-        bytes = body.length;
+        const scrape = await timedScrape(port);
+        times.push(scrape.ms);
+        bytes = scrape.bytes;
       }
       const cpuSeconds = cpuBetween(before, group.sample());
-      times.sort((a, b) => a - b);
-      const at = (q) => Math.round(times[Math.min(times.length - 1, Math.floor(q * times.length))] * 100) / 100;
-      result[name] = { scrapes, bytes, wallMs: { median: at(0.5), p90: at(0.9), max: at(1) }, cpuMsPerScrape: Math.round((cpuSeconds / scrapes) * 1e5) / 100 };
+      result[name] = { bytes, wallMs: quantileSummary(times), cpuMsPerScrape: Math.round((cpuSeconds / scrapes) * 1e5) / 100 };
     }
   } finally {
     await setup?.stop();

@@ -13,3 +13,12 @@ export function httpStatus(port, timeoutMs = 2000) {
     req.end();
   });
 }
+
+/** One GET http://127.0.0.1:port/metrics: its wall time (ms) and size; throws unless it answers 200. */
+export async function timedScrape(port) {
+  const started = performance.now();
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  const body = await response.text();
+  if (response.status !== 200) throw new Error(`/metrics on port ${port} answered ${response.status}`);
+  return { ms: performance.now() - started, bytes: body.length };
+}

@@ -10,6 +10,13 @@ export function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+/** Count, median, 90th percentile (nearest rank) and maximum of `samples`, to 0.1. */
+export function quantileSummary(samples) {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  return { n: sorted.length, median: +at(0.5).toFixed(1), p90: +at(0.9).toFixed(1), max: +sorted[sorted.length - 1].toFixed(1) };
+}
+
 /** (max − min) / median of a set-up's rounds: the noise figure a benchmark reports. */
 export function spread(values) {
   return +((Math.max(...values) - Math.min(...values)) / median(values)).toFixed(3);

@@ -17,7 +17,7 @@ import { ProcessGroup } from "../../dist/test/harness/process-stats.js";
 import { freePorts } from "../../dist/test/harness/ports.js";
 import { startProcess, waitFor } from "../../dist/test/harness/processes.js";
 import { sidecarState } from "./mesh.mjs";
-import { httpStatus } from "./probe.mjs";
+import { httpStatus, timedScrape } from "./probe.mjs";
 
 export const SETUPS = {
   direct: { label: "direct (client → app)", short: "direct" },
@@ -130,26 +130,12 @@ async function startPair(ctx, what, start, { stopSignal, graceMs }) {
 function startScraper(ports, intervalMs) {
   const scrapes = [];
   let failures = 0;
-  const scrapeAll = () =>
-    ports.forEach(async (port) => {
-      const started = performance.now();
-      try {
-        const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-        const body = await response.text();
-        if (response.status !== 200) throw new Error(`status ${response.status}`);
-        scrapes.push({ ms: performance.now() - started, bytes: body.length });
-      } catch {
-        failures += 1;
-      }
-    });
+  const scrapeAll = () => ports.forEach((port) => timedScrape(port).then((scrape) => scrapes.push(scrape), () => (failures += 1)));
   const timer = setInterval(scrapeAll, intervalMs);
   return {
     stop: () => clearInterval(timer),
-    summary: () => {
-      const ms = scrapes.map((s) => s.ms).sort((a, b) => a - b);
-      const at = (q) => Math.round(ms[Math.min(ms.length - 1, Math.floor(q * ms.length))] * 10) / 10;
-      return { scrapes: ms.length, failures, medianMs: at(0.5), p90Ms: at(0.9), maxMs: at(1), bytes: scrapes.at(-1)?.bytes };
-    },
+    /** Raw: report.mjs's quantileSummary makes figures of `ms`. */
+    summary: () => ({ failures, bytes: scrapes.at(-1)?.bytes, ms: scrapes.map((s) => Math.round(s.ms * 10) / 10) }),
   };
 }
 
