@@ -212,17 +212,24 @@ export class HaproxyProcess {
    * Validated seamless reload: `haproxy -c` first (unless the caller validated
    * what changed itself), then `reload` on the master CLI. Resolves with timings.
    */
-  async reload(options: { check: boolean } = { check: true }): Promise<{ checkMs: number; reloadMs: number }> {
+  reload(options: { check: boolean } = { check: true }): Promise<{ checkMs: number; reloadMs: number }> {
+    return this.checkedThen(options.check, async () => {
+      const before = await this.processList();
+      // The master answers nothing (2.6) and re-executes itself; the new worker takes over the listeners.
+      await sendRuntimeCommand(this.options.masterSocket, "reload").catch(() => "");
+      await this.waitUntilServing(before.workers[0]);
+      // The master re-executes itself: wait until its CLI answers again, with the reload counted.
+      await this.waitForMaster((list) => list.reloads > before.reloads);
+    });
+  }
+
+  /** `haproxy -c` (if asked), then `apply`; resolves with how long each took. */
+  private async checkedThen(check: boolean, apply: () => Promise<void>): Promise<{ checkMs: number; reloadMs: number }> {
     const { clock } = this.options;
     const started = clock.now();
-    if (options.check) await this.check();
+    if (check) await this.check();
     const checked = clock.now();
-    const before = await this.processList();
-    // The master answers nothing (2.6) and re-executes itself; the new worker takes over the listeners.
-    await sendRuntimeCommand(this.options.masterSocket, "reload").catch(() => "");
-    await this.waitUntilServing(before.workers[0]);
-    // The master re-executes itself: wait until its CLI answers again, with the reload counted.
-    await this.waitForMaster((list) => list.reloads > before.reloads);
+    await apply();
     return { checkMs: Math.round(checked - started), reloadMs: Math.round(clock.now() - checked) };
   }
 
@@ -232,21 +239,18 @@ export class HaproxyProcess {
    * worker (`-x`, as start() does after a controller restart) and the old
    * master soft-stops, so no connection is refused or cut.
    */
-  async restart(accessLog: AccessLogFile): Promise<{ checkMs: number; reloadMs: number }> {
-    const { clock } = this.options;
-    const started = clock.now();
-    await this.check();
-    const checked = clock.now();
-    const old = this.child;
-    const before = await this.processList();
-    this.spawnMaster(accessLog, ["-x", this.options.statsSocket]);
-    await this.waitUntilServing(before.workers[0]);
-    if (old && old.exitCode === null && old.signalCode === null) {
-      this.retiring.add(old);
-      old.once("exit", () => this.retiring.delete(old));
-      old.kill("SIGUSR1");
-    }
-    return { checkMs: Math.round(checked - started), reloadMs: Math.round(clock.now() - checked) };
+  restart(accessLog: AccessLogFile): Promise<{ checkMs: number; reloadMs: number }> {
+    return this.checkedThen(true, async () => {
+      const old = this.child;
+      const before = await this.processList();
+      this.spawnMaster(accessLog, ["-x", this.options.statsSocket]);
+      await this.waitUntilServing(before.workers[0]);
+      if (old && old.exitCode === null && old.signalCode === null) {
+        this.retiring.add(old);
+        old.once("exit", () => this.retiring.delete(old));
+        old.kill("SIGUSR1");
+      }
+    });
   }
 
   /** Soft stop (SIGUSR1): listeners close, established connections finish within the bound. */
