@@ -242,9 +242,20 @@ export class HaproxyProcess {
   restart(accessLog: AccessLogFile): Promise<{ checkMs: number; reloadMs: number }> {
     return this.checkedThen(true, async () => {
       const old = this.child;
+      const running = { exited: this.exited, accessLog: this.heldAccessLog };
       const before = await this.processList();
       this.spawnMaster(accessLog, ["-x", this.options.statsSocket]);
-      await this.waitUntilServing(before.workers[0]);
+      try {
+        await this.waitUntilServing(before.workers[0]);
+      } catch (err) {
+        // The running master stays in charge (it never let go of its listeners); the new one goes, unrestarted.
+        const failed = this.child!;
+        this.child = old;
+        this.exited = running.exited;
+        this.heldAccessLog = running.accessLog;
+        failed.kill("SIGKILL");
+        throw err;
+      }
       if (old && old.exitCode === null && old.signalCode === null) {
         this.retiring.add(old);
         old.once("exit", () => this.retiring.delete(old));
