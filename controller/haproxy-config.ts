@@ -148,6 +148,11 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     // through web → api while api's sidecar moved its access log file); with
     // this it answers that request, with Connection: close, instead.
     add("    option idle-close-on-response");
+    // Idle pooled connections from other sidecars (http-reuse always) stay until the peer's pool drops them
+    // (HAProxy purges idle server connections within seconds to a minute of disuse): were this listener to
+    // close one first, a request the peer sends at that moment would fail. As Envoy's default, an hour. The
+    // first request of a connection is still bounded by `timeout http-request`.
+    add(`    timeout http-keep-alive ${tcpIdleTimeout}`);
     // Every request is decided (L4 and L7 intentions alike), so a kept-alive or pooled connection never carries one past a deny.
     if (authorization) add(...httpAuthorizationRules(pub.destinationServiceName, paths.passMap, state.nativeL7.lines).map((line) => `    ${line}`));
   } else {

@@ -285,6 +285,12 @@ export function renderUpstream(upstream: UpstreamState, state: Pick<DesiredState
       `    mode ${upstreamMode}`,
       ...balanceLines(backend),
       `    timeout connect ${backend.connectTimeoutMs}ms`,
+      // Pooled mTLS: any idle connection to the target serves any request, a new client's first one included
+      // (HAProxy's default, safe, gives each client connection its own, so a TLS handshake each). It carries
+      // only this sidecar's identity, and the remote sidecar decides every request on it. The remote's
+      // listener keeps idle connections far longer than this pool does (haproxy-config.ts), so a request is
+      // not sent on a connection the remote is closing.
+      ...(http ? ["    http-reuse always"] : []),
       ...(backend.retry ? [`    retries ${backend.retry.retries}`, `    retry-on ${backend.retry.retryOn.join(" ")}`] : []),
       // set-timeout is a backend action in 2.6: the frontend's rules leave the chain's timeout in a variable.
       ...(usesTimeout ? [`    http-request set-timeout server var(${timeoutVar}) if { var(${timeoutVar}) -m found }`] : []),

@@ -11,7 +11,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import { registerWebApiDb, startConnectHaproxy, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
-import { parseKeyValues, sendRuntimeCommand } from "../harness/haproxy.js";
+import { parseKeyValues, sendRuntimeCommand, statCounter } from "../harness/haproxy.js";
+import { parseShowProc } from "../../controller/runtime-api.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor, type StartedProcess } from "../harness/processes.js";
 
@@ -121,6 +122,27 @@ describe("L7 intentions through sidecars run by the controller", () => {
     }
   });
 
+  it("pools mTLS connections between sidecars: new clients reuse them, and a deny refuses the next request on them", async () => {
+    // api's public listener counts the mTLS connections web's sidecar opened to it (its frontend's session total).
+    const apiStats = join(sidecars[0]!.configDir, "stats.sock");
+    const meshConnections = async () => statCounter(await sendRuntimeCommand(apiStats, "show stat"), "public_listener", "FRONTEND", "stot");
+    const opened = await meshConnections();
+    // 20 client connections one after the other, one request each (status() keeps none alive).
+    for (let i = 0; i < 20; i++) expect(await status("GET", "/health")).toBe(200);
+    // Without pooling, that is 20 handshakes; with it, the pool's one (a second if a reload of api's sidecar closed one).
+    expect((await meshConnections()) - opened).toBeLessThanOrEqual(2);
+
+    const pooled = await meshConnections();
+    await writeIntentions([{ Name: "web", Action: "deny" }]);
+    const written = Date.now();
+    await waitFor("web denied by api's sidecar", async () => ((await status("GET", "/health")) === 403 ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+    expect(Date.now() - written).toBeLessThan(1000);
+    // Refused on a pooled connection: the deny needed no new connection to apply.
+    expect((await meshConnections()) - pooled).toBeLessThanOrEqual(1);
+    await writeIntentions(l7Rules);
+    await waitFor("web allowed again", async () => ((await status("GET", "/health")) === 200 ? true : undefined), { timeoutMs: 5000, intervalMs: 50 });
+  });
+
   it("enforces a changed L7 intention within a second, before any reload; new native rules follow by a reload once quiet", async () => {
     const api = sidecars[0]!;
     const apiStats = async () => parseKeyValues(await sendRuntimeCommand(join(api.configDir, "stats.sock"), "connect cache stats"));
@@ -147,9 +169,23 @@ describe("L7 intentions through sidecars run by the controller", () => {
 
     // L7 → L4 allow: everything passes; web's source holds a pass, checked natively by api's HAProxy.
     let before = await change([{ Name: "web", Action: "allow" }], "/other allowed", async () => (await status("GET", "/other")) === 200);
-    expect(await status("GET", "/other")).toBe(200);
-    expect((await apiStats()).passes).toBe(1);
+    // The passes are counted by the worker the stats socket reaches. The reload that brings the native rules
+    // retires the worker, and web's pooled connections into it carry one more request each (then close):
+    // wait for that reload and for the retired worker to go, so the request below is the current worker's.
     await nativeRulesFollow(before);
+    const indexBeforeRetired = await authorizerIndex();
+    await waitFor("api's retired worker to exit once web's pooled connections into it are used", async () => {
+      expect(await status("GET", "/other")).toBe(200);
+      return parseShowProc(await sendRuntimeCommand(join(api.configDir, "master.sock"), "show proc")).oldWorkers.length === 0 ? true : undefined;
+    }, { timeoutMs: 10_000, intervalMs: 50 });
+    await waitFor("api's new worker's authorizer to hold the list", async () => ((await authorizerIndex()) >= indexBeforeRetired ? true : undefined), { timeoutMs: 5000, intervalMs: 20 });
+    expect(await status("GET", "/other")).toBe(200);
+    const stats = await apiStats();
+    if (stats.passes !== 1) {
+      // What the stats socket (the current worker) and the master saw, for the failure's story.
+      const proc = await sendRuntimeCommand(join(api.configDir, "master.sock"), "show proc");
+      expect.fail(`api's current worker holds ${stats.passes} passes, not 1; stats ${JSON.stringify(stats)}; show proc:\n${proc}\napi's output:\n${api.process.output().split("\n").slice(-40).join("\n")}`);
+    }
 
     // L4 → L7 with one permission: only /health passes. (While the agent already
     // names the L7 intention and the authorizer's list does not have it yet, every

@@ -256,7 +256,7 @@ describe("the rendered chain", () => {
 
   it("one backend per target: its balance, connect timeout, retries, the timeout variable and the target's identity", () => {
     expect(backendOf(config, "upstream_db.billing-admin.default.default.dc1")).toMatch(
-      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response set-var\(txn.connect_upstream_ok\) int\(1\) if \{ ssl_s_sha1,hex,map\(\/run\/ch\/server-passes.map\) -m str billing-admin \}\n    http-response lua.connect_verify_upstream billing-admin unless \{ var\(txn.connect_upstream_ok\) -m found \}\n/,
+      /mode http\n    balance roundrobin\n    timeout connect 5000ms\n    http-reuse always\n    retries 3\n    retry-on conn-failure 503 502 empty-response junk-response 500 501 504 response-timeout\n    http-request set-timeout server var\(txn.chain_timeout\) if \{ var\(txn.chain_timeout\) -m found \}\n    http-response set-var\(txn.connect_upstream_ok\) int\(1\) if \{ ssl_s_sha1,hex,map\(\/run\/ch\/server-passes.map\) -m str billing-admin \}\n    http-response lua.connect_verify_upstream billing-admin unless \{ var\(txn.connect_upstream_ok\) -m found \}\n/,
     );
     expect(backendOf(config, "upstream_db.v1.billing.default.default.dc1")).toMatch(/balance hash req.hdr\(x-user\)\n    hash-type consistent\n    timeout connect 3000ms\n/);
   });

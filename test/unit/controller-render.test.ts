@@ -149,7 +149,9 @@ describe("renderHaproxyConfig", () => {
     expect(api).toContain("timeout connect 2500ms");
     expect(api).toContain("timeout server 30000ms");
     expect(api).toContain("server app 127.0.0.2:7000");
-    expect(api).toMatch(/backend upstream_web\n    mode http\n    balance roundrobin\n    timeout connect 1500ms/);
+    expect(api).toMatch(/backend upstream_web\n    mode http\n    balance roundrobin\n    timeout connect 1500ms\n    http-reuse always\n/);
+    // Peers' pooled connections are dropped by their pool, not by this listener under a request in flight.
+    expect(publicListener).toContain("    timeout http-keep-alive 1h\n");
     expect(api).toContain("bind 127.0.0.3:9393");
     expect(api).toContain("frontend upstream_query_db-query");
   });
