@@ -20,7 +20,7 @@ import { installCleanupHandlers, onInterrupt, runCommand, runProgram, stopAll } 
 import { measureSetup } from "./lib/measure.mjs";
 import { registerMesh } from "./lib/mesh.mjs";
 import { chartPanels, checkTargets, markdownReport, ratios, summarize } from "./lib/report.mjs";
-import { DEFAULT_SETUPS, SETUPS } from "./lib/setups.mjs";
+import { DEFAULT_SETUPS, PAIR_NAMES, SETUPS } from "./lib/setups.mjs";
 
 const log = (message) => console.error(message);
 
@@ -201,16 +201,25 @@ async function main() {
     bulk: { seconds: s },
   };
   const noCachePlan = { warmupSeconds: 1, newConn: plan.newConn };
+  // HTTP: no bulk phase (iperf3 speaks no HTTP).
+  const httpPlan = { warmupSeconds: plan.warmupSeconds, newConn: plan.newConn, keepAlive: plan.keepAlive, paced: plan.paced };
+  const planOf = (id) => (id === "connectNoCache" ? noCachePlan : SETUPS[id].protocol === "http" ? httpPlan : plan);
 
   let consul;
   const rounds = Object.fromEntries(options.setups.map((id) => [id, []]));
   const failures = [];
   try {
     consul = await startConsulDev({ nodeName: "bench", cpu: cpu.b, logFile: join(runDir, "consul.log") });
-    const [app, dbPublic, webPublic, webApp, upstream] = await freePorts(5);
+    const [app, dbPublic, webPublic, webApp, upstream, ...httpPorts] = await freePorts(9);
     const ports = { app, dbPublic, webPublic, webApp, upstream };
     await registerMesh(consul, ports);
-    const ctx = { runDir, consul, haproxyBin, ports, cpu, runCounter: 0 };
+    // The HTTP pair: its own services and listeners, the same application.
+    const [httpDbPublic, httpWebPublic, httpWebApp, httpUpstream] = httpPorts;
+    if (options.setups.some((id) => SETUPS[id].protocol === "http")) {
+      await registerMesh(consul, { app, dbPublic: httpDbPublic, webPublic: httpWebPublic, webApp: httpWebApp, upstream: httpUpstream }, { protocol: "http", names: PAIR_NAMES.http });
+    }
+    const pairs = { tcp: { names: PAIR_NAMES.tcp, upstream }, http: { names: PAIR_NAMES.http, upstream: httpUpstream } };
+    const ctx = { runDir, consul, haproxyBin, ports, pairs, cpu, runCounter: 0 };
 
     for (let round = 0; round < options.rounds; round++) {
       // Rotate the order each round so that no set-up always runs first or last.
@@ -219,7 +228,7 @@ async function main() {
       for (const id of order) {
         const setupStarted = Date.now();
         try {
-          rounds[id].push(await measureSetup(id, ctx, id === "connectNoCache" ? noCachePlan : plan, log));
+          rounds[id].push(await measureSetup(id, ctx, planOf(id), log));
           log(`  ${id}: done in ${((Date.now() - setupStarted) / 1000).toFixed(1)} s`);
         } catch (err) {
           failures.push(`${id} (round ${round + 1}): ${err.message}`);
@@ -260,6 +269,7 @@ async function main() {
     finishedAt: new Date().toISOString(),
     plan,
     noCachePlan,
+    httpPlan,
     cpu,
     method: [
       `new connections: \`wrk -t1 -c${plan.newConn.connections} -d${s}s -H "Connection: close"\`, so every request opens a new connection through both sidecars and a new TLS handshake between them (HAProxy resumes TLS sessions: TLS 1.3 tickets; Consul's proxy keeps no client session cache, so it does a full handshake and one agent authorize call per connection), after a ${plan.warmupSeconds} s warm-up that also fills the verdict cache`,
@@ -267,6 +277,7 @@ async function main() {
       `bulk: \`iperf3 -c -t ${s} -O 1 -P 1\` (one stream; the control and data connections both cross the sidecars in TCP mode)`,
       "application: HAProxy answering `200 ok` to every request (`http-request return`), replaced by `iperf3 -s` on the same port for the bulk phase",
       `CPU: utime+stime from /proc/<pid>/stat before and after each phase, for every process of each sidecar (controller, HAProxy master and workers, or the Go proxy), the application and the Consul agent; the client's from bash \`times\`. Peak RSS: VmHWM of every process of a sidecar, summed. ${cpu.note}`,
+      "HTTP upstream: a second pair of services (web-http → db-http, `Protocol: http` in db-http's service-defaults and in web-http's upstream) in front of the same application; the same new-connection, kept-alive and light-load phases, no bulk phase. connect-haproxy and the plain pair parse each request and keep pooled mTLS connections between the sidecars (`http-reuse always`), so a new client connection costs no new TLS handshake; connect-haproxy decides every request (an L4 intention: a native pass after the first); Consul's built-in proxy proxies TCP, one mTLS connection per client connection",
       "plain HAProxy pair: the configuration the controller renders for the same registrations (`renderHaproxyConfig(state, { authorization: false })`), without exactly the authorizer's lines (setenv CONNECT_TRUST_DOMAIN, lua-load, the connect_authorize and connect_verify_upstream rules and their inspect-delays); the same leaf certificates, roots and verify required both ways",
       `rounds: ${options.rounds}; the set-up order rotates each round; figures are medians`,
     ],

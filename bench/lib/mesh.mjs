@@ -14,15 +14,17 @@ import { waitFor } from "../../dist/test/harness/processes.js";
  * (whose sidecar has the upstream listener to db), and allows web → db.
  * The sidecars get a passing TTL check instead of Consul's default TCP check:
  * the default one polls every 10 s, and every set-up would wait for it before
- * db's sidecar counts as healthy. Everything binds to 127.0.0.1.
+ * db's sidecar counts as healthy. Everything binds to 127.0.0.1. `names`
+ * renames the pair, so that one agent holds a TCP pair and an HTTP pair.
  */
-export async function registerMesh(consul, ports, { protocol = "tcp" } = {}) {
+export async function registerMesh(consul, ports, { protocol = "tcp", names = { web: "web", db: "db" } } = {}) {
+  const { web, db } = names;
   // HTTP: db's service-defaults say so (the agent merges it into db's sidecar) and web's upstream says so too.
-  if (protocol !== "tcp") await consul.api("PUT", "/v1/config", { Kind: "service-defaults", Name: "db", Protocol: protocol });
+  if (protocol !== "tcp") await consul.api("PUT", "/v1/config", { Kind: "service-defaults", Name: db, Protocol: protocol });
   const sidecarCheck = [{ Name: "bench: sidecar is up", TTL: "24h", Status: "passing" }];
   await consul.api("PUT", "/v1/agent/service/register", {
-    ID: "db",
-    Name: "db",
+    ID: db,
+    Name: db,
     Address: "127.0.0.1",
     Port: ports.app,
     Connect: {
@@ -35,8 +37,8 @@ export async function registerMesh(consul, ports, { protocol = "tcp" } = {}) {
     },
   });
   await consul.api("PUT", "/v1/agent/service/register", {
-    ID: "web",
-    Name: "web",
+    ID: web,
+    Name: web,
     Address: "127.0.0.1",
     Port: ports.webApp,
     Connect: {
@@ -46,14 +48,14 @@ export async function registerMesh(consul, ports, { protocol = "tcp" } = {}) {
         Checks: sidecarCheck,
         Proxy: {
           Config: { bind_address: "127.0.0.1" },
-          Upstreams: [{ DestinationName: "db", LocalBindAddress: "127.0.0.1", LocalBindPort: ports.upstream, ...(protocol !== "tcp" ? { Config: { protocol } } : {}) }],
+          Upstreams: [{ DestinationName: db, LocalBindAddress: "127.0.0.1", LocalBindPort: ports.upstream, ...(protocol !== "tcp" ? { Config: { protocol } } : {}) }],
         },
       },
     },
   });
-  await consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });
+  await consul.api("PUT", `/v1/connect/intentions/exact?source=${web}&destination=${db}`, { Action: "allow" });
   // The built-in proxy and the controller find db's sidecar through the health endpoint.
-  await waitFor("db's sidecar healthy in the catalog", async () => ((await consul.api("GET", "/v1/health/connect/db?passing")).length ? true : undefined));
+  await waitFor(`${db}'s sidecar healthy in the catalog`, async () => ((await consul.api("GET", `/v1/health/connect/${db}?passing`)).length ? true : undefined));
 }
 
 /**

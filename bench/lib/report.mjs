@@ -84,25 +84,38 @@ export function summarize(rounds) {
 const ratio = (a, b) => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
 const med = (summary, setup, key) => summary[setup]?.[key]?.median;
 
+/**
+ * The set-ups compared side by side: a TCP upstream (the application's bytes
+ * through the pair) and an HTTP upstream (protocol http: HAProxy parses each
+ * request and pools its mTLS connections; Consul's built-in proxy still
+ * proxies TCP). Ratio keys: `connectOver<Builtin|Plain>` for TCP,
+ * `httpOver<Builtin|Plain>` for HTTP.
+ */
+export const FAMILIES = [
+  { id: "tcp", title: "TCP upstream", columns: ["direct", "plain", "connect", "builtin"], mine: "connect", builtin: "builtin", plain: "plain", ratioPrefix: "connectOver" },
+  { id: "http", title: "HTTP upstream (protocol http)", columns: ["plainHttp", "connectHttp", "builtinHttp"], mine: "connectHttp", builtin: "builtinHttp", plain: "plainHttp", ratioPrefix: "httpOver" },
+];
+
 export function ratios(summary) {
   const out = {};
   for (const metric of METRICS) {
     if (["errors", "unattributedCpuPct"].includes(metric.key)) continue;
-    out[metric.key] = {
-      connectOverBuiltin: ratio(med(summary, "connect", metric.key), med(summary, "builtin", metric.key)),
-      connectOverPlain: ratio(med(summary, "connect", metric.key), med(summary, "plain", metric.key)),
-    };
+    out[metric.key] = {};
+    for (const family of FAMILIES) {
+      out[metric.key][`${family.ratioPrefix}Builtin`] = ratio(med(summary, family.mine, metric.key), med(summary, family.builtin, metric.key));
+      out[metric.key][`${family.ratioPrefix}Plain`] = ratio(med(summary, family.mine, metric.key), med(summary, family.plain, metric.key));
+    }
   }
   return out;
 }
 
 /**
- * connect-haproxy / other for one metric, round by round (set-ups measured
- * in the same round ran minutes apart, so these ratios see less drift).
+ * `mine` / other for one metric, round by round (set-ups measured in the
+ * same round ran minutes apart, so these ratios see less drift).
  */
-export function perRoundRatios(rounds, key, other) {
+export function perRoundRatios(rounds, key, other, mineId = "connect") {
   const metric = METRICS.find((m) => m.key === key);
-  const mine = rounds?.connect ?? [];
+  const mine = rounds?.[mineId] ?? [];
   const theirs = rounds?.[other] ?? [];
   const out = [];
   for (let i = 0; i < Math.min(mine.length, theirs.length); i++) {
@@ -133,10 +146,12 @@ export function checkTargets(summary, ratioTable, rounds) {
     target("p99 latency, kept-alive, vs built-in proxy", r("keepAliveP99Ms", "connectOverBuiltin"), 1, false, "×", ["keepAliveP99Ms", "builtin"]),
     target("p99 latency, kept-alive at light load, vs built-in proxy (added here)", r("pacedP99Us", "connectOverBuiltin"), 1, false, "×", ["pacedP99Us", "builtin"]),
     target("peak RSS of one sidecar (controller + HAProxy)", rss, 130, false, "MB"),
+    target("HTTP: new client connections/s vs built-in proxy", r("newConnPerSec", "httpOverBuiltin"), 5, true, "×", ["newConnPerSec", "builtinHttp", "connectHttp"]),
+    target("HTTP: kept-alive requests/s vs built-in proxy", r("keepAliveRps", "httpOverBuiltin"), 0.8, true, "×", ["keepAliveRps", "builtinHttp", "connectHttp"]),
+    target("HTTP: kept-alive requests/s vs plain HTTP pair (no Lua, same logging, same pooling)", r("keepAliveRps", "httpOverPlain"), 0.85, true, "×", ["keepAliveRps", "plainHttp", "connectHttp"]),
+    target("HTTP: p99 latency, kept-alive, vs built-in proxy", r("keepAliveP99Ms", "httpOverBuiltin"), 1, false, "×", ["keepAliveP99Ms", "builtinHttp", "connectHttp"]),
   ];
 }
-
-const COLUMNS = ["direct", "plain", "connect", "builtin"];
 
 function cell(summary, setup, key) {
   const entry = summary[setup]?.[key];
@@ -172,17 +187,25 @@ export function markdownReport({ machine, settings, summary, ratioTable, targets
     "## Results",
     "",
     `Median of ${settings.rounds} round${settings.rounds > 1 ? "s" : ""}${settings.rounds > 1 ? " (smallest–largest in small print)" : ""}. Ratios are connect-haproxy divided by the other set-up.`,
-    "",
-    `| | ${COLUMNS.map((c) => SETUPS[c].short).join(" | ")} | connect-haproxy / built-in | connect-haproxy / plain |`,
-    `|---|${COLUMNS.map(() => "--:").join("|")}|--:|--:|`,
   );
-  for (const metric of METRICS) {
-    if (!COLUMNS.some((c) => summary[c]?.[metric.key])) continue;
-    const unit = metric.unit ? ` (${metric.unit})` : "";
-    const ratiosFor = ratioTable[metric.key];
+  for (const family of FAMILIES) {
+    const columns = family.columns;
+    if (!columns.some((c) => summary[c])) continue;
     add(
-      `| ${metric.label.replace(/^ {2}/, "↳ ")}${unit} | ${COLUMNS.map((c) => cell(summary, c, metric.key)).join(" | ")} | ${formatRatio(ratiosFor?.connectOverBuiltin)} | ${formatRatio(ratiosFor?.connectOverPlain)} |`,
+      "",
+      `### ${family.title}`,
+      "",
+      `| | ${columns.map((c) => SETUPS[c].short).join(" | ")} | connect-haproxy / built-in | connect-haproxy / plain |`,
+      `|---|${columns.map(() => "--:").join("|")}|--:|--:|`,
     );
+    for (const metric of METRICS) {
+      if (!columns.some((c) => summary[c]?.[metric.key])) continue;
+      const unit = metric.unit ? ` (${metric.unit})` : "";
+      const ratiosFor = ratioTable[metric.key];
+      add(
+        `| ${metric.label.replace(/^ {2}/, "↳ ")}${unit} | ${columns.map((c) => cell(summary, c, metric.key)).join(" | ")} | ${formatRatio(ratiosFor?.[`${family.ratioPrefix}Builtin`])} | ${formatRatio(ratiosFor?.[`${family.ratioPrefix}Plain`])} |`,
+      );
+    }
   }
   add(
     "",
@@ -303,9 +326,15 @@ function tlsMidway(results = []) {
 }
 
 export function chartPanels(summary) {
-  const pairs = COLUMNS.filter((c) => c !== "direct");
-  const bars = (key) =>
-    pairs.filter((s) => summary[s]).map((s) => ({ setup: s, label: SETUPS[s].short, short: SETUPS[s].short.replace("HAProxy", "").trim(), value: med(summary, s, key) }));
+  const [tcp, http] = FAMILIES;
+  // Colours and legend by role (plain, connect, builtin), the same in both families.
+  const barsOf = (family) => (key) =>
+    ["plain", "mine", "builtin"]
+      .map((role, i) => [["plain", "connect", "builtin"][i], family[role]])
+      .filter(([, s]) => summary[s])
+      .map(([role, s]) => ({ setup: role, label: SETUPS[s].short, short: SETUPS[s].short.replace("HAProxy", "").trim(), value: med(summary, s, key) }));
+  const bars = barsOf(tcp);
+  const httpBars = barsOf(http);
   const direct = (key) => ({ label: "direct, no proxies", value: med(summary, "direct", key) });
   return [
     { title: "New connections per second", unit: "conn/s, one request each", better: "higher", reference: direct("newConnPerSec"), bars: bars("newConnPerSec") },
@@ -316,5 +345,13 @@ export function chartPanels(summary) {
     { title: "CPU per new connection", unit: "µs, both sidecars + Consul agent", better: "lower", bars: bars("cpuUsPerNewConnWithAgent") },
     { title: "Proxies' CPU per GB of bulk data", unit: "CPU seconds", better: "lower", bars: bars("cpuSecondsPerGB") },
     { title: "Peak RSS of one sidecar", unit: "MB", better: "lower", bars: bars("peakRssMbSidecar") },
+    ...(http.columns.some((s) => summary[s])
+      ? [
+        { title: "HTTP upstream: new client connections/s", unit: "conn/s, one request each", better: "higher", reference: direct("newConnPerSec"), bars: httpBars("newConnPerSec") },
+        { title: "HTTP upstream: kept-alive requests/s", unit: "req/s", better: "higher", reference: direct("keepAliveRps"), bars: httpBars("keepAliveRps") },
+        { title: "HTTP upstream: p99 latency, kept-alive", unit: "ms", better: "lower", reference: direct("keepAliveP99Ms"), bars: httpBars("keepAliveP99Ms") },
+        { title: "HTTP upstream: CPU per new client connection", unit: "µs, both sidecars + Consul agent", better: "lower", bars: httpBars("cpuUsPerNewConnWithAgent") },
+      ]
+      : []),
   ];
 }

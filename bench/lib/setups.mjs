@@ -25,6 +25,11 @@ export const SETUPS = {
   connect: { label: "connect-haproxy pair (authorization on, cache warm)", short: "connect-haproxy" },
   builtin: { label: "Consul built-in proxy pair", short: "built-in proxy" },
   connectNoCache: { label: "connect-haproxy pair, verdict cache off (every connection asks the agent)", short: "connect-haproxy, no cache" },
+  // The same three pairs for an HTTP upstream (web-http → db-http, protocol http): HAProxy pools its mTLS
+  // connections (http-reuse always) and decides each request; Consul's built-in proxy proxies TCP.
+  plainHttp: { label: "plain HAProxy pair, HTTP upstream (same render and pooling, no authorization)", short: "plain HAProxy", protocol: "http" },
+  connectHttp: { label: "connect-haproxy pair, HTTP upstream (L4 intention, every request decided)", short: "connect-haproxy", protocol: "http" },
+  builtinHttp: { label: "Consul built-in proxy pair, HTTP upstream (it proxies TCP)", short: "built-in proxy", protocol: "http" },
   // Opt-in: the cost of metrics (issue 12), against `connect` in the same run.
   connectMetrics: { label: "connect-haproxy pair with metrics on (--metrics-addr), each sidecar scraped every second", short: "connect-haproxy, scraped", optIn: true },
   // Opt-in (--setups): what the plain pair gains from settings the controller could render.
@@ -43,6 +48,10 @@ export const SETUPS = {
 };
 
 export const DEFAULT_SETUPS = Object.keys(SETUPS).filter((id) => !SETUPS[id].optIn);
+
+/** The registered pair a set-up runs on (bench/lib/mesh.mjs registers both): its services' names and ports. */
+export const PAIR_NAMES = { tcp: { web: "web", db: "db" }, http: { web: "web-http", db: "db-http" } };
+const pairOf = (ctx, id) => ctx.pairs?.[SETUPS[id].protocol ?? "tcp"] ?? { names: PAIR_NAMES.tcp, upstream: ctx.ports.upstream };
 
 /** Starts processes pinned to `cpu`, logging to `logFile`, and stops what they leave behind. */
 const pinnedLauncher = (cpu, logFile, env = {}) => (name, command, args) =>
@@ -70,10 +79,11 @@ async function sidecarDetails(statsSocket, authorizes) {
  * sidecars, without the authorizer's lines (renderHaproxyConfig's
  * `authorization: false`); `extraGlobal`: lines added to `global` (the tuning candidates).
  */
-async function startPlainPair(ctx, { name, extraGlobal = [] }) {
+async function startPlainPair(ctx, { name, pair, extraGlobal = [] }) {
   const dir = join(ctx.runDir, name);
   mkdirSync(dir, { recursive: true });
-  const start = async (service, cpu) => {
+  const start = async (role, cpu) => {
+    const service = pair.names[role];
     const state = await sidecarState(ctx.consul, service, dir);
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);
@@ -84,14 +94,14 @@ async function startPlainPair(ctx, { name, extraGlobal = [] }) {
   let web;
   try {
     web = await start("web", ctx.cpu.a);
-    await waitForPath(ctx.ports.upstream, "plain pair", db.process);
+    await waitForPath(pair.upstream, "plain pair", db.process);
   } catch (err) {
     await web?.stop();
     await db.stop();
     throw err;
   }
   return {
-    entryPort: ctx.ports.upstream,
+    entryPort: pair.upstream,
     sidecars: [new ProcessGroup("web sidecar", [web.process]), new ProcessGroup("db sidecar", [db.process])],
     authorizes: false,
     dbStatsSocket: () => db.statsSocket,
@@ -107,19 +117,19 @@ async function startPlainPair(ctx, { name, extraGlobal = [] }) {
  * CPU A; resolves once a request through web's upstream listener gets the
  * application's answer, and fails at once if either exits.
  */
-async function startPair(ctx, what, start, { stopSignal, graceMs }) {
+async function startPair(ctx, pair, what, start, { stopSignal, graceMs }) {
   const db = start("db", ctx.cpu.b);
   const web = start("web", ctx.cpu.a);
   const stop = async () => {
     await Promise.all([web.stop(stopSignal, graceMs), db.stop(stopSignal, graceMs)]);
   };
   try {
-    await waitForPath(ctx.ports.upstream, what, [web, db]);
+    await waitForPath(pair.upstream, what, [web, db]);
   } catch (err) {
     await stop();
     throw err;
   }
-  return { entryPort: ctx.ports.upstream, sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])], stop };
+  return { entryPort: pair.upstream, sidecars: [new ProcessGroup("web sidecar", [web]), new ProcessGroup("db sidecar", [db])], stop };
 }
 
 /**
@@ -140,64 +150,68 @@ function startScraper(ports, intervalMs) {
 }
 
 /** Two sidecars run by the controller, as an operator would run them; `metricsPorts` ({ web, db }) turns metrics on. */
-async function startControllerPair(ctx, { env = {}, metricsPorts }) {
+async function startControllerPair(ctx, { pair, env = {}, metricsPorts }) {
   const dir = join(ctx.runDir, `controller-${ctx.runCounter++}`);
-  const start = (service, cpu) => {
-    const configDir = join(dir, service);
+  const start = (role, cpu) => {
+    const configDir = join(dir, role);
     mkdirSync(configDir, { recursive: true });
-    return startConnectHaproxy(service, ctx.consul.httpAddr, {
-      launch: pinnedLauncher(cpu, join(dir, `${service}.log`), env),
+    return startConnectHaproxy(pair.names[role], ctx.consul.httpAddr, {
+      launch: pinnedLauncher(cpu, join(dir, `${role}.log`), env),
       configDir,
       logLevel: "info",
-      args: ["--haproxy-bin", ctx.haproxyBin, ...(metricsPorts ? ["--metrics-addr", `127.0.0.1:${metricsPorts[service]}`] : [])],
+      args: ["--haproxy-bin", ctx.haproxyBin, ...(metricsPorts ? ["--metrics-addr", `127.0.0.1:${metricsPorts[role]}`] : [])],
     }).process;
   };
-  const pair = await startPair(ctx, "controller pair", start, { stopSignal: "SIGTERM", graceMs: 10000 });
+  const started = await startPair(ctx, pair, "controller pair", start, { stopSignal: "SIGTERM", graceMs: 10000 });
   const dbSocket = join(dir, "db", "stats.sock");
-  return { ...pair, authorizes: true, dbStatsSocket: () => dbSocket, details: () => sidecarDetails(dbSocket, true) };
+  return { ...started, authorizes: true, dbStatsSocket: () => dbSocket, details: () => sidecarDetails(dbSocket, true) };
 }
 
 /** Consul's built-in proxy as both sidecars. */
-async function startBuiltinPair(ctx) {
-  const dir = join(ctx.runDir, "builtin-pair");
+async function startBuiltinPair(ctx, pair) {
+  const dir = join(ctx.runDir, `builtin-pair-${ctx.runCounter++}`);
   mkdirSync(dir, { recursive: true });
-  const start = (service, cpu) => startConsulProxy(service, ctx.consul.httpAddr, { launch: pinnedLauncher(cpu, join(dir, `${service}.log`)), logLevel: "warn" }).process;
-  const pair = await startPair(ctx, "built-in proxy pair", start, { stopSignal: "SIGINT", graceMs: 5000 });
-  return { ...pair, authorizes: true, details: async () => ({}) };
+  const start = (role, cpu) => startConsulProxy(pair.names[role], ctx.consul.httpAddr, { launch: pinnedLauncher(cpu, join(dir, `${role}.log`)), logLevel: "warn" }).process;
+  const started = await startPair(ctx, pair, "built-in proxy pair", start, { stopSignal: "SIGINT", graceMs: 5000 });
+  return { ...started, authorizes: true, details: async () => ({}) };
 }
 
 /** Starts one set-up; resolves with { entryPort, sidecars: ProcessGroup[], details(), stop() }. */
 export async function startSetup(id, ctx) {
+  const pair = pairOf(ctx, id);
   switch (id) {
     case "direct":
       return { entryPort: ctx.ports.app, sidecars: [], details: async () => ({}), stop: async () => {} };
     case "plain":
-      return startPlainPair(ctx, { name: "plain-pair" });
+    case "plainHttp":
+      return startPlainPair(ctx, { name: id, pair });
     case "connect":
-      return startControllerPair(ctx, {});
+    case "connectHttp":
+      return startControllerPair(ctx, { pair });
     case "connectNoCache":
       // An allow TTL of 0 caches nothing: every connection asks the agent
       // (connections for the same client arriving during a call share it).
-      return startControllerPair(ctx, { env: { CONNECT_ALLOW_TTL: "0", CONNECT_DENY_TTL: "0" } });
+      return startControllerPair(ctx, { pair, env: { CONNECT_ALLOW_TTL: "0", CONNECT_DENY_TTL: "0" } });
     case "connectMetrics": {
       const [web, db] = await freePorts(2);
-      const pair = await startControllerPair(ctx, { metricsPorts: { web, db } });
+      const started = await startControllerPair(ctx, { pair, metricsPorts: { web, db } });
       const scraper = startScraper([web, db], 1000);
       return {
-        ...pair,
+        ...started,
         metricsPorts: { web, db },
-        details: async () => ({ ...(await pair.details()), scrape: scraper.summary() }),
+        details: async () => ({ ...(await started.details()), scrape: scraper.summary() }),
         stop: async () => {
           scraper.stop();
-          await pair.stop();
+          await started.stop();
         },
       };
     }
     case "builtin":
-      return startBuiltinPair(ctx);
+    case "builtinHttp":
+      return startBuiltinPair(ctx, pair);
     case "plainBigBuffers":
     case "plainTls12":
-      return startPlainPair(ctx, { name: id, extraGlobal: SETUPS[id].extraGlobal });
+      return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal });
     default:
       throw new Error(`unknown set-up ${id}`);
   }

@@ -73,6 +73,27 @@ test("ratios and targets compare connect-haproxy's medians with the others'", ()
   assert.match(markdown, /\| bulk throughput vs built-in proxy \| ≥ 1\.5× \| 1\.20× \| \*\*missed\*\* \|/);
 });
 
+test("the HTTP upstream's set-ups get their own table, ratios and targets", () => {
+  const summary = summarize({
+    connect: [round(950, 6, 2000, 90 * 1024)],
+    plainHttp: [round(8000, undefined, 1000, 20000)],
+    connectHttp: [round(6000, undefined, 900, 90 * 1024)],
+    builtinHttp: [round(1000, undefined, 1500, 100000)],
+  });
+  const table = ratios(summary);
+  assert.equal(table.newConnPerSec.httpOverBuiltin, 6);
+  assert.equal(table.newConnPerSec.httpOverPlain, 0.75);
+  // The TCP ratios are not mixed with the HTTP set-ups'.
+  assert.equal(table.newConnPerSec.connectOverBuiltin, undefined);
+  const targets = Object.fromEntries(checkTargets(summary, table, { connectHttp: [round(6000, undefined, 900, 1)], builtinHttp: [round(1000, undefined, 1500, 1)] }).map((t) => [t.name, t]));
+  assert.equal(targets["HTTP: new client connections/s vs built-in proxy"].met, true);
+  assert.deepEqual(targets["HTTP: new client connections/s vs built-in proxy"].perRound, [6]);
+  assert.equal(targets["HTTP: kept-alive requests/s vs plain HTTP pair (no Lua, same logging, same pooling)"].measured, 1);
+  assert.equal(targets["HTTP: p99 latency, kept-alive, vs built-in proxy"].met, true);
+  const markdown = markdownReport({ machine: {}, settings: { quick: false, rounds: 1, finishedAt: "now", commit: "abc", method: [] }, summary, ratioTable: table, targets: Object.values(targets), extras: {} });
+  assert.match(markdown, /### HTTP upstream \(protocol http\)\n\n\| \| plain HAProxy \| connect-haproxy \| built-in proxy \|[^\n]*\n[^\n]*\n\| new connections\/s [^|]*\| 8,000 \| 6,000 \| 1,000 \| 6\.00× \| 0\.75× \|/);
+});
+
 test("the chart is one SVG with a bar per value and escaped text", () => {
   const svg = barChartSvg({ title: "a < b", panels: [{ title: "t", unit: "u", better: "higher", bars: [{ setup: "plain", label: "p", value: 3 }, { setup: "builtin", label: "b", value: undefined }] }] });
   assert.match(svg, /^<svg [^>]+>/);
