@@ -259,7 +259,7 @@ export function markdownReport({ machine, settings, summary, ratioTable, targets
       `| | ${labels.join(" | ")} |`,
       `|---|${labels.map(() => "--:").join("|")}|`,
     );
-    for (const id of ["plain", ...optIn]) {
+    for (const id of ["plain", "plainHttp", ...optIn]) {
       if (summary[id]) add(`| ${SETUPS[id].label} | ${keys.map((k) => cell(summary, id, k)).join(" | ")} |`);
     }
   }

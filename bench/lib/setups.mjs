@@ -39,6 +39,20 @@ export const SETUPS = {
     optIn: true,
     extraGlobal: ["tune.bufsize 65536"],
   },
+  plainHttpH2: {
+    label: "plain HTTP pair, HTTP/2 between the sidecars (alpn h2 on the pooled connections)",
+    short: "plain HTTP, h2 between sidecars",
+    optIn: true,
+    protocol: "http",
+    editConfig: (config) => config.replaceAll(" alpn http/1.1", " alpn h2"),
+  },
+  plainHttpQuiet: {
+    label: "plain HTTP pair logging only failed requests (option dontlog-normal)",
+    short: "plain HTTP, no line per success",
+    optIn: true,
+    protocol: "http",
+    editConfig: (config) => config.replace("    option dontlognull\n", "    option dontlognull\n    option dontlog-normal\n"),
+  },
   plainTls12: {
     label: "plain HAProxy pair, TLS 1.2 between the sidecars",
     short: "plain, TLS 1.2",
@@ -79,7 +93,7 @@ async function sidecarDetails(statsSocket, authorizes) {
  * sidecars, without the authorizer's lines (renderHaproxyConfig's
  * `authorization: false`); `extraGlobal`: lines added to `global` (the tuning candidates).
  */
-async function startPlainPair(ctx, { name, pair, extraGlobal = [] }) {
+async function startPlainPair(ctx, { name, pair, extraGlobal = [], editConfig = (config) => config }) {
   const dir = join(ctx.runDir, name);
   mkdirSync(dir, { recursive: true });
   const start = async (role, cpu) => {
@@ -87,7 +101,7 @@ async function startPlainPair(ctx, { name, pair, extraGlobal = [] }) {
     const state = await sidecarState(ctx.consul, service, dir);
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);
-    const config = renderHaproxyConfig(state, { authorization: false }).replace(/^global$/m, ["global", ...extraGlobal.map((line) => `    ${line}`)].join("\n"));
+    const config = editConfig(renderHaproxyConfig(state, { authorization: false }).replace(/^global$/m, ["global", ...extraGlobal.map((line) => `    ${line}`)].join("\n")));
     return startHaproxy(config, { dir, name: `${service}-sidecar`, cpu, logToFile: true });
   };
   const db = await start("db", ctx.cpu.b);
@@ -211,7 +225,9 @@ export async function startSetup(id, ctx) {
       return startBuiltinPair(ctx, pair);
     case "plainBigBuffers":
     case "plainTls12":
-      return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal });
+    case "plainHttpH2":
+    case "plainHttpQuiet":
+      return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal, editConfig: SETUPS[id].editConfig });
     default:
       throw new Error(`unknown set-up ${id}`);
   }

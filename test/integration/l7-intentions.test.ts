@@ -194,9 +194,23 @@ describe("L7 intentions through sidecars run by the controller", () => {
       (await status("GET", "/health")) === 200 && (await status("GET", "/other")) === 403);
     expect((await apiStats()).passes).toBe(0);
     await nativeRulesFollow(before);
-    // Now HAProxy decides the permission itself on the connection's later requests (the access log says so); the rest stays the authorizer's.
+    // Now HAProxy decides the permission itself on the connection's later requests; the rest stays the authorizer's.
+    // The rules apply once api's authorizer switched them on (the pass map's `l7` entry).
+    await waitFor("api's authorizer to switch the native rules on", async () => {
+      const map = await sendRuntimeCommand(join(api.configDir, "stats.sock"), `show map ${join(api.configDir, "passes.map")}`);
+      return / l7 0\b/.test(map) ? true : undefined;
+    }, { timeoutMs: 5000, intervalMs: 50 });
+    // Every run of the action makes one decision (a cache hit, a miss or a shared agent call).
+    const decisions = async () => {
+      const stats = await apiStats();
+      return Number(stats.hits) + Number(stats.misses) + Number(stats.shared);
+    };
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
+      const decisionsBefore = await decisions();
+      for (let i = 0; i < 4; i++) expect((await send("GET", "/health", {}, agent)).status).toBe(200);
+      // The connection's first request ran the action (it verifies the client and names it for the rules); the three after it did not.
+      expect((await decisions()) - decisionsBefore, "decisions the action made for 4 requests on one connection").toBe(1);
       for (let i = 0; i < 4; i++) {
         expect((await send("GET", "/health", {}, agent)).status).toBe(200);
         expect((await send("GET", "/other", {}, agent)).status).toBe(403);
@@ -204,10 +218,6 @@ describe("L7 intentions through sidecars run by the controller", () => {
     } finally {
       agent.destroy();
     }
-    await waitFor("a request decided by haproxy.cfg's rules", async () => (/reason="L7 intention web => api permission 1: allow \[haproxy\.cfg\]"/.test(api.process.output()) ? true : undefined), {
-      timeoutMs: 5000,
-      intervalMs: 50,
-    });
 
     // L7 → L4 deny: nothing passes, at once, native rules or not.
     before = await change([{ Name: "web", Action: "deny" }], "/health refused", async () => (await status("GET", "/health")) === 403);

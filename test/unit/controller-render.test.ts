@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { rootsPem } from "../../controller/consul-pem.js";
 import { assignSlots, buildDesiredState, instancesFromEntries } from "../../controller/desired-state.js";
 import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
+import { planAccessLog } from "../../controller/access-log.js";
 import { findSidecarRegistration, parseSidecarSpec } from "../../controller/sidecar-spec.js";
 import type { AgentServiceRegistration, CaRoots } from "../../controller/consul-replies.js";
 import { checkHaproxyConfig } from "../harness/haproxy.js";
@@ -154,6 +155,13 @@ describe("renderHaproxyConfig", () => {
     expect(publicListener).toContain("    timeout http-keep-alive 1h\n");
     expect(api).toContain("bind 127.0.0.3:9393");
     expect(api).toContain("frontend upstream_query_db-query");
+  });
+
+  it("logs only refusals and failures without AccessLogs (Envoy logs nothing then), every request with them", () => {
+    const state = buildDesiredState(snapshotFor("agent-service-api-sidecar-proxy"), paths);
+    const defaults = (config: string) => config.slice(config.indexOf("\ndefaults\n"), config.indexOf("\n\n", config.indexOf("\ndefaults\n")));
+    expect(defaults(renderHaproxyConfig(state))).toContain("    option dontlog-normal");
+    expect(renderHaproxyConfig({ ...state, accessLog: planAccessLog({ Enabled: true }) })).not.toContain("dontlog-normal");
   });
 
   it("checks the upstream server's identity on every HTTP response, except for prepared queries", () => {
