@@ -74,7 +74,13 @@ beforeAll(async () => {
     intervalMs: 200,
     process: sidecars.map((s) => s.process),
   });
-}, 120_000);
+  // db too (only the last test uses it): a sidecar that never serves fails here, with every process's last words.
+  await waitFor("db through web's upstream", async () => ((await tcpRoundTrip(ports.dbUpstream, "hello")) ? true : undefined), {
+    timeoutMs: 60_000,
+    intervalMs: 200,
+    process: [...sidecars.map((s) => s.process), ...apps],
+  });
+}, 180_000);
 
 afterAll(async () => {
   await Promise.all(sidecars.map((s) => s.stop()));
@@ -229,7 +235,7 @@ describe("L7 intentions through sidecars run by the controller", () => {
   });
 
   it("closes a live TCP connection within a second of its source being denied", async () => {
-    await waitFor("db through web's upstream", () => tcpRoundTrip(ports.dbUpstream, "hello"), { timeoutMs: 30_000, intervalMs: 200 });
+    await waitFor("db through web's upstream", () => tcpRoundTrip(ports.dbUpstream, "hello"), { timeoutMs: 30_000, intervalMs: 200, process: [...sidecars.map((s) => s.process), ...apps] });
     const socket = connect(ports.dbUpstream, "127.0.0.1");
     const closed = new Promise<number>((resolve) => socket.on("close", () => resolve(Date.now())));
     socket.on("error", () => undefined);
