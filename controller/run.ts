@@ -8,6 +8,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { systemClock } from "./clock.js";
 import { ConsulClient, ConsulError } from "./consul-client.js";
+import { fixedToken, TokenFile, type TokenSource } from "./consul-token.js";
 import { ConsulWatches } from "./consul-watches.js";
 import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
 import { renderHaproxyConfig } from "./haproxy-config.js";
@@ -189,11 +190,11 @@ function selectorFrom(options: CommonOptions): SidecarSelector {
   return { sidecarFor: options.sidecarFor, proxyId: options.proxyId };
 }
 
-function readToken(options: CommonOptions): string | undefined {
-  if (options.token) return options.token;
-  if (!options.tokenFile) return undefined;
+/** --token as given, or --token-file read now and re-read whenever it changes. */
+function tokenSource(options: CommonOptions, logger: Logger): TokenSource {
+  if (options.token || !options.tokenFile) return fixedToken(options.token);
   try {
-    return readFileSync(options.tokenFile, "utf8").trim() || undefined;
+    return new TokenFile(resolve(options.tokenFile), logger);
   } catch (error) {
     throw new UsageError(`cannot read the token file ${options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
@@ -234,16 +235,18 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     const driftCheckSeconds = Number(options.driftCheckInterval);
     if (!/^\d+(\.\d+)?$/.test(options.driftCheckInterval)) throw new UsageError(`--drift-check-interval must be a number of seconds, not "${options.driftCheckInterval}"`);
     const selector = selectorFrom(options);
-    const token = readToken(options);
     const logger = loggerFor(options, err);
-    consul = new ConsulClient({ httpAddr: options.httpAddr, token, caCertFile: options.caFile });
+    const tokens = tokenSource(options, logger);
+    consul = new ConsulClient({ httpAddr: options.httpAddr, tokens, caCertFile: options.caFile });
     const registration = await findSidecar(consul, selector, logger, systemClock, signal);
     const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
     mkdirSync(configDir, { recursive: true, mode: 0o700 });
     const haproxyEnvironment: NodeJS.ProcessEnv = { ...process.env, CONSUL_HTTP_ADDR: options.httpAddr };
     delete haproxyEnvironment.CONSUL_HTTP_TOKEN;
     delete haproxyEnvironment.CONSUL_HTTP_TOKEN_FILE;
-    if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
+    // A token file is handed over as a file, which the authorizer re-reads when it changes (rotation); a fixed token as is.
+    if (tokens instanceof TokenFile) haproxyEnvironment.CONSUL_HTTP_TOKEN_FILE = tokens.path;
+    else if (tokens.current()) haproxyEnvironment.CONSUL_HTTP_TOKEN = tokens.current();
     if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
     const paths = pathsIn(configDir);
     const capabilities = await haproxyCapabilities(options.haproxyBin, logger);
@@ -296,8 +299,8 @@ async function renderOnce(options: CommonOptions, out: Writable, err: Writable, 
   let consul: ConsulClient | undefined;
   try {
     const selector = selectorFrom(options);
-    consul = new ConsulClient({ httpAddr: options.httpAddr, token: readToken(options), caCertFile: options.caFile });
     const logger = loggerFor(options, err);
+    consul = new ConsulClient({ httpAddr: options.httpAddr, tokens: tokenSource(options, logger), caCertFile: options.caFile });
     const registration = await findSidecar(consul, selector, logger, systemClock, signal);
     const snapshot = await readSnapshotOnce(consul, registration, signal);
     const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
