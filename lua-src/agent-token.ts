@@ -74,10 +74,12 @@ export class AgentToken {
    * gave another token (the call is worth one retry).
    */
   notFound(sent: string | undefined): boolean {
-    const changed = this.deps.now() - this.lastReadAt >= MIN_REREAD_MS && this.reload();
+    const refused = sent ?? "";
+    // The first refusal of a token always re-reads (the file may have changed since the task's last read); a burst, once a second.
+    const changed = (refused !== this.rejectedToken || this.deps.now() - this.lastReadAt >= MIN_REREAD_MS) && this.reload();
     if (changed || sent !== this.value) return true;
-    if (this.rejectedToken !== sent || this.rejectedToken === undefined) {
-      this.rejectedToken = sent ?? "";
+    if (refused !== this.rejectedToken) {
+      this.rejectedToken = refused;
       this.deps.log(
         "warning",
         format(
