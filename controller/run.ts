@@ -126,7 +126,7 @@ function addConsulOptions(command: Command): Command {
     .option("--proxy-id <sidecar-id>", "run the connect-proxy registered with this service ID")
     .addOption(new Option("--http-addr <address>", "Consul agent's HTTP API (host:port, http:// or https://)").env("CONSUL_HTTP_ADDR").default("127.0.0.1:8500"))
     .addOption(new Option("--token <token>", "ACL token for Consul (also handed to HAProxy's authorizer through its environment)").env("CONSUL_HTTP_TOKEN"))
-    .addOption(new Option("--token-file <path>", "file holding the ACL token").env("CONSUL_HTTP_TOKEN_FILE"))
+    .addOption(new Option("--token-file <path>", "file holding the ACL token; re-read when it changes (rotation without restart), by the controller and the authorizer").env("CONSUL_HTTP_TOKEN_FILE"))
     .addOption(new Option("--ca-file <path>", "CA certificate to verify Consul's https:// API").env("CONSUL_CACERT"))
     .addOption(new Option("--config-dir <dir>", "where haproxy.cfg, certificates and sockets live (default: <tmpdir>/connect-haproxy/<sidecar-id>)"))
     .addOption(new Option("--log-level <level>", "debug, info, warn or error").env("CONNECT_HAPROXY_LOG_LEVEL").default("info"));
