@@ -7,6 +7,7 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { readFileSync } from "node:fs";
+import { fixedToken, type TokenSource } from "./consul-token.js";
 import type { AgentServiceRegistration, BlockingCursor, CaRoots, ConsulPage, MeshEntry, ProxyDefaultsEntry, DiscoveryChainOverrides, DiscoveryChainReply, Intention, LeafCertificate, PreparedQueryResult, ServiceInstanceEntry } from "./consul-replies.js";
 
 // ---- Errors ----
@@ -42,11 +43,24 @@ export function permissionNeededFor(endpoint: string): string {
 /** Pure: turns an HTTP status and body into a ConsulError (the one place error text is read). */
 export function classifyStatus(endpoint: string, status: number, body: string): ConsulError {
   const detail = body.trim().split("\n")[0]?.slice(0, 200) ?? "";
+  if (status === 403 && isTokenNotFound(detail)) {
+    return new ConsulError(
+      "forbidden",
+      endpoint,
+      `ACL token rejected by Consul (403 ${detail}) for ${endpoint}: the token was deleted or has expired; give a valid one (a --token-file is re-read when it changes)`,
+      status,
+    );
+  }
   if (status === 403) {
     return new ConsulError("forbidden", endpoint, `Consul refused ${endpoint} (403 ${detail || "Permission denied"}): the token needs ${permissionNeededFor(endpoint)}`, status);
   }
   if (status === 404) return new ConsulError("not-found", endpoint, `Consul has no ${endpoint} (404 ${detail})`, status);
   return new ConsulError("status", endpoint, `Consul answered ${status} to ${endpoint}: ${detail}`, status);
+}
+
+/** Pure: Consul's 403 body for a token it does not know (deleted, expired, never created), not one that lacks a permission. */
+export function isTokenNotFound(body: string): boolean {
+  return body.includes("ACL not found");
 }
 
 // ---- Client ----
@@ -55,6 +69,8 @@ export interface ConsulClientOptions {
   /** `host:port`, `http://host:port` or `https://host:port`, as CONSUL_HTTP_ADDR. */
   httpAddr: string;
   token?: string;
+  /** Where the token comes from when it can change (--token-file); wins over `token`. */
+  tokens?: TokenSource;
   /** PEM file to trust for https (CONSUL_CACERT). */
   caCertFile?: string;
 }
@@ -72,7 +88,7 @@ export const maxReplyBytes = 16 * 1024 * 1024;
 export class ConsulClient {
   private readonly base: URL;
   private readonly agent: HttpAgent;
-  private readonly token?: string;
+  private readonly tokens: TokenSource;
 
   constructor(options: ConsulClientOptions) {
     this.base = parseHttpAddr(options.httpAddr);
@@ -80,7 +96,7 @@ export class ConsulClient {
       this.base.protocol === "https:"
         ? new HttpsAgent({ keepAlive: true, ca: options.caCertFile ? readFileSync(options.caCertFile) : undefined })
         : new HttpAgent({ keepAlive: true });
-    this.token = options.token || undefined;
+    this.tokens = options.tokens ?? fixedToken(options.token);
   }
 
   close(): void {
@@ -160,15 +176,10 @@ export class ConsulClient {
     for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
     // A blocking query may legitimately last `wait` plus Consul's jitter (wait/16).
     const timeoutMs = (Number(query.wait?.replace("s", "") ?? 0) * 1.1 + 10) * 1000;
-    let response: { status: number; headers: IncomingMessage["headers"]; body: string };
-    try {
-      response = await this.send(url, timeoutMs, signal, body === undefined ? undefined : JSON.stringify(body));
-    } catch (err) {
-      if (signal?.aborted) throw new ConsulError("aborted", label, `request to ${label} cancelled`);
-      if (err instanceof ConsulError) throw err;
-      const e = err as NodeJS.ErrnoException;
-      throw new ConsulError("unreachable", label, `cannot reach Consul for ${label}: ${e.code ?? e.message}`);
-    }
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    let response = await this.sendOrThrow(url, timeoutMs, label, signal, payload);
+    // A rotated token can meet Consul before the file's change is seen: re-read it, and retry once if it changed.
+    if (response.status === 403 && isTokenNotFound(response.body) && this.tokens.tokenRejected()) response = await this.sendOrThrow(url, timeoutMs, label, signal, payload);
     if (response.status < 200 || response.status >= 300) throw classifyStatus(label, response.status, response.body);
     let value: T;
     try {
@@ -185,10 +196,22 @@ export class ConsulClient {
     };
   }
 
+  private async sendOrThrow(url: URL, timeoutMs: number, label: string, signal: AbortSignal | undefined, body: string | undefined) {
+    try {
+      return await this.send(url, timeoutMs, signal, body);
+    } catch (err) {
+      if (signal?.aborted) throw new ConsulError("aborted", label, `request to ${label} cancelled`);
+      if (err instanceof ConsulError) throw err;
+      const e = err as NodeJS.ErrnoException;
+      throw new ConsulError("unreachable", label, `cannot reach Consul for ${label}: ${e.code ?? e.message}`);
+    }
+  }
+
   private send(url: URL, timeoutMs: number, signal?: AbortSignal, body?: string): Promise<{ status: number; headers: IncomingMessage["headers"]; body: string }> {
     const request = url.protocol === "https:" ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
-      const headers: Record<string, string> = this.token ? { "x-consul-token": this.token } : {};
+      const token = this.tokens.current();
+      const headers: Record<string, string> = token ? { "x-consul-token": token } : {};
       if (body !== undefined) headers["content-type"] = "application/json";
       const req = request(url, { method: body === undefined ? "GET" : "POST", agent: this.agent, signal, timeout: timeoutMs, headers }, (res) => {
         const chunks: Buffer[] = [];

@@ -8,6 +8,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { systemClock } from "./clock.js";
 import { ConsulClient, ConsulError } from "./consul-client.js";
+import { fixedToken, TokenFile, type TokenSource } from "./consul-token.js";
 import { ConsulWatches } from "./consul-watches.js";
 import { buildDesiredState, type HaproxyPaths } from "./desired-state.js";
 import { renderHaproxyConfig } from "./haproxy-config.js";
@@ -125,7 +126,7 @@ function addConsulOptions(command: Command): Command {
     .option("--proxy-id <sidecar-id>", "run the connect-proxy registered with this service ID")
     .addOption(new Option("--http-addr <address>", "Consul agent's HTTP API (host:port, http:// or https://)").env("CONSUL_HTTP_ADDR").default("127.0.0.1:8500"))
     .addOption(new Option("--token <token>", "ACL token for Consul (also handed to HAProxy's authorizer through its environment)").env("CONSUL_HTTP_TOKEN"))
-    .addOption(new Option("--token-file <path>", "file holding the ACL token").env("CONSUL_HTTP_TOKEN_FILE"))
+    .addOption(new Option("--token-file <path>", "file holding the ACL token; re-read when it changes (rotation without restart), by the controller and the authorizer").env("CONSUL_HTTP_TOKEN_FILE"))
     .addOption(new Option("--ca-file <path>", "CA certificate to verify Consul's https:// API").env("CONSUL_CACERT"))
     .addOption(new Option("--config-dir <dir>", "where haproxy.cfg, certificates and sockets live (default: <tmpdir>/connect-haproxy/<sidecar-id>)"))
     .addOption(new Option("--log-level <level>", "debug, info, warn or error").env("CONNECT_HAPROXY_LOG_LEVEL").default("info"));
@@ -189,11 +190,11 @@ function selectorFrom(options: CommonOptions): SidecarSelector {
   return { sidecarFor: options.sidecarFor, proxyId: options.proxyId };
 }
 
-function readToken(options: CommonOptions): string | undefined {
-  if (options.token) return options.token;
-  if (!options.tokenFile) return undefined;
+/** --token as given, or --token-file read now and re-read whenever it changes. */
+function tokenSource(options: CommonOptions, logger: Logger): TokenSource {
+  if (options.token || !options.tokenFile) return fixedToken(options.token);
   try {
-    return readFileSync(options.tokenFile, "utf8").trim() || undefined;
+    return new TokenFile(resolve(options.tokenFile), logger);
   } catch (error) {
     throw new UsageError(`cannot read the token file ${options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
@@ -234,16 +235,18 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     const driftCheckSeconds = Number(options.driftCheckInterval);
     if (!/^\d+(\.\d+)?$/.test(options.driftCheckInterval)) throw new UsageError(`--drift-check-interval must be a number of seconds, not "${options.driftCheckInterval}"`);
     const selector = selectorFrom(options);
-    const token = readToken(options);
     const logger = loggerFor(options, err);
-    consul = new ConsulClient({ httpAddr: options.httpAddr, token, caCertFile: options.caFile });
+    const tokens = tokenSource(options, logger);
+    consul = new ConsulClient({ httpAddr: options.httpAddr, tokens, caCertFile: options.caFile });
     const registration = await findSidecar(consul, selector, logger, systemClock, signal);
     const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));
     mkdirSync(configDir, { recursive: true, mode: 0o700 });
     const haproxyEnvironment: NodeJS.ProcessEnv = { ...process.env, CONSUL_HTTP_ADDR: options.httpAddr };
     delete haproxyEnvironment.CONSUL_HTTP_TOKEN;
     delete haproxyEnvironment.CONSUL_HTTP_TOKEN_FILE;
-    if (token) haproxyEnvironment.CONSUL_HTTP_TOKEN = token;
+    // A token file is handed over as a file, which the authorizer re-reads when it changes (rotation); a fixed token as is.
+    if (tokens instanceof TokenFile) haproxyEnvironment.CONSUL_HTTP_TOKEN_FILE = tokens.path;
+    else if (tokens.current()) haproxyEnvironment.CONSUL_HTTP_TOKEN = tokens.current();
     if (options.caFile) haproxyEnvironment.CONSUL_CACERT = options.caFile;
     const paths = pathsIn(configDir);
     const capabilities = await haproxyCapabilities(options.haproxyBin, logger);
@@ -296,8 +299,8 @@ async function renderOnce(options: CommonOptions, out: Writable, err: Writable, 
   let consul: ConsulClient | undefined;
   try {
     const selector = selectorFrom(options);
-    consul = new ConsulClient({ httpAddr: options.httpAddr, token: readToken(options), caCertFile: options.caFile });
     const logger = loggerFor(options, err);
+    consul = new ConsulClient({ httpAddr: options.httpAddr, tokens: tokenSource(options, logger), caCertFile: options.caFile });
     const registration = await findSidecar(consul, selector, logger, systemClock, signal);
     const snapshot = await readSnapshotOnce(consul, registration, signal);
     const configDir = resolve(options.configDir ?? join(tmpdir(), "connect-haproxy", registration.ID));

@@ -1,6 +1,7 @@
 // The two agent endpoints the authorizer calls, with typed results and
 // errors as values. The token is sent in X-Consul-Token and never logged.
 
+import type { AgentToken } from "./agent-token";
 import type { Socket } from "./haproxy";
 import { buildRequest, exchange, type HttpReply } from "./http";
 import { decode, encodeString } from "./json";
@@ -23,7 +24,8 @@ export interface AgentEndpoint {
   port: number;
   /** host:port as written in CONSUL_HTTP_ADDR, for the Host header. */
   hostHeader: string;
-  token: string | undefined;
+  /** Read at each call: a rotated token is used from the next call on. */
+  token: AgentToken;
   connectTimeoutMs: number;
   readTimeoutMs: number;
 }
@@ -57,6 +59,13 @@ export interface DefaultPolicyAnswer {
 
 /** The agent refused a request for lack of permission (HTTP 403). */
 export const PERMISSION_DENIED = "permission denied";
+/** The agent does not know the token at all (HTTP 403 "ACL not found"): deleted, expired or never created. */
+export const TOKEN_REJECTED = "ACL token rejected by the agent (403 ACL not found)";
+
+/** Pure: Consul's 403 body for a token it does not know, not one that lacks a permission. */
+export function isTokenNotFound(body: string): boolean {
+  return find(body, "ACL not found", 1, true)[0] !== undefined;
+}
 
 export interface AgentClient {
   authorize(this: void, target: string, clientCertUri: string, clientCertSerial: string): LuaMultiReturn<[AuthorizeAnswer | undefined, string | undefined]>;
@@ -90,8 +99,8 @@ function describeFailure(reply: HttpReply): string {
 }
 
 export function createAgentClient(openSocket: (this: void) => Socket, now: (this: void) => number, endpoint: AgentEndpoint): AgentClient {
-  const call = (method: string, path: string, body: string | undefined, readTimeoutMs: number, maxBody: number) =>
-    exchange(openSocket, buildRequest(method, path, endpoint.hostHeader, endpoint.token, body), {
+  const send = (method: string, path: string, token: string | undefined, body: string | undefined, readTimeoutMs: number, maxBody: number) =>
+    exchange(openSocket, buildRequest(method, path, endpoint.hostHeader, token, body), {
       address: endpoint.address,
       port: endpoint.port,
       connectTimeoutMs: endpoint.connectTimeoutMs,
@@ -99,6 +108,20 @@ export function createAgentClient(openSocket: (this: void) => Socket, now: (this
       maxBody,
       now,
     });
+
+  /** One call; a 403 "ACL not found" re-reads the token and, when that gave another one, tries once more. */
+  const call = (method: string, path: string, body: string | undefined, readTimeoutMs: number, maxBody: number): LuaMultiReturn<[HttpReply | undefined, string | undefined]> => {
+    const token = endpoint.token;
+    let sent = token.current();
+    let [reply, err] = send(method, path, sent, body, readTimeoutMs, maxBody);
+    if (reply !== undefined && reply.status === 403 && isTokenNotFound(reply.body) && token.notFound(sent)) {
+      sent = token.current();
+      [reply, err] = send(method, path, sent, body, readTimeoutMs, maxBody);
+      if (reply !== undefined && reply.status === 403 && isTokenNotFound(reply.body)) token.notFound(sent);
+    }
+    if (reply !== undefined && reply.status !== 403) token.accepted(sent);
+    return $multi(reply, err);
+  };
 
   /** A GET that blocks up to waitSeconds for a change past `index` (a plain GET when index is 0). */
   const blockingGet = (path: string, index: number, waitSeconds: number, maxBody: number) => {
@@ -116,6 +139,7 @@ export function createAgentClient(openSocket: (this: void) => Socket, now: (this
       const body = '{"Target":' + encodeString(target) + ',"ClientCertURI":' + encodeString(clientCertUri) + ',"ClientCertSerial":' + encodeString(clientCertSerial) + "}";
       const [reply, err] = call("POST", "/v1/agent/connect/authorize", body, endpoint.readTimeoutMs, MAX_AUTHORIZE_REPLY);
       if (reply === undefined) return $multi(undefined, err);
+      if (reply.status === 403 && isTokenNotFound(reply.body)) return $multi(undefined, TOKEN_REJECTED);
       if (reply.status !== 200) return $multi(undefined, describeFailure(reply));
       const [decoded, decodeError] = decode(reply.body);
       if (decoded === undefined) return $multi(undefined, "authorize reply: " + (decodeError as string));
@@ -142,6 +166,7 @@ export function createAgentClient(openSocket: (this: void) => Socket, now: (this
     intentionsFor(destination, index, waitSeconds) {
       const [reply, err] = blockingGet("/v1/connect/intentions/match?by=destination&name=" + encodeQueryValue(destination), index, waitSeconds, MAX_INTENTIONS_REPLY);
       if (reply === undefined) return $multi(undefined, err);
+      if (reply.status === 403 && isTokenNotFound(reply.body)) return $multi(undefined, TOKEN_REJECTED);
       if (reply.status === 403) return $multi(undefined, PERMISSION_DENIED + " (" + describeFailure(reply) + ")");
       if (reply.status !== 200) return $multi(undefined, describeFailure(reply));
       const [decoded, decodeError] = decode(reply.body);

@@ -20,6 +20,7 @@
 // CONNECT_LOG_ALLOWED=1); deny at info; a deny caused by our side (agent
 // unreachable, configuration, internal error) at warning.
 
+import type { AgentToken } from "./agent-token";
 import type { HttpMessage, Txn } from "./haproxy";
 import type { Authorizer } from "./authorizer";
 import type { Config } from "./config";
@@ -49,6 +50,8 @@ export interface AuthorizeContext {
   globalLog?: (this: void, level: string, message: string) => void;
   /** Decisions by verdict and origin, for `connect metrics` (absent: not counted). */
   decisions?: DecisionCounters;
+  /** The token the agent calls send, for `connect show config` (only whether one is set). */
+  agentToken?: AgentToken;
 }
 
 const find = string.find;

@@ -8,9 +8,11 @@
 // the grace period ago is honoured. A deny is never extended, and nothing is
 // invented: a client never seen before is denied.
 
-import type { AuthorizeAnswer } from "./agent";
+import { TOKEN_REJECTED, type AuthorizeAnswer } from "./agent";
 import { BoundedLru } from "./lru";
 import { LatencyHistogram } from "./metrics";
+
+const find = string.find;
 
 const format = string.format;
 
@@ -133,7 +135,8 @@ export class Authorizer {
       this.errors++;
       const why = ok ? tostring(failure ?? "no answer") : "internal error: " + tostring(answer);
       const grace = this.options.agentDownGraceMs;
-      if (grace > 0 && stale !== undefined && stale.allowed && generation === this.generation && now - stale.expiresAt <= grace) {
+      // The grace period is for an agent that does not answer, not one that refuses the token.
+      if (grace > 0 && find(why, TOKEN_REJECTED, 1, true)[0] === undefined && stale !== undefined && stale.allowed && generation === this.generation && now - stale.expiresAt <= grace) {
         this.graceAllows++;
         allowed = true;
         reason = format("%s; agent unreachable (%s): honouring an allow that expired %d ms ago (grace %d ms)", stale.reason, why, Math.floor(now - stale.expiresAt), grace);

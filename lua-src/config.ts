@@ -6,6 +6,8 @@
 // to its default with a warning; an unusable agent address makes every
 // decision a deny that says why.
 
+import { readTokenFile } from "./agent-token";
+
 const find = string.find;
 const match = string.match;
 const lower = string.lower;
@@ -23,6 +25,8 @@ export interface Config {
   token: string | undefined;
   /** Where the token came from, for `connect show config` (never the token itself). */
   tokenSource: string;
+  /** CONSUL_HTTP_TOKEN_FILE when the token comes from it: re-read as it changes (agent-token.ts). */
+  tokenFile: string | undefined;
   allowTtlMs: number;
   denyTtlMs: number;
   cacheSize: number;
@@ -63,7 +67,7 @@ const MAX_CACHE_SIZE = 1000000;
 export const KNOBS: [string, string][] = [
   ["CONSUL_HTTP_ADDR", "agent HTTP address, host:port or http://host:port (default 127.0.0.1:8500)"],
   ["CONSUL_HTTP_TOKEN", "ACL token sent as X-Consul-Token (needs service:write on each target)"],
-  ["CONSUL_HTTP_TOKEN_FILE", "file holding the token, read at load time if CONSUL_HTTP_TOKEN is unset"],
+  ["CONSUL_HTTP_TOKEN_FILE", "file holding the token if CONSUL_HTTP_TOKEN is unset; re-read every 2s and on a 403 ACL not found (rotation without reload)"],
   ["CONNECT_ALLOW_TTL", "how long an allow verdict is cached (default 10s)"],
   ["CONNECT_DENY_TTL", "how long a deny verdict is cached (default 2s)"],
   ["CONNECT_CACHE_SIZE", "maximum cached verdicts, least recently used evicted first (default 10000)"],
@@ -140,15 +144,6 @@ export function parseAgentAddress(text: string): LuaMultiReturn<[AgentAddress | 
   return $multi({ address, port, hostHeader }, undefined);
 }
 
-function readTokenFile(path: string): LuaMultiReturn<[string | undefined, string | undefined]> {
-  const [file, openError] = io.open(path, "r");
-  if (file === undefined) return $multi(undefined, format("CONSUL_HTTP_TOKEN_FILE: cannot read %s (%s)", path, tostring(openError)));
-  const content = file.read("a") as string | undefined;
-  file.close();
-  const [token] = match(content ?? "", "^%s*(.-)%s*$");
-  return $multi(token, undefined);
-}
-
 export function loadConfig(getenv: (this: void, name: string) => string | undefined): Config {
   const warnings: string[] = [];
   const env = (name: string): string | undefined => {
@@ -176,8 +171,10 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
 
   let token = env("CONSUL_HTTP_TOKEN");
   let tokenSource = token !== undefined ? "CONSUL_HTTP_TOKEN" : "none";
-  const tokenFile = env("CONSUL_HTTP_TOKEN_FILE");
-  if (token === undefined && tokenFile !== undefined) {
+  const tokenFileSetting = env("CONSUL_HTTP_TOKEN_FILE");
+  // Followed even when unreadable now: the token may arrive later.
+  const tokenFile = token === undefined ? tokenFileSetting : undefined;
+  if (tokenFile !== undefined) {
     const [fromFile, fileError] = readTokenFile(tokenFile);
     if (fileError !== undefined) warnings.push(fileError);
     else if (fromFile !== undefined && fromFile !== "") {
@@ -228,6 +225,7 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
     agentAddressError,
     token,
     tokenSource,
+    tokenFile,
     allowTtlMs: duration("CONNECT_ALLOW_TTL", DEFAULTS.allowTtlMs, 86400000),
     denyTtlMs: duration("CONNECT_DENY_TTL", DEFAULTS.denyTtlMs, 86400000),
     cacheSize,
@@ -247,10 +245,10 @@ export function loadConfig(getenv: (this: void, name: string) => string | undefi
 }
 
 /** `connect show config`: every setting, the token only as "set"/"not set". */
-export function describeConfig(config: Config, trustDomain: string): string {
+export function describeConfig(config: Config, trustDomain: string, tokenSet = config.token !== undefined): string {
   const lines = [
     "agent: " + (config.agentAddressError !== undefined ? "UNUSABLE (" + config.agentAddressError + ")" : config.agentHostHeader),
-    "token: " + (config.token !== undefined ? "set (from " + config.tokenSource + ")" : "not set"),
+    "token: " + (tokenSet ? "set (from " + (config.tokenFile !== undefined ? "CONSUL_HTTP_TOKEN_FILE, re-read as it changes" : config.tokenSource) + ")" : "not set"),
     "trust_domain: " + trustDomain,
     "default_target: " + (config.defaultTarget ?? "(none)"),
     format("allow_ttl_ms: %d", config.allowTtlMs),

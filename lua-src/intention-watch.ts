@@ -22,7 +22,7 @@
 // Refreshed on every list change and every DEFAULT_REFRESH_MS.
 
 import type { AuthorizeAnswer, DefaultPolicyAnswer, IntentionsAnswer } from "./agent";
-import { PERMISSION_DENIED } from "./agent";
+import { PERMISSION_DENIED, TOKEN_REJECTED } from "./agent";
 import { compileIntentionList, governingIntention, type IntentionList, type RegexCompiler } from "./intentions";
 import { backoffDelayMs } from "./backoff";
 
@@ -209,12 +209,21 @@ export class IntentionWatch {
     const [ok, answer, failure] = protect(fetchIntentions, rules.target, index, INTENTIONS_WAIT_SECONDS);
     rules.attempts++;
     if (!ok || answer === undefined) {
-      rules.lastError = ok ? tostring(failure) : "internal error: " + tostring(answer);
+      const lastError = ok ? tostring(failure) : "internal error: " + tostring(answer);
+      rules.lastError = lastError;
       rules.failures++;
+      // A revoked token: the list can no longer follow Consul, so it stops deciding (fail closed), and the
+      // verdicts and passes resting on it go too. Every new decision then asks the agent, which refuses the token.
+      const revoked = find(lastError, TOKEN_REJECTED, 1, true)[0] !== undefined;
+      if (revoked && rules.list !== undefined) {
+        rules.list = undefined;
+        rules.body = undefined;
+        this.deps.onChange(rules.target);
+      }
       if (rules.failures === 1) {
-        let hint = "";
+        let hint = revoked ? " (replace the token; until then requests for it are denied)" : "";
         if (find(rules.lastError, PERMISSION_DENIED, 1, true)[0] !== undefined) hint = format(" (the token needs intentions:read on %s, as service:write or a service identity for it grants)", rules.target);
-        this.deps.log("warning", format("connect-haproxy: cannot read the intentions for %s: %s%s; keeping the last list", rules.target, rules.lastError, hint));
+        this.deps.log("warning", format("connect-haproxy: cannot read the intentions for %s: %s%s; %s", rules.target, rules.lastError, hint, revoked ? "dropped its list" : "keeping the last list"));
       }
       return backoffDelayMs(rules.failures, 250, MAX_BACKOFF_MS, this.deps.random());
     }

@@ -33,11 +33,12 @@ import * as intentionWatch from "./intention-watch";
 import * as requestPath from "./request-path";
 import * as connectionRegistry from "./connection-registry";
 import * as requestPasses from "./request-passes";
+import * as agentToken from "./agent-token";
 
 export const version = "0.1.0";
 export {
   der, spiffe, json, http, lru, agent, authorizer, trust, config, sanitize, peerIdentity, failClosed, authorizeAction, statsCommands, verifyUpstreamAction,
-  intentions, intentionWatch, requestPath, connectionRegistry, requestPasses,
+  intentions, intentionWatch, requestPath, connectionRegistry, requestPasses, agentToken,
 };
 
 export interface Installed {
@@ -82,11 +83,12 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     else core.Info(message);
   };
 
+  const token = new agentToken.AgentToken(settings.token, settings.tokenFile, { readFile: agentToken.readTokenFile, now, log });
   const client = agent.createAgentClient(() => core.tcp(), now, {
     address: settings.agentAddress,
     port: settings.agentPort,
     hostHeader: settings.agentHostHeader,
-    token: settings.token,
+    token,
     connectTimeoutMs: settings.connectTimeoutMs,
     readTimeoutMs: settings.readTimeoutMs,
   });
@@ -145,6 +147,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     passes: new requestPasses.RequestPasses(requestPasses.haproxyPassMap(core, settings.passMap), settings.cacheSize),
     globalLog: log,
     decisions: new metrics.DecisionCounters(),
+    agentToken: token,
   };
 
   core.register_action("connect_authorize", ["tcp-req", "http-req"], (txn, target) => authorizeAction.authorizeTransaction(context, txn, target), 1);
@@ -159,6 +162,8 @@ export function install(core: Core, getenv: (this: void, name: string) => string
   const refreshTask = (): void => {
     if (settings.agentAddressError === undefined) trustDomains.runForever();
   };
+  // First: the specs find the intention workers as the last tasks registered.
+  if (settings.tokenFile !== undefined) core.register_task(() => token.runForever(() => core.get_info().get("Stopping") === 1, sleep));
   if (settings.trustDomain === undefined) core.register_task(refreshTask);
   if (settings.agentAddressError === undefined) {
     watch.startTasks();

@@ -38,7 +38,7 @@ export function metricsCommand(context: AuthorizeContext): string {
 }
 
 export function configCommand(context: AuthorizeContext): string {
-  return describeConfig(context.config, context.trustDomains.describe());
+  return describeConfig(context.config, context.trustDomains.describe(), context.agentToken?.current() !== undefined);
 }
 
 export function intentionsCommand(context: AuthorizeContext): string {

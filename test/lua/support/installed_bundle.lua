@@ -37,6 +37,20 @@ function M.json(value)
   error("cannot encode " .. kind)
 end
 
+-- web's leaf (URI SAN M.WEB) under a fresh CA, for one spec file: give it the
+-- file's busted `setup` and `teardown` (they are not globals here); fixture.der
+-- and fixture.dir (a scratch directory) are set once setup ran.
+function M.web_certificate_fixture(setup, teardown)
+  local certs = require("test.lua.support.certs")
+  local fixture = {}
+  setup(function()
+    fixture.dir = certs.tmpdir()
+    fixture.der = certs.leaf(fixture.dir, certs.ca(fixture.dir), { extensions = "subjectAltName=URI:" .. M.WEB })
+  end)
+  teardown(function() certs.remove(fixture.dir) end)
+  return fixture
+end
+
 -- A stubbed HAProxy with the bundle installed. `policy(body)` answers authorize calls.
 -- world.intentions[target] (a Lua list of intentions) answers the match
 -- endpoint, with world.intentions_index as X-Consul-Index; world.self answers
