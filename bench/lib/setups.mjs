@@ -39,6 +39,12 @@ export const SETUPS = {
     optIn: true,
     extraGlobal: ["tune.bufsize 65536"],
   },
+  plainSplice: {
+    label: "plain HAProxy pair splicing the plaintext legs (option splice-auto)",
+    short: "plain, splice",
+    optIn: true,
+    editConfig: (config) => config.replace("    option dontlognull\n", "    option dontlognull\n    option splice-auto\n"),
+  },
   plainHttpH2: {
     label: "plain HTTP pair, HTTP/2 between the sidecars (alpn h2 on the pooled connections)",
     short: "plain HTTP, h2 between sidecars",
@@ -225,6 +231,7 @@ export async function startSetup(id, ctx) {
       return startBuiltinPair(ctx, pair);
     case "plainBigBuffers":
     case "plainTls12":
+    case "plainSplice":
     case "plainHttpH2":
     case "plainHttpQuiet":
       return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal, editConfig: SETUPS[id].editConfig });
