@@ -251,6 +251,6 @@ try {
 } finally {
   await stopAll();
   await consul?.stop();
-  if (process.exitCode) log(`the sidecar's log is kept in ${runDir}`);
+  if (process.exitCode || process.env.SCALE_KEEP) log(`the sidecar's log is kept in ${runDir}`);
   else rmSync(runDir, { recursive: true, force: true });
 }

@@ -8,7 +8,7 @@ import { connect as tlsConnect, type SecureVersion } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consulBinary, type ConsulAgent } from "./consul.js";
-import { controllerCli, dbApp, httpEchoApp, webApp } from "./paths.js";
+import { controllerCli, controllerNodeFlags, dbApp, httpEchoApp, webApp } from "./paths.js";
 import { startProcess, type StartedProcess } from "./processes.js";
 
 /** How to start a process: on this host, inside a test host's namespace, or pinned and logged to a file (benchmarks). */
@@ -51,6 +51,7 @@ export function startConnectHaproxy(serviceId: string, httpAddr: string, options
   const { launch = onThisHost, logLevel = "debug", args = [] } = options;
   const configDir = options.configDir ?? mkdtempSync(join(tmpdir(), `ch-sidecar-${serviceId}-`));
   const proc = launch(`connect-haproxy ${serviceId}`, process.execPath, [
+    ...controllerNodeFlags(),
     controllerCli,
     "--sidecar-for",
     serviceId,
