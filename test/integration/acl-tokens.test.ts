@@ -225,13 +225,17 @@ describe("connect-haproxy with ACLs on (default deny) and least-privilege token 
 
     // Fail closed: once the authorizer sees the rejection (its intentions watch, within its 4 s wait) no new connection gets through.
     await waitFor("new connections denied", async () => ((await throughMesh("revoked")) === undefined ? true : undefined), { process: running(), timeoutMs: 15_000 });
+    // A deleted token does not end the blocking queries already waiting with it: each controller hears of it
+    // when one of its watches asks again, within a blocking wait (15 s, plus Consul's jitter of up to 1/16).
+    const rejectedLines = (service: "web" | "db") => since(service).split("\n").filter((line) => /watch of .* failed: ACL token rejected by Consul \(403 ACL not found\)/.test(line));
+    await waitFor("each controller's first watch refused", async () => (rejectedLines("web").length > 0 && rejectedLines("db").length > 0 ? true : undefined), { process: running(), timeoutMs: 25_000 });
     // Long enough for several retries of every watch (backoff from 250 ms).
     await sleep(8_000);
     expect(await throughMesh("still revoked")).toBeUndefined();
 
     for (const service of ["web", "db"] as const) {
       const output = since(service);
-      const rejected = output.split("\n").filter((line) => /watch of .* failed: ACL token rejected by Consul \(403 ACL not found\)/.test(line));
+      const rejected = rejectedLines(service);
       expect(rejected.length, output).toBeGreaterThan(0);
       const perWatch = new Map<string, number>();
       for (const line of rejected) {
