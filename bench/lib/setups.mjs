@@ -52,19 +52,6 @@ export const SETUPS = {
     protocol: "http",
     editConfig: (config) => config.replaceAll(" alpn http/1.1", " alpn h2"),
   },
-  plainHttpQuiet: {
-    label: "plain HTTP pair logging only failed requests (option dontlog-normal)",
-    short: "plain HTTP, no line per success",
-    optIn: true,
-    protocol: "http",
-    editConfig: (config) => config.replace("    option dontlognull\n", "    option dontlognull\n    option dontlog-normal\n"),
-  },
-  plainTls12: {
-    label: "plain HAProxy pair, TLS 1.2 between the sidecars",
-    short: "plain, TLS 1.2",
-    optIn: true,
-    extraGlobal: ["ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2", "ssl-default-server-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"],
-  },
 };
 
 export const DEFAULT_SETUPS = Object.keys(SETUPS).filter((id) => !SETUPS[id].optIn);
@@ -230,10 +217,8 @@ export async function startSetup(id, ctx) {
     case "builtinHttp":
       return startBuiltinPair(ctx, pair);
     case "plainBigBuffers":
-    case "plainTls12":
     case "plainSplice":
     case "plainHttpH2":
-    case "plainHttpQuiet":
       return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal, editConfig: SETUPS[id].editConfig });
     default:
       throw new Error(`unknown set-up ${id}`);
