@@ -140,6 +140,19 @@ export function parseAppliedChange(line: string, sidecar: string): AppliedChange
   return kind ? { at: Date.parse(match[1]!), sidecar, kind, change } : undefined;
 }
 
+/** A controller's line saying its HAProxy died (a crash: the controller restarts it). */
+export interface HaproxyExit {
+  at: number;
+  sidecar: string;
+  line: string;
+}
+
+/** Pure: `HAProxy exited unexpectedly; restarting it code=139 …` → the exit, if the line says one. */
+export function parseHaproxyExit(line: string, sidecar: string): HaproxyExit | undefined {
+  const match = /^(\d{4}-\d\d-\d\dT[\d:.]+Z) ERROR HAProxy exited unexpectedly/.exec(line);
+  return match ? { at: Date.parse(match[1]!), sidecar, line } : undefined;
+}
+
 export interface MinuteRow extends Counts {
   minute: number;
   reloads: number;
@@ -344,6 +357,7 @@ export interface SoakInput {
   events: EventRecord[];
   samples: ResourceSample[];
   applied: AppliedChange[];
+  haproxyExits: HaproxyExit[];
   /** The sidecars that ran the whole time (their growth is checked). */
   steadySidecars: string[];
 }
@@ -364,6 +378,8 @@ export interface SoakSummary {
   events: (EventRecord & { atMs: number; tookMs: number })[];
   changesApplied: { reloads: number; runtimeOperations: number; leafRenewals: number; rootChanges: number; bySidecar: Record<string, { reloads: number; runtimeOperations: number }> };
   growth: GrowthCheck[];
+  /** HAProxy processes that died under a controller (crashes), relative to the start of traffic. */
+  haproxyExits: (HaproxyExit & { atMs: number })[];
   /** The allowed connections that failed and the denied ones answered, with what the client saw (at most 50). */
   wrongAttempts: (Attempt & { atMs: number; classification: Classification })[];
   problems: string[];
@@ -412,8 +428,9 @@ export function summarizeSoak(input: SoakInput): SoakSummary {
       bySidecar,
     },
     growth,
+    haproxyExits: input.haproxyExits.map((exit) => ({ ...exit, atMs: exit.at - input.startedAt })),
     wrongAttempts: wrong.slice(0, 50),
-    problems: soakProblems(total, perFlow, growth),
+    problems: [...soakProblems(total, perFlow, growth), ...input.haproxyExits.map((exit) => `${exit.sidecar}'s HAProxy exited unexpectedly at +${exit.at - input.startedAt} ms: ${exit.line}`)],
   };
 }
 
@@ -457,6 +474,10 @@ export function soakMarkdown(summary: SoakSummary): string {
   lines.push("", `Changes the controllers applied during the run: ${a.reloads} reloads, ${a.runtimeOperations} runtime operations; ${a.leafRenewals} leaf renewals, ${a.rootChanges} root changes. Per sidecar: ${Object.entries(a.bySidecar).map(([s, c]) => `${s} ${c.reloads} reloads, ${c.runtimeOperations} runtime`).join("; ")}.`);
   lines.push("", "## Growth (reference minute → last minute, median)", "", "| sidecar | measure | reference | last | bound | ok |", "| --- | --- | --: | --: | --: | --- |");
   for (const g of summary.growth) lines.push(`| ${g.sidecar} | ${g.what} | ${g.reference} | ${g.last} | +${g.bound} | ${g.ok ? "yes" : "**no**"} |`);
+  if (summary.haproxyExits.length) {
+    lines.push("", "## HAProxy exits (crashes)", "", "| at | sidecar | the controller's line |", "| --: | --- | --- |");
+    for (const exit of summary.haproxyExits) lines.push(`| +${exit.atMs} ms | ${exit.sidecar} | \`${exit.line}\` |`);
+  }
   if (summary.wrongAttempts.length) {
     lines.push("", "## Wrong answers", "", "| at | flow | classification | what the client saw |", "| --: | --- | --- | --- |");
     for (const w of summary.wrongAttempts) lines.push(`| +${w.atMs} ms | ${w.flow} | ${w.classification} | ${w.detail} |`);

@@ -22,12 +22,14 @@ import { runCommand, sleep, startProcess, waitFor, type StartedProcess } from ".
 import {
   defaultGraceMs,
   parseAppliedChange,
+  parseHaproxyExit,
   soakSchedule,
   summarizeSoak,
   type AppliedChange,
   type Attempt,
   type EventRecord,
   type FailureWindow,
+  type HaproxyExit,
   type ResourceSample,
   type SoakSummary,
   type VerdictChange,
@@ -291,11 +293,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakSummary> {
     await samplingDone;
 
     const applied: AppliedChange[] = [];
+    const haproxyExits: HaproxyExit[] = [];
     for (const { sidecar, file } of logFiles) {
       if (!existsSync(file)) continue;
       for (const line of readFileSync(file, "utf8").split("\n")) {
         const change = parseAppliedChange(line, sidecar);
         if (change) applied.push(change);
+        const exit = parseHaproxyExit(line, sidecar);
+        if (exit) haproxyExits.push(exit);
       }
     }
     const haproxyVersion = (await runCommand(haproxyBinary(), ["-v"])).stdout.split("\n")[0] ?? "?";
@@ -312,6 +317,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakSummary> {
       events,
       samples,
       applied,
+      haproxyExits,
       steadySidecars: ["api", "db-1", "web", "evil"],
     });
   } finally {

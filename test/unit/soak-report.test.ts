@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { classifyAttempt, flipEnforcement, growthChecks, parseAppliedChange, soakSchedule, type Attempt, type ResourceSample, type VerdictChange } from "../harness/soak-report.js";
+import { classifyAttempt, flipEnforcement, growthChecks, parseAppliedChange, parseHaproxyExit, soakSchedule, type Attempt, type ResourceSample, type VerdictChange } from "../harness/soak-report.js";
 
 const changes: VerdictChange[] = [
   { flow: "evil->db", at: 0, verdict: "deny" },
@@ -58,6 +58,9 @@ describe("soak schedule, logs and growth", () => {
     expect(parseAppliedChange(reload, "web")).toEqual({ at: Date.parse("2026-11-26T22:00:01.000Z"), sidecar: "web", kind: "reload", change: "leaf certificate renewed (serial 1 -> 2); HAProxy 2.6" });
     expect(parseAppliedChange(runtime, "web")?.kind).toBe("runtime");
     expect(parseAppliedChange("2026-11-26T22:00:02.000Z INFO  HAProxy started pid=1", "web")).toBeUndefined();
+    const crash = "2026-11-26T22:38:15.655Z ERROR HAProxy exited unexpectedly; restarting it code=139 restartInMs=500 restarts=1";
+    expect(parseHaproxyExit(crash, "db-2")).toEqual({ at: Date.parse("2026-11-26T22:38:15.655Z"), sidecar: "db-2", line: crash });
+    expect(parseHaproxyExit("2026-11-26T22:38:16.236Z INFO  HAProxy restarted pid=30622", "db-2")).toBeUndefined();
   });
 
   it("compares minute 2 with the last minute, per sidecar, against the bounds", () => {
