@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (npm test): installs what is missing, builds, runs every
-# suite (vitest: unit + integration on the default HAProxy, then the integration
-# suites again on each other HAProxy of the matrix; busted: Lua specs on the
+# suite (vitest: unit + integration + the soak's 2-minute run, test/soak/, on
+# the default HAProxy, then the integration suites again on each other HAProxy
+# of the matrix; busted: Lua specs on the
 # built bundle under lua5.3 and lua5.4), and ends with one line
 # `N passed, N failed` summing them all.
 # The HAProxy the tests run comes from one place: HAPROXY_BIN (the harness and
