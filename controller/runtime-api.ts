@@ -137,9 +137,7 @@ export class RuntimeApi {
     if (revoked.length === 0) return [];
     const sessions = parseShowSess(await this.command("show sess"));
     const closed: RevokedConnection[] = [];
-    for (const connection of revoked) {
-      const session = sessions.find((s) => s.frontend === frontend && s.client === connection.client);
-      if (!session) continue;
+    for (const { connection, session } of sessionsToClose(revoked, sessions, frontend)) {
       await this.command(`shutdown session ${session.id}`);
       closed.push(connection);
     }
@@ -221,16 +219,18 @@ export interface RevokedConnection {
   client: string;
   target: string;
   source: string;
+  /** Seconds since the authorizer allowed it. */
+  ageSeconds: number;
   reason: string;
 }
 
-/** Pure: `connect revoked` answers `<ip>:<port> <target> <source SPIFFE ID> <reason…>`, one per line. */
+/** Pure: `connect revoked` answers `<ip>:<port> <target> <source SPIFFE ID> <age>s <reason…>`, one per line. */
 export function parseRevoked(answer: string): RevokedConnection[] {
   return answer
     .split("\n")
-    .map((line) => /^(\S+:\d+) (\S+) (\S+) (.*)$/.exec(line.trim()))
+    .map((line) => /^(\S+:\d+) (\S+) (\S+) (\d+)s (.*)$/.exec(line.trim()))
     .filter((match): match is RegExpExecArray => match !== null)
-    .map(([, client, target, source, reason]) => ({ client: unbracketed(client!), target: target!, source: source!, reason: reason! }));
+    .map(([, client, target, source, age, reason]) => ({ client: unbracketed(client!), target: target!, source: source!, ageSeconds: Number(age), reason: reason! }));
 }
 
 export interface LiveSession {
@@ -238,15 +238,60 @@ export interface LiveSession {
   id: string;
   client: string;
   frontend: string;
+  /** The server it was given (`srv=`): undefined while none is (`<none>`), e.g. while its rules still run. */
+  server: string | undefined;
+  /** Its age in seconds, as `show sess` can tell it: exact, or a range when it prints two units (`1h5m`: 3900–3959). */
+  ageSeconds: { min: number; max: number } | undefined;
 }
 
-/** Pure: `show sess`: `0x55…: proto=tcpv4 src=127.0.0.1:37424 fe=public_listener be=…`. */
+/** Pure: `show sess`: `0x55…: proto=tcpv4 src=127.0.0.1:37424 fe=public_listener be=local_app srv=app ts=08 epoch=0 age=3s …`. */
 export function parseShowSess(answer: string): LiveSession[] {
   return answer
     .split("\n")
-    .map((line) => /^(0x[0-9a-f]+): .*?\bsrc=(\S+) fe=(\S+)/.exec(line))
+    .map((line) => /^(0x[0-9a-f]+): .*?\bsrc=(\S+) fe=(\S+) be=\S+ srv=(\S+).*? age=(\S+)/.exec(line))
     .filter((match): match is RegExpExecArray => match !== null)
-    .map(([, id, client, frontend]) => ({ id: id!, client: unbracketed(client!), frontend: frontend! }));
+    .map(([, id, client, frontend, server, age]) => ({ id: id!, client: unbracketed(client!), frontend: frontend!, server: server === "<none>" ? undefined : server, ageSeconds: parseHumanTime(age!) }));
+}
+
+const timeUnits: Record<string, number> = { d: 86_400, h: 3_600, m: 60, s: 1 };
+
+/**
+ * Pure: HAProxy's human_time() in seconds (`0s`, `5s`, `1m5s`, `1h5m`, `2d3h`).
+ * It prints at most two units: with two, what is below the second is cut off.
+ */
+export function parseHumanTime(text: string): { min: number; max: number } | undefined {
+  const parts = [...text.matchAll(/(\d+)([dhms])/g)];
+  if (parts.length === 0 || parts.map((part) => part[0]).join("") !== text) return undefined;
+  const min = parts.reduce((sum, [, count, unit]) => sum + Number(count) * timeUnits[unit!]!, 0);
+  const last = timeUnits[parts[parts.length - 1]![2]!]!;
+  return { min, max: parts.length === 2 ? min + last - 1 : min };
+}
+
+/**
+ * Pure: the sessions to shut down for the revoked connections. Only a session
+ * with the same client address, on `frontend`, given its server (its rules have
+ * run: one still being decided is decided with the new intentions anyway, and
+ * shutting a stream down in the middle of its Lua action is not safe on 2.6),
+ * whose age matches the entry's (the entry may be an older connection that had
+ * this client port: on loopback every sidecar dials from 127.0.0.1). A session
+ * is at least as old as its entry (the decision follows the accept, by up to
+ * the inspect-delay) and `show sess` truncates to seconds.
+ */
+export function sessionsToClose(revoked: RevokedConnection[], sessions: LiveSession[], frontend: string, slackSeconds = 7): { connection: RevokedConnection; session: LiveSession }[] {
+  const matches: { connection: RevokedConnection; session: LiveSession }[] = [];
+  for (const connection of revoked) {
+    const session = sessions.find(
+      (s) =>
+        s.frontend === frontend &&
+        s.client === connection.client &&
+        s.server !== undefined &&
+        s.ageSeconds !== undefined &&
+        s.ageSeconds.max >= connection.ageSeconds - 1 &&
+        s.ageSeconds.min <= connection.ageSeconds + slackSeconds,
+    );
+    if (session) matches.push({ connection, session });
+  }
+  return matches;
 }
 
 /** `[::1]:80` and `::1:80` name the same client. */

@@ -9,6 +9,10 @@
 // afresh, so a kept-alive connection never carries a request past a deny.
 // Entries are not removed when a connection closes (HAProxy gives Lua no such
 // hook): a listed address that no longer has a session is simply not found.
+// Its port may since belong to another client's connection (on loopback every
+// sidecar dials from 127.0.0.1), so each line carries the seconds since the
+// connection was recorded, and the controller closes only a session of that
+// age (`show sess` prints it): never another connection that reused the port.
 
 import type { ServiceIdentity } from "./spiffe";
 import type { IntentionWatch } from "./intention-watch";
@@ -21,20 +25,35 @@ export interface RecordedConnection {
   frontend: string;
   target: string;
   identity: ServiceIdentity;
+  /** When the connection was allowed (ms, the registry's clock). */
+  recordedAtMs: number;
 }
 
 export class ConnectionRegistry {
   private readonly connections: BoundedLru<RecordedConnection>;
 
-  constructor(capacity: number) {
+  constructor(
+    capacity: number,
+    private readonly now: (this: void) => number,
+  ) {
     this.connections = new BoundedLru<RecordedConnection>(capacity);
   }
 
   record(address: string, port: string, frontend: string, target: string, identity: ServiceIdentity): void {
     const key = address + " " + port + " " + frontend;
+    const recordedAtMs = this.now();
     const known = this.connections.peek(key);
-    if (known !== undefined && known.target === target && known.identity === identity) return;
-    this.connections.set(key, { address, port, frontend, target, identity });
+    // The same client port again is a new connection: its time, not the old one's.
+    if (known !== undefined && known.target === target && known.identity === identity) {
+      known.recordedAtMs = recordedAtMs;
+      return;
+    }
+    this.connections.set(key, { address, port, frontend, target, identity, recordedAtMs });
+  }
+
+  /** Whole seconds since `connection` was recorded (what `show sess` prints as a session's age). */
+  ageSeconds(connection: RecordedConnection): number {
+    return math.max(0, math.floor((this.now() - connection.recordedAtMs) / 1000));
   }
 
   size(): number {
@@ -72,12 +91,12 @@ export function revocationReason(watch: IntentionWatch, connection: RecordedConn
   return undefined;
 }
 
-/** `connect revoked`: one line per recorded connection whose source is now denied. */
+/** `connect revoked`: one line per recorded connection whose source is now denied: `<ip>:<port> <target> <SPIFFE ID> <age>s <reason>`. */
 export function revokedCommand(registry: ConnectionRegistry, watch: IntentionWatch): string {
   const lines: string[] = [];
   for (const connection of registry.entries()) {
     const reason = revocationReason(watch, connection);
-    if (reason !== undefined) lines.push(connection.address + ":" + connection.port + " " + connection.target + " " + connection.identity.uri + " " + reason);
+    if (reason !== undefined) lines.push(connection.address + ":" + connection.port + " " + connection.target + " " + connection.identity.uri + " " + tostring(registry.ageSeconds(connection)) + "s " + reason);
   }
   return lines.length > 0 ? table.concat(lines, "\n") + "\n" : "";
 }

@@ -143,7 +143,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     trustDomains,
     identities: new peerIdentity.PeerIdentities(peerIdentity.CLIENT_ROLE, trustDomains),
     intentions: watch,
-    connections: new connectionRegistry.ConnectionRegistry(settings.cacheSize),
+    connections: new connectionRegistry.ConnectionRegistry(settings.cacheSize, now),
     passes: new requestPasses.RequestPasses(requestPasses.haproxyPassMap(core, settings.passMap), settings.cacheSize),
     globalLog: log,
     decisions: new metrics.DecisionCounters(),

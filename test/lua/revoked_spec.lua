@@ -30,7 +30,10 @@ describe("connect revoked", function()
     world.intentions.db = { intention("deny") }
     world.intentions_index = 8
     world.poll("db")
-    assert.are.equal("10.0.0.5:51234 db " .. WEB .. " L4 intention default/web => default/db (precedence 9): deny\n", stub.cli(world.core, "connect revoked"))
+    -- With the seconds since the connection was allowed: the controller closes only a session that old.
+    assert.are.equal("10.0.0.5:51234 db " .. WEB .. " 0s L4 intention default/web => default/db (precedence 9): deny\n", stub.cli(world.core, "connect revoked"))
+    world.core.clock_ms = world.core.clock_ms + 12500
+    assert.matches("^10%.0%.0%.5:51234 db %S+ 12s L4 intention", stub.cli(world.core, "connect revoked"))
 
     world.intentions.db = { intention("", { { Action = "allow", HTTP = { PathPrefix = "/" } } }) }
     world.intentions_index = 9
@@ -42,6 +45,15 @@ describe("connect revoked", function()
     world.poll("db")
     assert.matches("no intention matched: Default intention policy %(deny", stub.cli(world.core, "connect revoked"))
     assert.matches("recorded_connections: 1\n", stub.cli(world.core, "connect intentions"))
+    -- The same client port allowed again is a new connection: its own age.
+    world.intentions.db = { intention("allow") }
+    world.intentions_index = 11
+    world.poll("db")
+    world.run(web_der, { src = "10.0.0.5", src_port = 51234, fe_name = "db_mesh" }, "db")
+    world.intentions.db = { intention("deny") }
+    world.intentions_index = 12
+    world.poll("db")
+    assert.matches("^10%.0%.0%.5:51234 db %S+ 0s L4 intention", stub.cli(world.core, "connect revoked"))
   end)
 
   it("does not record refused connections, nor HTTP requests, and keeps the table bounded", function()
