@@ -270,8 +270,8 @@ describe("connect-haproxy under a Consul cluster's faults", () => {
       await sleep(allowTtlMs - 500 - (Date.now() - flushedAt));
       await clients.b!.halt("SIGTERM");
       haltedAt = Date.now();
-      // Down past the allow's expiry: a restart that takes 1.5 s longer than the one above.
-      await sleep(flushedAt + allowTtlMs + 1000 - Date.now());
+      // Down past the allow's expiry, by 1.5 s: a restart about 2 s longer than the one above.
+      await sleep(flushedAt + allowTtlMs + 1500 - Date.now());
       resumedAt = Date.now();
       await clients.b!.resume();
       answeringAt = Date.now();
