@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Opens one connection after another to host:port, sends a line, waits for a
-// reply line, and prints one JSON line per attempt: {"t": ms, "ok": bool,
+// reply line, and prints one JSON line per attempt: {"t": ms, "ms": duration, "ok": bool,
 // "who": "<first word of the reply>", "error": "..."}. Bounded: it stops by
 // itself after --max-seconds or --max-connections, whichever comes first.
 //   node traffic-client.mjs --port 9191 [--host 127.0.0.1] [--interval-ms 20]
@@ -52,7 +52,7 @@ process.on("SIGINT", () => (stopping = true));
 for (let n = 0; n < maxConnections && Date.now() < deadline && !stopping; n++) {
   const t = Date.now();
   const result = await attempt();
-  process.stdout.write(`${JSON.stringify({ t, ...result })}\n`);
+  process.stdout.write(`${JSON.stringify({ t, ms: Date.now() - t, ...result })}\n`);
   const wait = intervalMs - (Date.now() - t);
   if (wait > 0) await new Promise((r) => setTimeout(r, wait));
 }

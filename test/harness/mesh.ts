@@ -205,6 +205,24 @@ export function serviceWithSidecar(options: {
 }
 
 /**
+ * A sidecar registered as a service of its own (`Kind: connect-proxy`), with
+ * no health check: its instance stays passing as long as its node is alive.
+ * For tests of agent restarts: a restarted agent starts a sidecar's default
+ * checks as critical until they run again, and the instance would flap for
+ * reasons that are Consul's, not the sidecar's.
+ */
+export function uncheckedSidecarProxy(options: { serviceId: string; serviceName: string; servicePort: number; address: string; port: number }): Record<string, unknown> {
+  return {
+    Kind: "connect-proxy",
+    ID: `${options.serviceId}-sidecar-proxy`,
+    Name: `${options.serviceName}-sidecar-proxy`,
+    Address: options.address,
+    Port: options.port,
+    Proxy: { DestinationServiceName: options.serviceName, DestinationServiceID: options.serviceId, LocalServiceAddress: "127.0.0.1", LocalServicePort: options.servicePort },
+  };
+}
+
+/**
  * One TLS handshake to a sidecar's public listener as a mesh client would
  * (a leaf and the roots from the agent; the peer's SPIFFE ID is not checked):
  * the negotiated version, or the error that ended the handshake.

@@ -3,10 +3,10 @@
 // on 10.210.<net>.0/24 and nothing else: no namespace is linked to the machine's
 // own network, so no packet leaves the test. Each host has its own loopback, so
 // an application bound to 127.0.0.1 on one host is unreachable from the others.
-import { execFile, type SpawnOptions } from "node:child_process";
+import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { consulAgentConfig, waitForCaRoots } from "./consul.js";
-import { startProcess, type StartedProcess } from "./processes.js";
+import { startProcess, waitFor, type StartedProcess, type StartOptions } from "./processes.js";
 
 const run = promisify(execFile);
 
@@ -17,11 +17,19 @@ export interface TestHost {
   /** The host's address on the test network. */
   readonly address: string;
   /** Starts a long-running process inside the host (stopped by pid like any harness process). */
-  start(name: string, command: string, args: string[], options?: SpawnOptions): StartedProcess;
+  start(name: string, command: string, args: string[], options?: StartOptions): StartedProcess;
   /** Runs a command to completion inside the host; rejects on a non-zero exit. */
   exec(command: string, args: string[], options?: { timeoutMs?: number; input?: string }): Promise<{ stdout: string; stderr: string }>;
   /** An HTTP request made from inside the host (curl), e.g. to its Consul agent on 127.0.0.1:8500. */
   http(method: string, url: string, body?: unknown): Promise<{ status: number; body: string }>;
+  /**
+   * Cuts the host off the test network, as a pulled cable: its port on the
+   * switch goes down, so packets to and from it are dropped (no reset, no
+   * ICMP answer), and processes on both sides find out by their own timeouts.
+   */
+  partition(): Promise<void>;
+  /** Puts the host back on the switch. */
+  heal(): Promise<void>;
 }
 
 export interface TestNetwork {
@@ -95,7 +103,7 @@ export async function createTestNetwork(hostNames: string[]): Promise<TestNetwor
       await ip("-n", namespace, "link", "set", "lo", "up");
       await ip("-n", namespace, "addr", "add", `${address}/24`, "dev", "eth0");
       await ip("-n", namespace, "link", "set", "eth0", "up");
-      hosts[name] = makeHost(name, namespace, address);
+      hosts[name] = makeHost(name, namespace, address, (state) => ip("-n", switchNs, "link", "set", outside, state));
     }
   } catch (err) {
     await destroy();
@@ -104,7 +112,7 @@ export async function createTestNetwork(hostNames: string[]): Promise<TestNetwor
   return { hosts, destroy };
 }
 
-function makeHost(name: string, namespace: string, address: string): TestHost {
+function makeHost(name: string, namespace: string, address: string, switchPort: (state: "up" | "down") => Promise<void>): TestHost {
   const exec: TestHost["exec"] = async (command, args, options = {}) => {
     const child = run("ip", ["netns", "exec", namespace, command, ...args], { timeout: options.timeoutMs ?? 30_000, maxBuffer: 16 << 20 });
     if (options.input !== undefined) child.child.stdin?.end(options.input);
@@ -128,37 +136,56 @@ function makeHost(name: string, namespace: string, address: string): TestHost {
       const cut = stdout.lastIndexOf("\n");
       return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
     },
+    partition: () => switchPort("down"),
+    heal: () => switchPort("up"),
   };
 }
 
 export interface HostAgent {
   readonly host: TestHost;
-  /** The running agent process (a new one after `restart`). */
+  /** The running agent process (a new one after `restart` or `resume`). */
   readonly process: StartedProcess;
   /** Stops the agent as `systemctl restart` would (SIGTERM) and starts it again on the same data dir. */
   restart(): Promise<void>;
+  /** Ends the agent, SIGKILL for a crash or SIGTERM for `systemctl stop`, keeping its data dir for `resume`. */
+  halt(signal: "SIGKILL" | "SIGTERM"): Promise<void>;
+  /** Starts the agent again on its data dir; resolves once it serves the CA roots (for a server: once its cluster has a leader). */
+  resume(): Promise<void>;
   /** Calls this agent's HTTP API from inside its host; throws on a non-2xx status. */
   api<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
   stop(): Promise<void>;
 }
 
+export interface HostAgentOptions {
+  /** Join these agents (addresses): a client agent, or with `bootstrapExpect` a server. */
+  join?: string | string[];
+  /** Run as one of this many servers (no dev mode: state on disk, kept across `restart`). */
+  bootstrapExpect?: number;
+  config?: Record<string, unknown>;
+}
+
 /**
- * A real Consul agent inside `host`: the server (`join` omitted) runs in dev
- * mode; clients join it. Every agent serves its HTTP API on the host's own
- * 127.0.0.1:8500, as operators run them, and binds the cluster ports on the
- * host's test address. Resolves once the agent sees the CA roots.
+ * A real Consul agent inside `host`: with neither `join` nor `bootstrapExpect`
+ * a server in dev mode; with `join` a client; with `bootstrapExpect` one
+ * server of a cluster (startConsulServers). Every agent serves its HTTP API on
+ * the host's own 127.0.0.1:8500, as operators run them, and binds the cluster
+ * ports on the host's test address. Resolves once the agent sees the CA roots.
  */
-export async function startHostAgent(host: TestHost, consulBin: string, options: { join?: string; config?: Record<string, unknown> } = {}): Promise<HostAgent> {
+export async function startHostAgent(host: TestHost, consulBin: string, options: HostAgentOptions = {}): Promise<HostAgent> {
   const dataDir = (await host.exec("mktemp", ["-d", "/tmp/ch-agent-XXXXXX"])).stdout.trim();
+  const join = options.join === undefined ? [] : [options.join].flat();
+  const server = options.bootstrapExpect !== undefined;
   const config = {
     ...consulAgentConfig(host.name, host.address),
     data_dir: dataDir,
     connect: { enabled: true },
-    ...(options.join ? { retry_join: [options.join], retry_interval: "1s" } : {}),
+    ...(join.length ? { retry_join: join, retry_interval: "1s" } : {}),
+    // Raft's timings as Consul recommends for production (the default, 5, is for small machines): elections in seconds.
+    ...(server ? { server: true, bootstrap_expect: options.bootstrapExpect, performance: { raft_multiplier: 1 }, disable_update_check: true } : {}),
     ...options.config,
   };
   await host.exec("sh", ["-c", `cat > ${dataDir}/agent.json`], { input: JSON.stringify(config) });
-  const args = options.join ? ["agent", "-config-file", `${dataDir}/agent.json`] : ["agent", "-dev", "-config-file", `${dataDir}/agent.json`];
+  const args = join.length || server ? ["agent", "-config-file", `${dataDir}/agent.json`] : ["agent", "-dev", "-config-file", `${dataDir}/agent.json`];
   let proc = host.start("consul", consulBin, args);
   const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
     const res = await host.http(method, `http://127.0.0.1:8500${path}`, body);
@@ -172,10 +199,17 @@ export async function startHostAgent(host: TestHost, consulBin: string, options:
       return proc;
     },
     api,
-    async restart() {
-      await proc.stop();
+    async halt(signal) {
+      await proc.stop(signal);
+    },
+    async resume() {
+      if (!proc.exited()) throw new Error(`[${host.name}] consul: resume() while the agent runs`);
       proc = host.start("consul", consulBin, args);
       await ready();
+    },
+    async restart() {
+      await agent.halt("SIGTERM");
+      await agent.resume();
     },
     async stop() {
       await proc.stop();
@@ -189,4 +223,74 @@ export async function startHostAgent(host: TestHost, consulBin: string, options:
     throw err;
   }
   return agent;
+}
+
+/** Autopilot's view of one server (`/v1/operator/autopilot/health`). */
+interface AutopilotServer {
+  Name: string;
+  Healthy: boolean;
+  Voter: boolean;
+  Leader: boolean;
+}
+
+export interface ConsulServers {
+  readonly agents: readonly HostAgent[];
+  /** The addresses client agents join. */
+  readonly addresses: readonly string[];
+  /**
+   * Waits until every one of `among` (default: all) names the same leader, one
+   * of `among`, and returns it: a partitioned or stopped server is left out.
+   */
+  waitForLeader(among?: readonly HostAgent[], timeoutMs?: number): Promise<HostAgent>;
+  /** Waits until autopilot, asked through `via`, counts every server as a healthy voter (what an operator checks before restarting the next one). */
+  waitHealthy(via?: HostAgent, timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * One Consul server per host, started together with `bootstrap_expect` = the
+ * number of hosts, each joining the others; resolves once they elected a
+ * leader and serve the CA roots.
+ */
+export async function startConsulServers(hosts: readonly TestHost[], consulBin: string, options: { config?: Record<string, unknown> } = {}): Promise<ConsulServers> {
+  const addresses = hosts.map((host) => host.address);
+  const settled = await Promise.allSettled(
+    hosts.map((host) => startHostAgent(host, consulBin, { bootstrapExpect: hosts.length, join: addresses.filter((a) => a !== host.address), config: options.config })),
+  );
+  const agents = settled.flatMap((result) => (result.status === "fulfilled" ? [result.value] : []));
+  const failed = settled.find((result): result is PromiseRejectedResult => result.status === "rejected");
+  if (failed) {
+    await Promise.all(agents.map((agent) => agent.stop()));
+    throw failed.reason;
+  }
+  const leaderAddress = async (agent: HostAgent) => (await agent.api<string>("GET", "/v1/status/leader")).replace(/:\d+$/, "");
+  const servers: ConsulServers = {
+    agents,
+    addresses,
+    async waitForLeader(among = agents, timeoutMs = 30_000) {
+      return waitFor(
+        `a Consul leader among ${among.map((agent) => agent.host.name).join(", ")}`,
+        async () => {
+          const seen = await Promise.all(among.map(leaderAddress));
+          const leader = among.find((agent) => agent.host.address === seen[0]);
+          return leader && seen.every((address) => address === seen[0]) ? leader : undefined;
+        },
+        { timeoutMs, intervalMs: 100, process: among.map((agent) => agent.process) },
+      );
+    },
+    async waitHealthy(via = agents[0]!, timeoutMs = 60_000) {
+      await waitFor(
+        "every Consul server to be a healthy voter",
+        async () => {
+          const health = await via.api<{ Healthy: boolean; Servers: AutopilotServer[] }>("GET", "/v1/operator/autopilot/health");
+          return health.Healthy && health.Servers.length === agents.length && health.Servers.every((s) => s.Healthy && s.Voter) ? true : undefined;
+        },
+        { timeoutMs, intervalMs: 250 },
+      );
+    },
+    async stop() {
+      await Promise.all(agents.map((agent) => agent.stop()));
+    },
+  };
+  return servers;
 }
