@@ -7,6 +7,7 @@ const dir = process.argv[2];
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+const failedTests = [];
 
 function suiteFailed(name, why) {
   console.error(`test: suite ${name} failed to report: ${why}`);
@@ -30,6 +31,13 @@ for (const file of vitestRuns) {
   const brokenFiles = r.testResults.filter((f) => f.status === "failed" && f.assertionResults.length === 0);
   for (const f of brokenFiles) suiteFailed(`vitest (${haproxy}) ${f.name}`, f.message?.split("\n")[0] ?? "failed to load");
   const integration = r.testResults.filter((f) => f.name.includes("/test/integration/")).map((f) => basename(f.name).replace(/\.test\.ts$/, "")).sort();
+  // Each failed test by name, with its first line, so the closing lines alone say what failed.
+  for (const f of r.testResults) {
+    for (const a of f.assertionResults.filter((a) => a.status === "failed")) {
+      const why = (a.failureMessages?.[0] ?? "").split("\n")[0].slice(0, 300);
+      failedTests.push(`test: FAILED on ${haproxy}: ${basename(f.name)} > ${a.fullName}: ${why}`);
+    }
+  }
   console.log(`test: vitest on ${haproxy}: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped in ${r.testResults.length} files (${integration.length} integration: ${integration.join(", ") || "none"})`);
 }
 for (const f of readdirSync(dir).filter((f) => /^haproxy-missing-.+\.txt$/.test(f))) console.log(`test: warning: ${readFileSync(join(dir, f), "utf8").trim()}`);
@@ -72,5 +80,7 @@ for (const suite of new Set([...required, ...found])) {
   if (code !== 0 && failed === 0) suiteFailed(suite, `exited ${code} with no failed test`);
 }
 
+// Last before the closing line, so a CI log's tail names what failed.
+for (const line of failedTests) console.log(line);
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
 process.exit(failed > 0 ? 1 : 0);
