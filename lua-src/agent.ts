@@ -27,6 +27,8 @@ export interface AgentEndpoint {
   /** Read at each call: a rotated token is used from the next call on. */
   token: AgentToken;
   connectTimeoutMs: number;
+  /** HAProxy's attempts per connect() (http.socketConnectAttempts); the timeout bounds them all. */
+  connectAttempts: number;
   readTimeoutMs: number;
 }
 
@@ -104,6 +106,7 @@ export function createAgentClient(openSocket: (this: void) => Socket, now: (this
       address: endpoint.address,
       port: endpoint.port,
       connectTimeoutMs: endpoint.connectTimeoutMs,
+      connectAttempts: endpoint.connectAttempts,
       readTimeoutMs,
       maxBody,
       now,

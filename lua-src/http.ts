@@ -191,6 +191,21 @@ export class HttpReplyParser {
   }
 }
 
+/**
+ * Pure: how many attempts HAProxy makes for one Lua socket connect(). From
+ * 2.9-dev10 (commit cf07cb96b, still so in 3.3) its LUA-SOCKET proxy gets the
+ * default `retries 3`: a refused or timed-out connect is tried again, one
+ * socket timeout apart, four attempts in all (measured on 3.0.11: a refused
+ * connect with settimeout(1) fails after 3.0 s, and reaches a listener that
+ * appears 1.5 s later; 2.6 fails at once).
+ */
+export function socketConnectAttempts(haproxyVersion: string): number {
+  const [major, minor] = match(haproxyVersion, "^(%d+)%.(%d+)");
+  if (major === undefined) return 1;
+  const [x, y] = [tonumber(major) as number, tonumber(minor) as number];
+  return x > 2 || (x === 2 && y >= 9) ? 4 : 1;
+}
+
 /** The bytes of a request; `token` adds X-Consul-Token. */
 export function buildRequest(method: string, path: string, host: string, token: string | undefined, body: string | undefined): string {
   const lines = [method + " " + path + " HTTP/1.1", "Host: " + host, "User-Agent: connect-haproxy", "Accept: application/json", "Connection: close"];
@@ -205,7 +220,9 @@ export function buildRequest(method: string, path: string, host: string, token: 
 export interface ExchangeOptions {
   address: string;
   port: number;
+  /** Bounds the whole connect(), every attempt HAProxy makes for it (socketConnectAttempts). */
   connectTimeoutMs: number;
+  connectAttempts: number;
   readTimeoutMs: number;
   maxBody: number;
   /** Milliseconds, monotonic enough to tell a timeout from a close. */
@@ -213,7 +230,8 @@ export interface ExchangeOptions {
 }
 
 function readReply(socket: Socket, request: string, options: ExchangeOptions, parser: HttpReplyParser): string | undefined {
-  socket.settimeout(options.connectTimeoutMs / 1000);
+  // HAProxy applies the socket's timeout to each attempt.
+  socket.settimeout(options.connectTimeoutMs / options.connectAttempts / 1000);
   const started = options.now();
   const [connected, connectError] = socket.connect(options.address, options.port);
   if (connected === undefined) {

@@ -90,6 +90,7 @@ export function install(core: Core, getenv: (this: void, name: string) => string
     hostHeader: settings.agentHostHeader,
     token,
     connectTimeoutMs: settings.connectTimeoutMs,
+    connectAttempts: http.socketConnectAttempts(tostring(core.get_info().get("Version"))),
     readTimeoutMs: settings.readTimeoutMs,
   });
   // A waiting connection gives up a little after the call it waits for must have ended.

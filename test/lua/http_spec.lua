@@ -124,6 +124,18 @@ describe("http.HttpReplyParser", function()
   end)
 end)
 
+describe("http.socketConnectAttempts", function()
+  it("counts the retries HAProxy's Lua socket proxy has from 2.9 on", function()
+    assert.are.equal(1, http.socketConnectAttempts("2.6.12-1+deb12u4"))
+    assert.are.equal(1, http.socketConnectAttempts("2.8.5"))
+    assert.are.equal(4, http.socketConnectAttempts("2.9.0"))
+    assert.are.equal(4, http.socketConnectAttempts("3.0.11-9e587df"))
+    assert.are.equal(4, http.socketConnectAttempts("3.2.26"))
+    assert.are.equal(4, http.socketConnectAttempts("10.1"))
+    assert.are.equal(1, http.socketConnectAttempts("nil"))
+  end)
+end)
+
 describe("http.buildRequest", function()
   it("writes a Connection: close request with the token and a length", function()
     local request = http.buildRequest("POST", "/v1/agent/connect/authorize", "127.0.0.1:8500", "secret-token", '{"a":1}')
@@ -141,7 +153,7 @@ end)
 
 describe("http.exchange over a cosocket", function()
   local function options(overrides)
-    local o = { address = "127.0.0.1", port = 8500, connectTimeoutMs = 1000, readTimeoutMs = 2000, maxBody = 65536, now = function() return 0 end }
+    local o = { address = "127.0.0.1", port = 8500, connectTimeoutMs = 1000, connectAttempts = 1, readTimeoutMs = 2000, maxBody = 65536, now = function() return 0 end }
     for k, v in pairs(overrides or {}) do o[k] = v end
     return o
   end
@@ -162,6 +174,14 @@ describe("http.exchange over a cosocket", function()
       assert.are.same({ 1, 2 }, sockets[1].timeouts, "connect timeout, then read timeout, in seconds")
     end)
   end
+
+  it("splits the connect timeout over the attempts HAProxy makes, so it bounds them all", function()
+    local agent = stub.agent(function() return 200, "{}", nil, "length" end)
+    local socket
+    local _, err = http.exchange(function() socket = stub.socket(agent); return socket end, "GET / HTTP/1.1\r\n\r\n", options({ connectAttempts = 4 }))
+    assert.is_nil(err)
+    assert.are.same({ 0.25, 2 }, socket.timeouts)
+  end)
 
   it("reports a refused connection, and closes the socket", function()
     local agent = stub.agent(function() error("not reached") end)
