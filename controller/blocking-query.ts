@@ -40,7 +40,11 @@ export interface BlockingWatchOptions<T> {
   onChange(value: T): void;
   /** Called on each failed request (the loop retries by itself). */
   onError(error: unknown, consecutiveFailures: number): void;
-  /** Called once when a request succeeds after failures. */
+  /**
+   * Called once when the watch works again after failures: a blocking request
+   * succeeded (or any request, in poll mode). A non-blocking read alone does not
+   * count: an agent that lost its servers still answers those from its cache.
+   */
   onRecovered?(): void;
   signal: AbortSignal;
   clock: Clock;
@@ -76,16 +80,20 @@ export async function runBlockingWatch<T>(options: BlockingWatchOptions<T>): Pro
     if (sinceLast < minIntervalMs) await clock.sleep(minIntervalMs - sinceLast, signal);
     if (signal.aborted) break;
     lastRequestAt = clock.now();
+    const blocking = (cursor.index ?? 0) > 0 || cursor.hash !== undefined;
     let page: ConsulPage<T>;
     try {
-      page = await options.fetchPage({ ...cursor, waitSeconds }, signal);
+      // After failures, a short wait: a healthy agent then shows it within a second.
+      page = await options.fetchPage({ ...cursor, waitSeconds: consecutiveFailures > 0 ? 1 : waitSeconds }, signal);
     } catch (error) {
       if (signal.aborted) break;
       await failed(error);
       continue;
     }
-    if (consecutiveFailures > 0) options.onRecovered?.();
-    consecutiveFailures = 0;
+    if (blocking || mode === "poll") {
+      if (consecutiveFailures > 0) options.onRecovered?.();
+      consecutiveFailures = 0;
+    }
     cursor = nextCursor(cursor, page, mode);
     const fingerprint = JSON.stringify(page.value);
     if (fingerprint !== lastDelivered) {

@@ -52,6 +52,28 @@ export const SETUPS = {
     protocol: "http",
     editConfig: (config) => config.replaceAll(" alpn http/1.1", " alpn h2"),
   },
+  // Opt-in, to find where a connect pair's cost comes from: the HAProxy configuration the controller
+  // renders (authorization on), run without the controller, whole and with one side's Lua rules left out.
+  authorizerPair: {
+    label: "HAProxy pair on the controller's configuration (authorizer on), without the controller",
+    short: "authorizer config, no controller",
+    optIn: true,
+    authorization: true,
+  },
+  authorizerPairNoUpstreamCheck: {
+    label: "the same, without web's upstream identity check (connect_verify_upstream)",
+    short: "authorizer config, no upstream check",
+    optIn: true,
+    authorization: true,
+    editConfig: (config) => config.replace(/^ {4}tcp-response .*\n/gm, ""),
+  },
+  authorizerPairNoAuthorize: {
+    label: "the same, without db's decision (connect_authorize): diagnostic only, it authorizes nothing",
+    short: "authorizer config, no decision",
+    optIn: true,
+    authorization: true,
+    editConfig: (config) => config.replace(/^ {4}tcp-request (inspect-delay|content) .*\n/gm, ""),
+  },
 };
 
 export const DEFAULT_SETUPS = Object.keys(SETUPS).filter((id) => !SETUPS[id].optIn);
@@ -86,7 +108,7 @@ async function sidecarDetails(statsSocket, authorizes) {
  * sidecars, without the authorizer's lines (renderHaproxyConfig's
  * `authorization: false`); `extraGlobal`: lines added to `global` (the tuning candidates).
  */
-async function startPlainPair(ctx, { name, pair, extraGlobal = [], editConfig = (config) => config }) {
+async function startPlainPair(ctx, { name, pair, extraGlobal = [], editConfig = (config) => config, authorization = false }) {
   const dir = join(ctx.runDir, name);
   mkdirSync(dir, { recursive: true });
   const start = async (role, cpu) => {
@@ -94,8 +116,9 @@ async function startPlainPair(ctx, { name, pair, extraGlobal = [], editConfig = 
     const state = await sidecarState(ctx.consul, service, dir);
     writeFileSync(state.paths.leafCertificateFile, state.leafCertificatePem, { mode: 0o600 });
     writeFileSync(state.paths.caRootsFile, state.caRootsPem);
-    const config = editConfig(renderHaproxyConfig(state, { authorization: false }).replace(/^global$/m, ["global", ...extraGlobal.map((line) => `    ${line}`)].join("\n")));
-    return startHaproxy(config, { dir, name: `${service}-sidecar`, cpu, logToFile: true });
+    for (const map of [state.paths.passMap, state.paths.serverPassMap]) writeFileSync(map, "");
+    const config = editConfig(renderHaproxyConfig(state, { authorization }).replace(/^global$/m, ["global", ...extraGlobal.map((line) => `    ${line}`)].join("\n")));
+    return startHaproxy(config, { dir, name: `${service}-sidecar`, cpu, logToFile: true, ...(authorization ? { env: { CONSUL_HTTP_ADDR: ctx.consul.httpAddr } } : {}) });
   };
   const db = await start("db", ctx.cpu.b);
   let web;
@@ -110,9 +133,9 @@ async function startPlainPair(ctx, { name, pair, extraGlobal = [], editConfig = 
   return {
     entryPort: pair.upstream,
     sidecars: [new ProcessGroup("web sidecar", [web.process]), new ProcessGroup("db sidecar", [db.process])],
-    authorizes: false,
+    authorizes: authorization,
     dbStatsSocket: () => db.statsSocket,
-    details: () => sidecarDetails(db.statsSocket, false),
+    details: () => sidecarDetails(db.statsSocket, authorization),
     async stop() {
       await Promise.all([web.stop(), db.stop()]);
     },
@@ -219,7 +242,10 @@ export async function startSetup(id, ctx) {
     case "plainBigBuffers":
     case "plainSplice":
     case "plainHttpH2":
-      return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal, editConfig: SETUPS[id].editConfig });
+    case "authorizerPair":
+    case "authorizerPairNoUpstreamCheck":
+    case "authorizerPairNoAuthorize":
+      return startPlainPair(ctx, { name: id, pair, extraGlobal: SETUPS[id].extraGlobal, editConfig: SETUPS[id].editConfig, authorization: SETUPS[id].authorization });
     default:
       throw new Error(`unknown set-up ${id}`);
   }

@@ -96,6 +96,31 @@ async function faultWindow(name: string, fault: () => Promise<string | void>, se
   return countWindow(name, from, Date.now(), note ?? "");
 }
 
+/** Where each sidecar's log ends now. */
+function logOffsets(): Record<string, number> {
+  return Object.fromEntries(Object.entries(sidecars).map(([name, sidecar]) => [name, sidecar.process.output().length]));
+}
+
+/**
+ * Each watch that failed since `offsets` said so in one line, and says it
+ * recovered (within the backoff's bound: 30 s plus a 1 s blocking probe). An
+ * agent that lost its servers still answers fresh reads from its cache: those
+ * are no recovery, or the lines would alternate until the election ends.
+ */
+async function expectOneLinePerWatch(offsets: Record<string, number>): Promise<string> {
+  const seen: string[] = [];
+  for (const [name, sidecar] of Object.entries(sidecars)) {
+    const since = () => sidecar.process.output().slice(offsets[name] ?? 0);
+    const failed = [...since().matchAll(/ ERROR watch of (.+?) failed: /g)].map((m) => m[1]!);
+    for (const watch of new Set(failed)) {
+      expect(failed.filter((w) => w === watch), `${name}: "watch of ${watch} failed" lines`).toHaveLength(1);
+      await waitFor(`${name}: watch of ${watch} recovered`, async () => (since().includes(`watch of ${watch} recovered`) ? true : undefined), { timeoutMs: 35_000, intervalMs: 250 });
+    }
+    seen.push(`${name} ${failed.length}`);
+  }
+  return `watches that failed, one line each: ${seen.join(", ")}`;
+}
+
 /** A command on db's sidecar's stats socket. */
 async function dbStats(command: string): Promise<string> {
   return (await hosts().b.exec("sh", ["-c", `echo "${command}" | socat stdio ${sidecars.db!.configDir}/stats.sock`])).stdout;
@@ -192,7 +217,8 @@ describe("connect-haproxy under a Consul cluster's faults", () => {
     expect(w.wronglyAllowed).toBe(0);
   });
 
-  it("the leader killed: a new one elected, the old one back; nothing fails, nothing denied gets through", async () => {
+  it("the leader killed: a new one elected, the old one back; nothing fails, nothing denied gets through, one log line per failed watch", async () => {
+    const offsets = logOffsets();
     const w = await faultWindow("leader killed (SIGKILL), new leader, old one back", async () => {
       const leader = await servers!.waitForLeader();
       const others = servers!.agents.filter((agent) => agent !== leader);
@@ -206,9 +232,11 @@ describe("connect-haproxy under a Consul cluster's faults", () => {
     });
     expect(w.failedAllowed).toBe(0);
     expect(w.wronglyAllowed).toBe(0);
+    console.log(`cluster faults: leader killed: ${await expectOneLinePerWatch(offsets)}`);
   }, 120_000);
 
-  it("the leader partitioned from the others, then healed; nothing fails, nothing denied gets through", async () => {
+  it("the leader partitioned from the others, then healed; nothing fails, nothing denied gets through, one log line per failed watch", async () => {
+    const offsets = logOffsets();
     const w = await faultWindow("leader partitioned, then healed", async () => {
       const leader = await servers!.waitForLeader();
       const others = servers!.agents.filter((agent) => agent !== leader);
@@ -228,6 +256,7 @@ describe("connect-haproxy under a Consul cluster's faults", () => {
     });
     expect(w.failedAllowed).toBe(0);
     expect(w.wronglyAllowed).toBe(0);
+    console.log(`cluster faults: leader partitioned: ${await expectOneLinePerWatch(offsets)}`);
   }, 120_000);
 
   it("db's client agent restarted within the cached allow's life: nothing fails", async () => {

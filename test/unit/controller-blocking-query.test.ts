@@ -121,19 +121,40 @@ describe("runBlockingWatch", () => {
     expect(clock.sleeps).toEqual([250, 250]);
   });
 
-  it("backs off exponentially on errors, then recovers once and restarts from a fresh read", async () => {
+  it("backs off exponentially on errors, restarts from a fresh read, and recovers once a blocking request succeeds", async () => {
     const { errors, recovered, clock, cursors, changes } = await runScript("index", [
       { value: "a", index: 7 },
       new Error("down"),
       new Error("down"),
       new Error("down"),
       { value: "b", index: 9 },
+      { value: "b", index: 9 },
     ]);
     expect(errors).toEqual([1, 2, 3]);
     expect(recovered).toBe(1);
     expect(clock.sleeps).toEqual([250, 500, 1000]);
-    expect(cursors[4]).toEqual({ waitSeconds: 15 });
+    // The fresh read, then a blocking one with a short wait: it is what shows the agent healthy.
+    expect(cursors[4]).toEqual({ waitSeconds: 1 });
+    expect(cursors[5]).toEqual({ index: 9, waitSeconds: 1 });
     expect(changes).toEqual(["a", "b"]);
+  });
+
+  it("does not call a cached non-blocking answer a recovery: an agent without servers fails every blocking request", async () => {
+    // The CA roots watch while the cluster has no leader: the agent answers fresh reads from its cache.
+    const { errors, recovered, clock, changes } = await runScript("index", [
+      { value: "roots", index: 7 },
+      new Error("No cluster leader"),
+      { value: "roots", index: 7 },
+      new Error("No cluster leader"),
+      { value: "roots", index: 7 },
+      new Error("No cluster leader"),
+      { value: "roots", index: 7 },
+      { value: "roots", index: 8 },
+    ]);
+    expect(errors).toEqual([1, 2, 3]);
+    expect(clock.sleeps).toEqual([250, 500, 1000]);
+    expect(recovered).toBe(1);
+    expect(changes).toEqual(["roots"]);
   });
 
   it("paces replies that carry no index (or hash) as a poll, not at the rate limit", async () => {
@@ -152,7 +173,7 @@ describe("runBlockingWatch", () => {
     );
     expect(errors).toEqual([1]);
     expect(clock.sleeps).toEqual([250]);
-    expect(cursors[1]).toEqual({ waitSeconds: 15 });
+    expect(cursors[1]).toEqual({ waitSeconds: 1 });
     expect(changes).toEqual(["bad", "good"]);
   });
 
