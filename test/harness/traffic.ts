@@ -15,6 +15,8 @@ export interface TrafficAttempt {
   /** The reply's first word: which instance answered. */
   who?: string;
   error?: string;
+  /** Held mode: the number of the connection the exchange was on (a new one after each failure). */
+  conn?: number;
 }
 
 export interface TrafficClient {
@@ -24,9 +26,12 @@ export interface TrafficClient {
   stop(): Promise<void>;
 }
 
-/** Starts the client against 127.0.0.1:`port` of the host `launch` runs on. */
-export function startTrafficClient(launch: Launcher, name: string, port: number, { intervalMs = 20, maxSeconds = 600 }: { intervalMs?: number; maxSeconds?: number } = {}): TrafficClient {
-  const proc = launch(`traffic ${name}`, process.execPath, [trafficClient, "--port", String(port), "--interval-ms", String(intervalMs), "--max-seconds", String(maxSeconds)]);
+/**
+ * Starts the client against 127.0.0.1:`port` of the host `launch` runs on. `hold`: one
+ * connection kept open, a line exchanged on it every interval (an attempt per exchange).
+ */
+export function startTrafficClient(launch: Launcher, name: string, port: number, { intervalMs = 20, maxSeconds = 600, hold = false }: { intervalMs?: number; maxSeconds?: number; hold?: boolean } = {}): TrafficClient {
+  const proc = launch(`traffic ${name}`, process.execPath, [trafficClient, "--port", String(port), "--interval-ms", String(intervalMs), "--max-seconds", String(maxSeconds), ...(hold ? ["--hold"] : [])]);
   return {
     process: proc,
     attempts(from = 0, to = Infinity) {

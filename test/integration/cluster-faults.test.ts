@@ -58,6 +58,9 @@ interface WindowCounts {
   failedAllowed: number;
   denied: number;
   wronglyAllowed: number;
+  /** Exchanges on web's one held connection, opened before the first window, and those that failed. */
+  heldExchanges: number;
+  heldFailed: number;
   note: string;
 }
 const windows: WindowCounts[] = [];
@@ -70,6 +73,7 @@ function hosts(): Record<"s1" | "s2" | "s3" | "a" | "b", TestHost> {
 function countWindow(name: string, from: number, to: number, note = ""): WindowCounts {
   const allowed = traffic.web!.attempts(from, to);
   const denied = traffic.evil!.attempts(from, to);
+  const held = traffic.held!.attempts(from, to);
   const counts = {
     name,
     seconds: Math.round((to - from) / 100) / 10,
@@ -77,14 +81,23 @@ function countWindow(name: string, from: number, to: number, note = ""): WindowC
     failedAllowed: allowed.filter((a) => !a.ok).length,
     denied: denied.length,
     wronglyAllowed: denied.filter((a) => a.ok).length,
+    heldExchanges: held.length,
+    heldFailed: held.filter((a) => !a.ok).length,
     note,
   };
   windows.push(counts);
   const errors = [...new Set(allowed.filter((a) => !a.ok).map((a) => a.error))].join(", ");
-  console.log(`cluster faults: ${name}: ${counts.failedAllowed} failed of ${counts.allowed} allowed, ${counts.wronglyAllowed} wrongly allowed of ${counts.denied} denied, ${counts.seconds} s${errors ? ` (${errors})` : ""}${note ? `; ${note}` : ""}`);
+  const heldErrors = [...new Set(held.filter((a) => !a.ok).map((a) => a.error))].join(", ");
+  console.log(
+    `cluster faults: ${name}: ${counts.failedAllowed} failed of ${counts.allowed} allowed, ${counts.wronglyAllowed} wrongly allowed of ${counts.denied} denied, ` +
+      `held connection: ${counts.heldFailed} failed of ${counts.heldExchanges} exchanges${heldErrors ? ` (${heldErrors})` : ""}, ${counts.seconds} s${errors ? ` (${errors})` : ""}${note ? `; ${note}` : ""}`,
+  );
   // A window without traffic on both sides would prove nothing.
   expect(counts.allowed, `allowed traffic during ${name}`).toBeGreaterThan(20);
   expect(counts.denied, `denied traffic during ${name}`).toBeGreaterThan(5);
+  expect(counts.heldExchanges, `exchanges on the held connection during ${name}`).toBeGreaterThan(10);
+  // An allowed connection is decided once, when it opens: no fault of Consul's ends it.
+  expect(held.every((a) => a.ok && a.conn === held[0]!.conn), `web's held connection through ${name}: ${heldErrors || "a new connection"}`).toBe(true);
   return counts;
 }
 
@@ -185,15 +198,18 @@ beforeAll(async () => {
     },
     { timeoutMs: 90_000, intervalMs: 250, process: watched },
   );
+  // Opened once the mesh serves: the windows check that it is never broken.
+  traffic.held = startTrafficClient(a.start, "web → db, one held connection", upstreamPorts.web, { intervalMs: 100, hold: true });
+  await waitFor("web's held connection answered", async () => (traffic.held!.attempts().some((x) => x.ok) ? true : undefined), { timeoutMs: 10_000, process: traffic.held.process });
 }, 240_000);
 
 afterAll(async () => {
   try {
     if (windows.length) {
       const table = [
-        "| window | seconds | allowed connections | failed allowed | denied connections | wrongly allowed | notes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        ...windows.map((w) => `| ${w.name} | ${w.seconds} | ${w.allowed} | ${w.failedAllowed} | ${w.denied} | ${w.wronglyAllowed} | ${w.note} |`),
+        "| window | seconds | allowed connections | failed allowed | denied connections | wrongly allowed | held connection: exchanges | failed | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ...windows.map((w) => `| ${w.name} | ${w.seconds} | ${w.allowed} | ${w.failedAllowed} | ${w.denied} | ${w.wronglyAllowed} | ${w.heldExchanges} | ${w.heldFailed} | ${w.note} |`),
       ].join("\n");
       writeFileSync(join(outDir, "windows.md"), `${table}\n`);
       console.log(`cluster faults: windows:\n${table}`);
