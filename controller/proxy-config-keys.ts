@@ -21,7 +21,7 @@ const proxyKeys: [string, KeySupport][] = [
   ["max_inbound_connections", "honoured"],
   ["envoy_prometheus_bind_addr", "honoured"],
   ["balance_inbound_connections", "ignored"],
-  ["max_request_headers_kb", "ignored"],
+  ["max_request_headers_kb", "approximated"],
   ["xds_fetch_timeout_ms", "ignored"],
   ["envoy_public_listener_json", "ignored"],
   ["envoy_listener_tracing_json", "ignored"],

@@ -127,6 +127,36 @@ export function parseMaxInboundConnections(value: unknown): number | undefined {
   return n > 0 ? n : undefined;
 }
 
+/** `max_request_headers_kb`: 0 or unset is Envoy's default (60 KiB); Envoy refuses more than 8192. */
+export function parseMaxRequestHeadersKb(value: unknown): number | undefined {
+  if (!isSet(value)) return undefined;
+  const n = wholeNumber(value, "max_request_headers_kb", 0);
+  if (n > maxRequestHeadersKbLimit) throw new SidecarSpecError(`max_request_headers_kb is at most ${maxRequestHeadersKbLimit} (Envoy's limit), got ${n}`);
+  return n > 0 ? n : undefined;
+}
+
+const maxRequestHeadersKbLimit = 8192;
+
+/** HAProxy's default buffer here (haproxy-config.ts): request headers up to 63 kB fit, Envoy's default limit being 60 KiB. */
+export const defaultBufferBytes = 65536;
+
+/**
+ * Pure: the buffer size that lets a request with `maxRequestHeadersKb` of
+ * headers in (HAProxy answers 400 to one that does not fit in a buffer less
+ * the 1 kB it reserves for rewrites): the default, or that many kB plus 4 for
+ * the request line and the reserve.
+ */
+export function bufferBytesFor(maxRequestHeadersKb: number | undefined): number {
+  return Math.max(defaultBufferBytes, ((maxRequestHeadersKb ?? 0) + 4) * 1024);
+}
+
+/** Public HTTP listener: Envoy answers 431 to request headers past the limit. */
+export function requestHeadersLimitLines(maxRequestHeadersKb: number | undefined): string[] {
+  if (maxRequestHeadersKb === undefined) return [];
+  const bytes = maxRequestHeadersKb * 1024;
+  return [`    http-request deny status 431 content-type text/plain string "request headers larger than ${bytes} bytes" if { req.hdrs,length gt ${bytes} }`];
+}
+
 /** HAProxy's time format: whole milliseconds, at least 1. */
 function ms(value: number): string {
   return `${Math.max(1, Math.round(value))}ms`;

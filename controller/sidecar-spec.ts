@@ -2,7 +2,7 @@
 // Consul's own proxies read them) into the sidecar's specification.
 import type { AgentServiceRegistration, UpstreamRegistration } from "./consul-replies.js";
 import { ignoredKeys } from "./proxy-config-keys.js";
-import { outlierWarnings, parseMaxInboundConnections, wholeNumber, parsePassiveHealthCheck, parseUpstreamLimits, type PassiveHealthCheck, type UpstreamLimits } from "./proxy-limits.js";
+import { outlierWarnings, parseMaxInboundConnections, parseMaxRequestHeadersKb, wholeNumber, parsePassiveHealthCheck, parseUpstreamLimits, type PassiveHealthCheck, type UpstreamLimits } from "./proxy-limits.js";
 
 export type ProxyProtocol = "tcp" | "http" | "http2" | "grpc";
 
@@ -20,6 +20,8 @@ export interface PublicListenerSpec {
   localIdleTimeoutMs?: number;
   /** Connections past it are refused (undefined: no limit). */
   maxInboundConnections?: number;
+  /** HTTP protocols only: requests with more header bytes are answered 431 (undefined: HAProxy's buffer bounds them). */
+  maxRequestHeadersKb?: number;
 }
 
 export interface UpstreamSpec {
@@ -157,6 +159,7 @@ export function parseSidecarSpec(registration: AgentServiceRegistration, destina
       localRequestTimeoutMs: positiveNumber(config.local_request_timeout_ms, consulDefaults.localRequestTimeoutMs, "local_request_timeout_ms"),
       localIdleTimeoutMs: parseLocalIdleTimeout(config.local_idle_timeout_ms),
       maxInboundConnections: parseMaxInboundConnections(config.max_inbound_connections),
+      maxRequestHeadersKb: parseMaxRequestHeadersKb(config.max_request_headers_kb),
     },
     upstreams,
     ...(isSet(config.envoy_prometheus_bind_addr) ? { prometheusBindAddress: String(config.envoy_prometheus_bind_addr) } : {}),

@@ -33,11 +33,12 @@ export const SETUPS = {
   // Opt-in: the cost of metrics (issue 12), against `connect` in the same run.
   connectMetrics: { label: "connect-haproxy pair with metrics on (--metrics-addr), each sidecar scraped every second", short: "connect-haproxy, scraped", optIn: true },
   // Opt-in (--setups): what the plain pair gains from settings the controller could render.
-  plainBigBuffers: {
-    label: "plain HAProxy pair with tune.bufsize 65536",
-    short: "plain, 64 kB buffers",
+  // The render's 64 kB buffers against HAProxy's default (they were the candidate plainBigBuffers).
+  plainSmallBuffers: {
+    label: "plain HAProxy pair with HAProxy's default buffers (tune.bufsize 16384)",
+    short: "plain, 16 kB buffers",
     optIn: true,
-    extraGlobal: ["tune.bufsize 65536"],
+    editConfig: (config) => config.replace(/^ {4}tune\.bufsize \d+$/m, "    tune.bufsize 16384"),
   },
   plainSplice: {
     label: "plain HAProxy pair splicing the plaintext legs (option splice-auto)",
@@ -239,7 +240,7 @@ export async function startSetup(id, ctx) {
     case "builtin":
     case "builtinHttp":
       return startBuiltinPair(ctx, pair);
-    case "plainBigBuffers":
+    case "plainSmallBuffers":
     case "plainSplice":
     case "plainHttpH2":
     case "authorizerPair":

@@ -16,7 +16,8 @@ if (!values.port || !(status >= 100 && status <= 599)) {
   console.error("http-echo-app: --port is required; --status must be an HTTP status (100-599)");
   process.exit(2);
 }
-const server = createServer((req, res) => {
+// Node's own 16 kB header limit would answer 431 before the mesh's limit is reached.
+const server = createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => {
   req.resume();
   const seen = JSON.stringify(Object.fromEntries(Object.entries(req.headers).filter(([name]) => name.startsWith("x-"))));
   const delayMs = Number(new URL(req.url ?? "/", "http://x").searchParams.get("delay_ms") ?? 0);

@@ -109,6 +109,14 @@ describe("L7 intentions through sidecars run by the controller", () => {
     expect(await status("GET", "/other")).toBe(403);
   });
 
+  it("passes 50 kB of request headers through both sidecars, as Envoy's 60 KiB default does", async () => {
+    // A large cookie: 16 kB buffers, HAProxy's default, refused it with a 400 at web's upstream listener.
+    const cookie = `session=${"c".repeat(50_000)}`;
+    expect(await send("GET", "/health", { cookie })).toEqual({ status: 200, body: "api GET /health" });
+    expect(await status("GET", "/api/orders", { cookie, "X-Team": "payments" })).toBe(200);
+    expect(await status("GET", "/admin", { cookie })).toBe(403);
+  });
+
   it("matches and forwards the normalized path, so no spelling of /admin gets past its deny", async () => {
     for (const path of ["//admin", "/health/../admin", "/%61dmin", "/health/%2e%2e/admin", "/./admin"]) {
       expect(await status("GET", path), path).toBe(403);
@@ -254,6 +262,23 @@ describe("L7 intentions through sidecars run by the controller", () => {
     const closedLine = /closed 127\.0\.0\.1:\d+: spiffe:\/\/[^ ]+\/svc\/web is now denied for db \(L4 intention default\/web => default\/db \(precedence 9\): deny\)/;
     await waitFor("db's controller to log the closed connection", async () => (closedLine.test(sidecars[1]!.process.output()) ? true : undefined), { timeoutMs: 5000 });
     socket.destroy();
+  });
+
+  it("answers 431 to request headers past proxy-defaults' max_request_headers_kb, as Envoy does", async () => {
+    const cookie = (bytes: number) => ({ cookie: `s=${"c".repeat(bytes)}` });
+    await consul.api("PUT", "/v1/config", { Kind: "proxy-defaults", Name: "global", Config: { max_request_headers_kb: 8 } });
+    try {
+      // api's sidecar reloads with the rule: until then the request passes.
+      await waitFor("api's sidecar answering 431 to 10 kB of headers", async () => ((await status("GET", "/health", cookie(10_000))) === 431 ? true : undefined), {
+        timeoutMs: 20_000,
+        intervalMs: 250,
+        process: sidecars.map((s) => s.process),
+      });
+      expect(await send("GET", "/health", cookie(6_000))).toEqual({ status: 200, body: "api GET /health" });
+    } finally {
+      await consul.api("DELETE", "/v1/config/proxy-defaults/global");
+    }
+    await waitFor("10 kB of headers passing again", async () => ((await status("GET", "/health", cookie(10_000))) === 200 ? true : undefined), { timeoutMs: 20_000, intervalMs: 250 });
   });
 });
 

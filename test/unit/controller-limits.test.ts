@@ -57,8 +57,9 @@ describe("limits and passive health check: parsing", () => {
   });
 
   it("treats 0 as not set where Consul does (max_inbound_connections, local_idle_timeout_ms, interval, max_failures)", () => {
-    const spec = parseSidecarSpec(webSidecar({ max_inbound_connections: 0, local_idle_timeout_ms: 0 }, { passive_health_check: { interval: 0, max_failures: 0 } }));
+    const spec = parseSidecarSpec(webSidecar({ max_inbound_connections: 0, local_idle_timeout_ms: 0, max_request_headers_kb: 0 }, { passive_health_check: { interval: 0, max_failures: 0 } }));
     expect(spec.publicListener.maxInboundConnections).toBeUndefined();
+    expect(spec.publicListener.maxRequestHeadersKb).toBeUndefined();
     expect(spec.publicListener.localIdleTimeoutMs).toBeUndefined();
     expect(spec.upstreams[0]!.passiveHealthCheck).toEqual(envoyOutlierDefaults);
   });
@@ -84,6 +85,8 @@ describe("limits and passive health check: parsing", () => {
     expect(() => parseSidecarSpec(webSidecar({}, { limits: { max_connections: -1 } }))).toThrow(/upstream db limits\.max_connections must be a whole number ≥ 0, got -1/);
     expect(() => parseSidecarSpec(webSidecar({}, { passive_health_check: { max_ejection_percent: 150 } }))).toThrow(/percentage/);
     expect(() => parseSidecarSpec(webSidecar({ max_inbound_connections: "many" }))).toThrow(/max_inbound_connections/);
+    expect(() => parseSidecarSpec(webSidecar({ max_request_headers_kb: 8193 }))).toThrow(/max_request_headers_kb is at most 8192/);
+    expect(() => parseSidecarSpec(webSidecar({ max_request_headers_kb: "big" }))).toThrow(/max_request_headers_kb/);
   });
 
   it("names every documented key it ignores, and what it only approximates", () => {
@@ -106,6 +109,23 @@ describe("limits and passive health check: rendering", () => {
     const config = renderHaproxyConfig(buildDesiredState(snapshotWith({ max_inbound_connections: 3 }), paths));
     expect(section(config, "frontend public_listener")).toContain("    tcp-request connection reject if { fe_conn gt 3 }");
     expect(section(config, "backend local_app")).toContain("    server app 127.0.0.1:8080 maxconn 3");
+  });
+
+  it("answers 431 past max_request_headers_kb on an HTTP public listener, and grows the buffers when it is over 60", () => {
+    const global = (config: string) => section(config, "global");
+    const limited = renderHaproxyConfig(buildDesiredState(snapshotWith({ protocol: "http", max_request_headers_kb: 8 }), paths));
+    expect(section(limited, "frontend public_listener")).toContain('    http-request deny status 431 content-type text/plain string "request headers larger than 8192 bytes" if { req.hdrs,length gt 8192 }');
+    expect(global(limited)).toContain("    tune.bufsize 65536");
+    const large = renderHaproxyConfig(buildDesiredState(snapshotWith({ protocol: "http", max_request_headers_kb: 100 }), paths));
+    expect(global(large)).toContain(`    tune.bufsize ${104 * 1024}`);
+    // Unset: no rule, Envoy's 60 KiB default fits in the 64 kB buffers.
+    const unset = renderHaproxyConfig(buildDesiredState(snapshotWith({ protocol: "http" }), paths));
+    expect(unset).not.toContain("req.hdrs");
+    expect(global(unset)).toContain("    tune.bufsize 65536");
+    // TCP: no HTTP headers to count.
+    const tcp = renderHaproxyConfig(buildDesiredState(snapshotWith({ max_request_headers_kb: 100 }), paths));
+    expect(tcp).not.toContain("req.hdrs");
+    expect(global(tcp)).toContain("    tune.bufsize 65536");
   });
 
   it("takes the shorter of the request and idle timeouts for the local app (HAProxy's is an idle timeout)", () => {
@@ -160,7 +180,7 @@ describe("limits and passive health check: rendering", () => {
     for (const protocol of ["tcp", "http"]) {
       const state = buildDesiredState(
         snapshotWith(
-          { protocol, max_inbound_connections: 10, local_idle_timeout_ms: 1000 },
+          { protocol, max_inbound_connections: 10, local_idle_timeout_ms: 1000, max_request_headers_kb: 100 },
           { protocol, limits: { max_connections: 4, max_pending_requests: 2, max_concurrent_requests: 3 }, passive_health_check: { max_failures: 2 } },
         ),
         local,
