@@ -37,6 +37,7 @@ local core = {
   register_cli = function() end,
   register_task = function() end,
   register_init = function() end,
+  get_info = function() return { Version = "2.6.12", Stopping = 0 } end,
   now = function() return { sec = clock_ms // 1000, usec = 0 } end,
   msleep = function(ms) clock_ms = clock_ms + ms end,
   Info = function() end, Warning = function() end, Debug = function() end,

@@ -145,6 +145,8 @@ export interface HaproxyExit {
   at: number;
   sidecar: string;
   line: string;
+  /** The core file HAProxy left, when it left one (the soak runs the sidecars with core dumps on). */
+  core?: string;
 }
 
 /** Pure: `HAProxy exited unexpectedly; restarting it code=139 …` → the exit, if the line says one. */
@@ -430,7 +432,7 @@ export function summarizeSoak(input: SoakInput): SoakSummary {
     growth,
     haproxyExits: input.haproxyExits.map((exit) => ({ ...exit, atMs: exit.at - input.startedAt })),
     wrongAttempts: wrong.slice(0, 50),
-    problems: [...soakProblems(total, perFlow, growth), ...input.haproxyExits.map((exit) => `${exit.sidecar}'s HAProxy exited unexpectedly at +${exit.at - input.startedAt} ms: ${exit.line}`)],
+    problems: [...soakProblems(total, perFlow, growth), ...input.haproxyExits.map((exit) => `${exit.sidecar}'s HAProxy exited unexpectedly at +${exit.at - input.startedAt} ms: ${exit.line}${exit.core ? ` (core: ${exit.core})` : ""}`)],
   };
 }
 

@@ -132,7 +132,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakSummary> {
   mkdirSync(runDir, { recursive: true });
   const processes: StartedProcess[] = [];
   const sidecars = new Map<string, SidecarProcess>();
-  const logFiles: { sidecar: string; file: string }[] = [];
+  const logFiles: { sidecar: string; file: string; cwd: string }[] = [];
   let consul: ConsulAgent | undefined;
 
   /** A controller with its log in a file (counting reloads needs every line); `generation` numbers its restarts. */
@@ -141,8 +141,16 @@ export async function runSoak(options: SoakOptions): Promise<SoakSummary> {
     const generation = (generations.get(id) ?? 0) + 1;
     generations.set(id, generation);
     const file = join(runDir, `${id}.${generation}.log`);
-    logFiles.push({ sidecar: id, file });
-    const sidecar = startConnectHaproxy(id, consul!.httpAddr, { logLevel: "info", configDir, launch: (name, command, args) => startProcess(name, command, args, { logFile: file }) });
+    // Core dumps on, each controller generation in its own directory: a crashing HAProxy (its child) leaves
+    // `core` there (kernel.core_pattern "core"), for gdb, instead of only a line saying it died.
+    const cwd = join(runDir, `${id}.${generation}.cwd`);
+    mkdirSync(cwd, { recursive: true });
+    logFiles.push({ sidecar: id, file, cwd });
+    const sidecar = startConnectHaproxy(id, consul!.httpAddr, {
+      logLevel: "info",
+      configDir,
+      launch: (name, command, args) => startProcess(name, "sh", ["-c", 'ulimit -c unlimited 2>/dev/null; exec "$0" "$@"', command, ...args], { logFile: file, cwd }),
+    });
     sidecars.set(id, sidecar);
     return sidecar;
   };
@@ -294,13 +302,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakSummary> {
 
     const applied: AppliedChange[] = [];
     const haproxyExits: HaproxyExit[] = [];
-    for (const { sidecar, file } of logFiles) {
+    for (const { sidecar, file, cwd } of logFiles) {
       if (!existsSync(file)) continue;
+      const core = existsSync(join(cwd, "core")) ? join(cwd, "core") : undefined;
       for (const line of readFileSync(file, "utf8").split("\n")) {
         const change = parseAppliedChange(line, sidecar);
         if (change) applied.push(change);
         const exit = parseHaproxyExit(line, sidecar);
-        if (exit) haproxyExits.push(exit);
+        if (exit) haproxyExits.push({ ...exit, ...(core ? { core } : {}) });
       }
     }
     const haproxyVersion = (await runCommand(haproxyBinary(), ["-v"])).stdout.split("\n")[0] ?? "?";
