@@ -104,6 +104,12 @@ describe("renderHaproxyConfig", () => {
     expect(setenv).toBeLessThan(web.indexOf("lua-load "));
   });
 
+  it("runs one thread and 64 kB buffers (the shared Lua state; request headers as large as Envoy takes)", () => {
+    const global = web.slice(web.indexOf("global\n"), web.indexOf("\ndefaults\n"));
+    expect(global).toContain("\n    nbthread 1\n");
+    expect(global).toContain("\n    tune.bufsize 65536\n");
+  });
+
   it("renders an authorized mTLS public listener forwarding to the local app", () => {
     expect(web).toContain("bind 0.0.0.0:21000 ssl crt /run/ch/certs/leaf.pem ca-file /run/ch/certs/roots.pem verify required");
     expect(web).toContain("tcp-request inspect-delay 5s");
