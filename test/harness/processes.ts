@@ -238,6 +238,23 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** HAProxy's traffic log line (`client:port [date] frontend …`): many alike, rarely the reason. */
+const trafficLine = /^\S+:\d+ \[\d\d\/\w{3}\/\d{4}:/;
+
+/**
+ * A process's last words for a failure message: its last 3,000 characters of
+ * lines other than traffic lines (a sidecar's controller and HAProxy messages,
+ * which the traffic of a waiting loop would push out), then the last three
+ * traffic lines and how many were left out.
+ */
+export function lastWords(output: string): string {
+  const lines = output.split("\n");
+  const traffic = lines.filter((line) => trafficLine.test(line));
+  const rest = lines.filter((line) => !trafficLine.test(line)).join("\n").slice(-3000);
+  if (traffic.length === 0) return rest;
+  return `${rest}\n(${traffic.length} traffic lines; the last three:)\n${traffic.slice(-3).join("\n")}`;
+}
+
 /**
  * Polls `probe` until it returns a value other than undefined, or fails with
  * the last reason and the watched processes' last output; fails at once when
@@ -267,7 +284,7 @@ export async function waitFor<T>(
     if (Date.now() > deadline) {
       const reason = lastError instanceof Error ? lastError.message : String(lastError ?? "no answer");
       // What the watched processes said last is usually why (a flake seen once in CI needs it to be understood).
-      const said = watchedList.map((p) => `\n--- ${p.name}, last output:\n${p.output(3000)}`).join("");
+      const said = watchedList.map((p) => `\n--- ${p.name}, last output:\n${lastWords(p.output())}`).join("");
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${reason})${said}`);
     }
     await sleep(intervalMs);
