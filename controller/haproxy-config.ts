@@ -101,9 +101,9 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
     // One thread. The authorizer is lua-load'ed: one Lua state for every thread, behind HAProxy's Lua lock. Before
     // HAProxy's fix of March 2024 (8670db7a8, "improper lock usage with hlua_ctx_resume()"), some Lua stack work ran
     // without that lock, and Debian 12's 2.6.12 predates it: with two threads the soak saw `connect revoked` fail
-    // with impossible Lua errors ("bad argument #1 to 'max' (value expected)") and the worker die of SIGSEGV twice
-    // in 10 minutes, both in a fresh sidecar as a revocation ran. A sidecar's proxying fits one core (the benchmark
-    // runs every HAProxy on one), and Lua work is serialized by that lock anyway.
+    // with impossible Lua errors ("bad argument #1 to 'max' (value expected)"). (A crash of 2.6.12 during a
+    // revocation in a fresh sidecar happens with one thread too: docs/benchmarks.md, the soak.) A sidecar's
+    // proxying fits one core (the benchmark runs every HAProxy on one), and that lock serializes Lua work anyway.
     "    nbthread 1",
     // 64 kB buffers (HAProxy's default is 16 kB): request headers up to 63 kB pass, where Envoy's default limit is
     // 60 KiB and 16 kB buffers refused more than 15 kB with a 400; and one bulk TCP stream moves about a third more
