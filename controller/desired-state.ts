@@ -39,6 +39,8 @@ export interface HaproxyPaths {
   /** CONNECT_SERVER_PASS_MAP: written empty; server certificates verified by connect_verify_upstream. */
   serverPassMap: string;
   luaBundle: string;
+  /** The authorizer's control service (lua.connect_control), on a unix socket: controller/authorizer-control.ts. */
+  controlSocket: string;
   /** HAProxy's Prometheus exporter, on a unix socket (undefined: not rendered). */
   promexSocket?: string;
 }

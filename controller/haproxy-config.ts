@@ -6,7 +6,7 @@ import { meshTlsGlobalLines } from "./mesh-tls.js";
 import { PLAIN_PATH } from "./native-l7.js";
 import { isHttpProtocol, type ProxyProtocol } from "./sidecar-spec.js";
 import { bufferBytesFor, inboundLimitLines, localAppServerOptions, requestHeadersLimitLines } from "./proxy-limits.js";
-import { promexFrontendLines } from "./metrics-config.js";
+import { promexFrontendLines, unixSocketServiceLines } from "./metrics-config.js";
 import { hostPort, renderUpstream } from "./upstream-config.js";
 
 export const publicFrontendName = "public_listener";
@@ -200,6 +200,8 @@ export function renderHaproxyConfig(state: DesiredState, { authorization = true 
   );
 
   for (const upstream of state.upstreams) add(...renderUpstream(upstream, state, authorization));
+  // The authorizer's control service, for the controller (controller/authorizer-control.ts).
+  if (authorization) add(...unixSocketServiceLines("connect_control", paths.controlSocket, "lua.connect_control"));
   add(...promexFrontendLines(paths));
   return lines.join("\n");
 }

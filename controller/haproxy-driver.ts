@@ -9,6 +9,7 @@ import type { DesiredState, HaproxyPaths } from "./desired-state.js";
 import { HaproxyProcess, type AccessLogFile } from "./haproxy-process.js";
 import type { Logger } from "./logger.js";
 import type { ReloadValidation, RuntimeOperation } from "./plan-changes.js";
+import { AuthorizerControl } from "./authorizer-control.js";
 import { RuntimeApi, type LiveServer } from "./runtime-api.js";
 
 export interface ReloadTimings {
@@ -47,13 +48,13 @@ export function runtimePath(operation: RuntimeOperation): string {
     case "update-ca-file":
       return "runtime API: set ssl ca-file + commit ssl ca-file";
     case "flush-authorization-cache":
-      return "stats socket: connect cache flush";
+      return "authorizer control: connect cache flush";
     case "sync-intentions":
-      return "stats socket: connect sync";
+      return "authorizer control: connect sync";
     case "revoke-connections":
-      return "stats socket: connect revoked, show sess, shutdown session";
+      return "authorizer control: connect revoked; runtime API: show sess, shutdown session";
     case "enable-native-l7":
-      return "stats socket: connect l7-rules current";
+      return "authorizer control: connect l7-rules current";
   }
 }
 
@@ -70,11 +71,13 @@ export interface ProcessDriverOptions {
 export class ProcessDriver implements HaproxyDriver {
   private readonly process: HaproxyProcess;
   private readonly runtimeApi: RuntimeApi;
+  private readonly authorizer: AuthorizerControl;
   /** The access log file the files just written want (HAProxy's fd 3). */
   private wantedAccessLog: AccessLogFile;
 
   constructor(options: ProcessDriverOptions) {
     this.runtimeApi = new RuntimeApi(options.paths.statsSocket);
+    this.authorizer = new AuthorizerControl(options.paths.controlSocket);
     this.process = new HaproxyProcess({
       binary: options.binary,
       configFile: options.paths.configFile,
@@ -112,16 +115,17 @@ export class ProcessDriver implements HaproxyDriver {
         await this.runtimeApi.replaceCaFile(operation.file, operation.pem);
         return [];
       case "flush-authorization-cache":
-        await this.runtimeApi.flushAuthorizationCache();
+        await this.authorizer.flushCache();
         return [];
       case "sync-intentions":
-        await this.runtimeApi.syncIntentions(operation.target, operation.index);
+        await this.authorizer.syncIntentions(operation.target, operation.index);
         return [];
       case "enable-native-l7":
-        await this.runtimeApi.enableNativeL7(operation.target, operation.index);
+        await this.authorizer.enableNativeL7(operation.target, operation.index);
         return [];
       case "revoke-connections": {
-        const closed = await this.runtimeApi.revokeConnections(operation.frontend, operation.target);
+        const revoked = (await this.authorizer.revoked()).filter((connection) => connection.target === operation.target);
+        const closed = revoked.length === 0 ? [] : await this.runtimeApi.closeConnections(operation.frontend, revoked);
         return closed.map((c) => `closed ${c.client}: ${c.source} is now denied for ${c.target} (${c.reason})`);
       }
     }

@@ -1,11 +1,12 @@
 // The sidecar's one scrape endpoint (envoy_prometheus_bind_addr, or
 // --metrics-addr): GET /metrics answers HAProxy's built-in Prometheus exporter
 // (read on its unix socket), the authorizer's counters (`connect metrics` on
-// the stats socket) and the controller's own, in one text; GET /ready answers
+// its control service) and the controller's own, in one text; GET /ready answers
 // 200 once HAProxy serves the current configuration with a valid leaf, 503
 // with the reason otherwise. A part that cannot be read is left out and its
 // connect_haproxy_scrape_part_up is 0, so the rest is still scraped.
-import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { requestOverUnixSocket } from "./authorizer-control.js";
 import type { Logger } from "./logger.js";
 
 export interface ScrapeSources {
@@ -29,18 +30,10 @@ export function parseListenAddress(address: string): { host: string; port: numbe
 }
 
 /** GET `path` on an HTTP server listening on a unix socket; rejects on a non-200 answer. */
-export function getOverUnixSocket(socketPath: string, path: string, timeoutMs = 5000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path, method: "GET", timeout: timeoutMs }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (chunk: Buffer) => chunks.push(chunk));
-      res.on("end", () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString()) : reject(new Error(`${socketPath}${path} answered ${res.statusCode}`))));
-      res.on("error", reject);
-    });
-    req.on("timeout", () => req.destroy(new Error(`no answer from ${socketPath}${path} within ${timeoutMs} ms`)));
-    req.on("error", reject);
-    req.end();
-  });
+export async function getOverUnixSocket(socketPath: string, path: string, timeoutMs = 5000): Promise<string> {
+  const answer = await requestOverUnixSocket(socketPath, "GET", path, timeoutMs);
+  if (answer.status !== 200) throw new Error(`${socketPath}${path} answered ${answer.status}`);
+  return answer.body;
 }
 
 /** Pure: the parts of a scrape in one exposition text, with one up gauge per part. */

@@ -22,7 +22,7 @@ import { readSnapshotOnce } from "./snapshot-once.js";
 import { SidecarSpecError } from "./sidecar-spec.js";
 import { verifyUpstreamIdentity } from "./upstream-identity.js";
 import { getOverUnixSocket, MetricsServer } from "./metrics-server.js";
-import { RuntimeApi } from "./runtime-api.js";
+import { AuthorizerControl } from "./authorizer-control.js";
 import { SidecarMetrics } from "./sidecar-metrics.js";
 
 export const exitCodes = { ok: 0, runtimeFailure: 1, usage: 2 } as const;
@@ -88,6 +88,7 @@ export function pathsIn(configDir: string): HaproxyPaths {
     serverPassMap: join(configDir, "server-passes.map"),
     masterSocket: join(configDir, "master.sock"),
     luaBundle: luaBundlePath(),
+    controlSocket: join(configDir, "control.sock"),
     promexSocket: join(configDir, "promex.sock"),
   };
 }
@@ -253,11 +254,11 @@ async function runSidecar(options: RunCommandOptions, out: Writable, err: Writab
     // The metrics read the controller, which counts into them: tied by closures.
     let controller: SidecarController | undefined;
     const metrics = new SidecarMetrics({ leafExpiresInSeconds: () => controller?.leafExpiresInSeconds(), ready: () => controller?.readiness().ready ?? false });
-    const runtimeApi = new RuntimeApi(paths.statsSocket);
+    const authorizerControl = new AuthorizerControl(paths.controlSocket);
     metricsServer = new MetricsServer(
       {
         haproxy: () => getOverUnixSocket(paths.promexSocket!, "/metrics"),
-        authorizer: () => runtimeApi.authorizerMetrics(),
+        authorizer: () => authorizerControl.metrics(),
         controller: () => metrics.text(),
         readiness: () => controller?.readiness() ?? { ready: false, reason: "starting" },
       },

@@ -91,49 +91,13 @@ export class RuntimeApi {
     return parseServersState(await this.command("show servers state"));
   }
 
-  async flushAuthorizationCache(): Promise<string> {
-    return this.command("connect cache flush");
-  }
-
   /**
-   * The authorizer's counters in Prometheus text (`connect metrics`). Read
-   * without answerIsError: their help texts are prose that may look like an
-   * error line; an answer not starting with a HELP line is one.
+   * Closes the live connections on `frontend` that the authorizer names as
+   * revoked (`connect revoked`, after `connect sync`; Envoy only checks new
+   * connections and requests): `show sess` gives each one's session, which
+   * `shutdown session` closes.
    */
-  async authorizerMetrics(): Promise<string> {
-    const answer = await sendRuntimeCommand(this.socketPath, "connect metrics", this.timeoutMs);
-    if (!answer.startsWith("# HELP ")) throw new RuntimeApiError("connect metrics", answer || "no answer");
-    return answer;
-  }
-
-  /** The authorizer uses no intention list for `target` older than `index` (it waits up to 1 s to catch up). */
-  async syncIntentions(target: string, index: number): Promise<void> {
-    await this.commandAnswering(`connect sync ${target} ${index}`, / current /);
-  }
-
-  /**
-   * Switches on haproxy.cfg's native L7 rules, rendered from `target`'s
-   * intentions at `index` (controller/native-l7.ts): the authorizer does so
-   * only if its own list is at that index. Throws with its answer otherwise.
-   */
-  async enableNativeL7(target: string, index: number): Promise<void> {
-    await this.commandAnswering(`connect l7-rules current ${target} ${index}`, / enabled /);
-  }
-
-  /** An authorizer command whose answer must match `expected`; throws with the answer otherwise. */
-  private async commandAnswering(command: string, expected: RegExp): Promise<void> {
-    const answer = await this.command(command);
-    if (!expected.test(answer)) throw new RuntimeApiError(command, answer || "no answer");
-  }
-
-  /**
-   * Closes the live connections on `frontend` whose source the intentions now
-   * deny (Envoy only checks new connections and requests): the authorizer
-   * names them (`connect revoked`, after `connect sync`); `show sess` gives
-   * each one's session, which `shutdown session` closes.
-   */
-  async revokeConnections(frontend: string, target: string): Promise<RevokedConnection[]> {
-    const revoked = parseRevoked(await this.command("connect revoked")).filter((connection) => connection.target === target);
+  async closeConnections(frontend: string, revoked: RevokedConnection[]): Promise<RevokedConnection[]> {
     if (revoked.length === 0) return [];
     const sessions = parseShowSess(await this.command("show sess"));
     const closed: RevokedConnection[] = [];

@@ -44,6 +44,8 @@ export interface Core {
   register_action(name: string, actions: string[], fn: ActionFunction, nbArgs?: number): void;
   /** Adds a command to the stats socket; `path` are the leading words. */
   register_cli(path: string[], usage: string, fn: CliFunction): void;
+  /** Adds `lua.<name>` for `http-request use-service`; `fn` runs in the HTTP applet's coroutine and may yield. */
+  register_service(name: string, mode: "http", fn: (this: void, applet: HttpApplet) => void): void;
   /** Runs `fn` once in its own coroutine after start-up; it may loop and sleep. */
   register_task(fn: (this: void) => void): void;
   /**
@@ -157,6 +159,17 @@ export interface Socket {
 
 /** The applet given to a CLI handler (an AppletTCP bound to the stats socket). */
 export interface CliApplet {
+  send(text: string): void;
+}
+
+/** The applet given to an HTTP service (AppletHTTP): the request's fields, and the response, status and headers first. */
+export interface HttpApplet {
+  readonly method: string;
+  /** The path without the query string. */
+  readonly path: string;
+  set_status(code: number, reason?: string): void;
+  add_header(name: string, value: string): void;
+  start_response(): void;
   send(text: string): void;
 }
 

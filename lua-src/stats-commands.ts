@@ -8,9 +8,10 @@
 //   connect l7-rules current <target> <index>  switch on haproxy.cfg's native L7 rules (controller/native-l7.ts)
 //   connect metrics       the counters in Prometheus' text format (metrics.ts)
 // The numbers are those of the Lua state that answers: with lua-load (one
-// shared state) that is the whole process.
+// shared state) that is the whole process. The same commands answer HTTP
+// requests to `lua.connect_control` (controlService below).
 
-import type { CliApplet, Core } from "./haproxy";
+import type { Core, HttpApplet } from "./haproxy";
 import { flushVerdicts, switchOnNativeRules, type AuthorizeContext } from "./authorize-action";
 import { describeConfig } from "./config";
 import { revokedCommand as listRevoked } from "./connection-registry";
@@ -104,26 +105,73 @@ export function nativeRulesCommand(context: AuthorizeContext, words: string[]): 
   return switchOnNativeRules(context, target, index) + "\n";
 }
 
-function answer(applet: CliApplet, produce: (this: void, context: AuthorizeContext, words: string[]) => string, context: AuthorizeContext, words: string[] = []): void {
+type Produce = (this: void, context: AuthorizeContext, words: string[]) => string;
+
+/** Every command: its leading words, its usage line, and what answers it. */
+const COMMANDS: { words: string[]; usage: string; produce: Produce }[] = [
+  { words: ["connect", "cache", "flush"], usage: "connect cache flush : drop every cached authorization verdict", produce: flushCommand },
+  { words: ["connect", "cache", "stats"], usage: "connect cache stats : authorization cache counters", produce: statsCommand },
+  { words: ["connect", "metrics"], usage: "connect metrics : the authorizer's counters in Prometheus text format", produce: metricsCommand },
+  { words: ["connect", "show", "config"], usage: "connect show config : the authorizer's settings (never the token)", produce: configCommand },
+  { words: ["connect", "intentions"], usage: "connect intentions : watched destinations, their intention lists and default policy", produce: intentionsCommand },
+  { words: ["connect", "sync"], usage: "connect sync <target> <index> : use no intention list older than <index> for <target>; waits up to 1 s for it", produce: syncCommand },
+  { words: ["connect", "l7-rules"], usage: "connect l7-rules current <target> <index> : switch on haproxy.cfg's native L7 rules rendered from <target>'s intentions at <index>", produce: nativeRulesCommand },
+  { words: ["connect", "revoked"], usage: "connect revoked : recorded TCP connections whose source the current intentions deny", produce: revokedCommand },
+];
+
+/** The command whose words begin `words`; undefined when none does. */
+export function findCommand(words: string[]): Produce | undefined {
+  for (const command of COMMANDS) {
+    let matches = words.length >= command.words.length;
+    for (let i = 0; matches && i < command.words.length; i++) matches = words[i] === command.words[i];
+    if (matches) return command.produce;
+  }
+  return undefined;
+}
+
+/** Pure: `/connect/sync/web/42` → the words `connect sync web 42` (percent-escapes decoded). */
+export function pathWords(path: string): string[] {
+  const words: string[] = [];
+  for (const [segment] of string.gmatch(path, "[^/]+")) {
+    words.push(string.gsub(segment, "%%(%x%x)", (hex: string) => string.char(tonumber(hex, 16)!))[0]);
+  }
+  return words;
+}
+
+/** Runs a command; an error in it becomes its answer, never HAProxy's. */
+function run(produce: Produce, context: AuthorizeContext, words: string[]): LuaMultiReturn<[boolean, string]> {
   const [ok, text] = pcall(produce, context, words);
-  applet.send(ok ? text : "error: " + tostring(text) + "\n");
+  return $multi(ok, ok ? text : "error: " + tostring(text) + "\n");
+}
+
+/**
+ * `lua.connect_control`: the same commands over HTTP, the path naming the
+ * words (`GET /connect/cache/stats`). The controller uses this, not the
+ * stats socket: HAProxy before 3.0 never frees a Lua CLI command's task (one
+ * object per command, measured on 2.6.12), and a command that sleeps can
+ * leave that task to wake its freed applet (upstream fix 21601f4a2). An HTTP
+ * applet's task is freed with it on every version.
+ */
+export function controlService(context: AuthorizeContext, applet: HttpApplet): void {
+  const words = pathWords(applet.path);
+  const produce = findCommand(words);
+  let status = 404;
+  let text = "unknown command: " + table.concat(words, " ") + "\n";
+  if (produce !== undefined) {
+    const [ok, answer] = run(produce, context, words);
+    status = ok ? 200 : 500;
+    text = answer;
+  }
+  applet.set_status(status);
+  applet.add_header("content-type", "text/plain");
+  applet.add_header("content-length", tostring(text.length));
+  applet.start_response();
+  applet.send(text);
 }
 
 export function registerCommands(core: Core, context: AuthorizeContext): void {
-  core.register_cli(["connect", "cache", "flush"], "connect cache flush : drop every cached authorization verdict", (applet) =>
-    answer(applet, flushCommand, context));
-  core.register_cli(["connect", "cache", "stats"], "connect cache stats : authorization cache counters", (applet) =>
-    answer(applet, statsCommand, context));
-  core.register_cli(["connect", "metrics"], "connect metrics : the authorizer's counters in Prometheus text format", (applet) =>
-    answer(applet, metricsCommand, context));
-  core.register_cli(["connect", "show", "config"], "connect show config : the authorizer's settings (never the token)", (applet) =>
-    answer(applet, configCommand, context));
-  core.register_cli(["connect", "intentions"], "connect intentions : watched destinations, their intention lists and default policy", (applet) =>
-    answer(applet, intentionsCommand, context));
-  core.register_cli(["connect", "sync"], "connect sync <target> <index> : use no intention list older than <index> for <target>; waits up to 1 s for it", (applet, ...words) =>
-    answer(applet, syncCommand, context, words));
-  core.register_cli(["connect", "l7-rules"], "connect l7-rules current <target> <index> : switch on haproxy.cfg's native L7 rules rendered from <target>'s intentions at <index>", (applet, ...words) =>
-    answer(applet, nativeRulesCommand, context, words));
-  core.register_cli(["connect", "revoked"], "connect revoked : recorded TCP connections whose source the current intentions deny", (applet) =>
-    answer(applet, revokedCommand, context));
+  for (const command of COMMANDS) {
+    core.register_cli(command.words, command.usage, (applet, ...words) => applet.send(run(command.produce, context, words)[1]));
+  }
+  core.register_service("connect_control", "http", (applet) => controlService(context, applet));
 }

@@ -110,3 +110,28 @@ export async function startConsulDev(options: ConsulAgentOptions = {}): Promise<
   }
   return agent;
 }
+
+/**
+ * For a failure message: each check of `serviceIds` (and their sidecars) as
+ * the agent runs it and as the catalog holds it, then the agent's own log
+ * lines that name them. A mesh path that never becomes healthy is usually
+ * explained here, not in the sidecars' logs.
+ */
+export async function describeChecks(consul: ConsulAgent, serviceIds: string[]): Promise<string> {
+  const names = serviceIds.flatMap((id) => [id, `${id}-sidecar-proxy`]);
+  const lines: string[] = [];
+  try {
+    const local = await consul.api<Record<string, { ServiceID: string; Name: string; Status: string; Output: string }>>("GET", "/v1/agent/checks");
+    for (const check of Object.values(local)) {
+      if (names.includes(check.ServiceID)) lines.push(`agent   ${check.ServiceID} "${check.Name}": ${check.Status}: ${check.Output.trim().slice(0, 200)}`);
+    }
+    for (const name of names) {
+      const catalog = await consul.api<{ ServiceID: string; Name: string; Status: string; ModifyIndex: number }[]>("GET", `/v1/health/checks/${name}`);
+      for (const check of catalog) lines.push(`catalog ${check.ServiceID} "${check.Name}": ${check.Status} (modify index ${check.ModifyIndex})`);
+    }
+  } catch (err) {
+    lines.push(`(the agent did not answer: ${err instanceof Error ? err.message : String(err)})`);
+  }
+  const log = consul.process.output().split("\n").filter((line) => names.some((name) => line.includes(name)));
+  return `--- consul's checks of ${serviceIds.join(", ")}:\n${lines.join("\n")}\n--- consul's log lines naming them (last 40):\n${log.slice(-40).join("\n")}`;
+}

@@ -223,7 +223,7 @@ describe("connect-haproxy controller with real Consul and HAProxy", () => {
     expect(echoFrom(await exchange(ports.upstream, "allowed"))).toBe("db1");
     await consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "deny" });
     const deniedAt = Date.now();
-    await waitFor("the authorizer's cache flushed", async () => (db.process.output().includes('path="stats socket: connect cache flush"') ? true : undefined), { timeoutMs: 5_000 });
+    await waitFor("the authorizer's cache flushed", async () => (db.process.output().includes('path="authorizer control: connect cache flush"') ? true : undefined), { timeoutMs: 5_000 });
     await expect(exchange(ports.upstream, "denied?", 3000)).rejects.toThrow();
     expect(Date.now() - deniedAt).toBeLessThan(5_000);
     await consul.api("PUT", "/v1/connect/intentions/exact?source=web&destination=db", { Action: "allow" });

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
+import { describeChecks, startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import {
   meshTlsHandshake,
   serviceWithSidecar,
@@ -56,7 +56,7 @@ async function registerPair(tag: string) {
 }
 
 /** Waits until a round trip through web's upstream gives the expected outcome. */
-async function expectThroughMesh(upstreamPort: number, outcome: "answered" | "refused", watch: StartedProcess[]) {
+async function expectThroughMesh(upstreamPort: number, outcome: "answered" | "refused", watch: StartedProcess[], pair: { db: string; web: string }) {
   const reply = await waitFor(
     `a connection through the mesh to be ${outcome}`,
     async () => {
@@ -66,7 +66,10 @@ async function expectThroughMesh(upstreamPort: number, outcome: "answered" | "re
       return answer === undefined ? "refused" : undefined;
     },
     { timeoutMs: 30_000, intervalMs: 250, process: watch },
-  );
+  ).catch(async (err: Error) => {
+    // Seen in CI: a sidecar's instances never became healthy. The agent's checks say which.
+    throw new Error(`${err.message}\n${await describeChecks(consul, [pair.db, pair.web])}`);
+  });
   return reply;
 }
 
@@ -83,10 +86,10 @@ describe("Consul's built-in proxy as web's sidecar → connect-haproxy as db's s
     const watch = track(startConnectHaproxy(pair.db, consul.httpAddr), startConsulProxy(pair.web, consul.httpAddr));
 
     await setIntention(pair.web, pair.db, "allow");
-    expect(await expectThroughMesh(pair.upstreamPort, "answered", watch)).toBe(`${pair.db} answered: ping`);
+    expect(await expectThroughMesh(pair.upstreamPort, "answered", watch, pair)).toBe(`${pair.db} answered: ping`);
 
     await setIntention(pair.web, pair.db, "deny");
-    await expectThroughMesh(pair.upstreamPort, "refused", watch);
+    await expectThroughMesh(pair.upstreamPort, "refused", watch, pair);
     // The refusal came from our authorizer, which logs Consul's reason.
     const dbSidecarLog = watch[0]!.output();
     expect(dbSidecarLog).toMatch(new RegExp(`spiffe://[^ ]+/svc/${pair.web}.*(deny|denied|allowed=0)`, "i"));
@@ -100,13 +103,13 @@ describe("connect-haproxy as web's sidecar → Consul's built-in proxy as db's s
     const watch = track(startConsulProxy(pair.db, consul.httpAddr), startConnectHaproxy(pair.web, consul.httpAddr));
 
     await setIntention(pair.web, pair.db, "allow");
-    expect(await expectThroughMesh(pair.upstreamPort, "answered", watch)).toBe(`${pair.db} answered: ping`);
+    expect(await expectThroughMesh(pair.upstreamPort, "answered", watch, pair)).toBe(`${pair.db} answered: ping`);
 
     await setIntention(pair.web, pair.db, "deny");
-    await expectThroughMesh(pair.upstreamPort, "refused", watch);
+    await expectThroughMesh(pair.upstreamPort, "refused", watch, pair);
 
     await setIntention(pair.web, pair.db, "allow");
-    expect(await expectThroughMesh(pair.upstreamPort, "answered", watch)).toBe(`${pair.db} answered: ping`);
+    expect(await expectThroughMesh(pair.upstreamPort, "answered", watch, pair)).toBe(`${pair.db} answered: ping`);
   });
 });
 
@@ -133,17 +136,17 @@ describe("both directions under a mesh entry that asks for TLS 1.3 only", () => 
     }
 
     // Inbound: our public listener accepts only TLS 1.3, so the built-in proxy's connection is TLS 1.3.
-    expect(await expectThroughMesh(inbound.upstreamPort, "answered", watch)).toBe(`${inbound.db} answered: ping`);
+    expect(await expectThroughMesh(inbound.upstreamPort, "answered", watch, inbound)).toBe(`${inbound.db} answered: ping`);
     const leaf = await consul.api<{ CertPEM: string; PrivateKeyPEM: string }>("GET", `/v1/agent/connect/ca/leaf/${inbound.web}`);
     const roots = await consul.api<{ Roots: { RootCert: string }[] }>("GET", "/v1/agent/connect/ca/roots");
     const client = { certPem: leaf.CertPEM, keyPem: leaf.PrivateKeyPEM, rootsPem: roots.Roots.map((r) => r.RootCert).join("\n") };
     expect(await meshTlsHandshake(inbound.dbSidecarPort, { ...client, maxVersion: "TLSv1.2" })).toHaveProperty("error");
     // Outbound: our HAProxy offers only TLS 1.3 to the built-in proxy.
-    expect(await expectThroughMesh(outbound.upstreamPort, "answered", watch)).toBe(`${outbound.db} answered: ping`);
+    expect(await expectThroughMesh(outbound.upstreamPort, "answered", watch, outbound)).toBe(`${outbound.db} answered: ping`);
 
     await setIntention(inbound.web, inbound.db, "deny");
-    await expectThroughMesh(inbound.upstreamPort, "refused", watch);
+    await expectThroughMesh(inbound.upstreamPort, "refused", watch, inbound);
     await setIntention(outbound.web, outbound.db, "deny");
-    await expectThroughMesh(outbound.upstreamPort, "refused", watch);
+    await expectThroughMesh(outbound.upstreamPort, "refused", watch, outbound);
   });
 });

@@ -288,5 +288,5 @@ function nativeRulesReloads(sidecar: SidecarProcess): number {
 }
 
 function flushCount(sidecar: SidecarProcess): number {
-  return sidecar.process.output().split("\n").filter((line) => line.includes('path="stats socket: connect cache flush"')).length;
+  return sidecar.process.output().split("\n").filter((line) => line.includes('path="authorizer control: connect cache flush"')).length;
 }

@@ -95,6 +95,7 @@ describe("per-connection upstream identity with real Consul and HAProxy", () => 
         // startHaproxy puts its own socket here and waits for it.
         statsSocket: "{{STATS_SOCKET}}",
         masterSocket: join(dir, "master.sock"),
+        controlSocket: join(dir, "control.sock"),
         passMap: join(dir, "passes.map"),
         serverPassMap: join(dir, "server-passes.map"),
         luaBundle: luaBundlePath,

@@ -266,7 +266,7 @@ describe("the rendered chain", () => {
     const local = { ...paths, configFile: join(dir, "haproxy.cfg"), leafCertificateFile: join(dir, "leaf.pem"), caRootsFile: join(dir, "roots.pem"), statsSocket: join(dir, "stats.sock"), masterSocket: join(dir, "master.sock"), luaBundle: join(dir, "stub.lua"), passMap: join(dir, "passes.map"), serverPassMap: join(dir, "server-passes.map") };
     writeFileSync(local.passMap, "");
     writeFileSync(local.serverPassMap, "");
-    writeFileSync(local.luaBundle, 'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\ncore.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\n');
+    writeFileSync(local.luaBundle, 'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\ncore.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\ncore.register_service("connect_control", "http", function(applet) end)\n');
     for (const name of ["chain-db", "chain-db-overrides", "chain-billing-resolver", "chain-billing-splitter", "chain-billing-router", "chain-billing-old-redirect", "chain-ledger-maglev", "chain-db-least-request"]) {
       const snapshot = snapshotFor(web, {}, { upstream_db: chain(name) });
       const state = buildDesiredState(snapshot, local);

@@ -19,6 +19,7 @@ export const paths: HaproxyPaths = {
   passMap: "/run/ch/passes.map",
   serverPassMap: "/run/ch/server-passes.map",
   masterSocket: "/run/ch/master.sock",
+  controlSocket: "/run/ch/control.sock",
   luaBundle: "/opt/connect-haproxy/dist/connect-haproxy.lua",
 };
 

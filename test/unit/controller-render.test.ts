@@ -233,7 +233,11 @@ describe("renderHaproxyConfig", () => {
       ],
     ])("differs from the full render by exactly the authorizer's lines (%s)", (_, proxy, authorizerLines) => {
       const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), paths);
-      const full = renderHaproxyConfig(state).split("\n");
+      // The authorizer's control service is one frontend of its own.
+      const controlFrontend = "frontend connect_control\n    mode http\n    bind unix@/run/ch/control.sock mode 600\n    no log\n    http-request use-service lua.connect_control\n";
+      const fullText = renderHaproxyConfig(state);
+      expect(fullText).toContain(controlFrontend);
+      const full = fullText.replace(`\n${controlFrontend}`, "").split("\n");
       const plain = renderHaproxyConfig(state, { authorization: false }).split("\n");
       expect(full.filter(authorizerLine)).toEqual(authorizerLines);
       expect(plain).toEqual(full.filter((line) => !authorizerLine(line)));
@@ -257,7 +261,8 @@ describe("renderHaproxyConfig", () => {
     writeFileSync(
       local.luaBundle,
       'core.register_action("connect_authorize", {"tcp-req", "http-req"}, function(txn) end, 1)\n' +
-        'core.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\n',
+        'core.register_action("connect_verify_upstream", {"tcp-res", "http-res"}, function(txn) end, 1)\n' +
+        'core.register_service("connect_control", "http", function(applet) end)\n',
     );
     for (const proxy of ["agent-service-web-sidecar-proxy", "agent-service-api-sidecar-proxy"]) {
       const state = buildDesiredState(snapshotFor(proxy, { upstream_db: dbInstances() }), local);

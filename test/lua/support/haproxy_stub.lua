@@ -92,6 +92,12 @@ function M.core(agent)
     assert(type(usage) == "string")
     core.clis[table.concat(path, " ")] = fn
   end
+  core.services = {}
+  function core.register_service(name, mode, fn)
+    assert(mode == "http", "only HTTP services are used")
+    assert(core.services[name] == nil, "service registered twice: " .. name)
+    core.services[name] = fn
+  end
   function core.register_task(fn) core.tasks[#core.tasks + 1] = fn end
   core.inits = {}
   function core.register_init(fn) core.inits[#core.inits + 1] = fn end
@@ -225,6 +231,22 @@ function M.cli(core, command)
   assert(handler, "no CLI command " .. command)
   handler(applet, table.unpack(words))
   return table.concat(applet.output)
+end
+
+-- A request to the HTTP service `name` (lua.<name>): its status, headers and
+-- body, checked as HAProxy would (status and headers before start_response,
+-- the body after it).
+function M.http_service(core, name, path, method)
+  local handler = assert(core.services[name], "no service " .. name)
+  local response = { status = 200, headers = {}, body = {}, started = false }
+  local applet = { method = method or "GET", path = path }
+  function applet:set_status(code) assert(not response.started) response.status = code end
+  function applet:add_header(header, value) assert(not response.started) response.headers[header] = value end
+  function applet:start_response() response.started = true end
+  function applet:send(text) assert(response.started, "send before start_response") response.body[#response.body + 1] = text end
+  handler(applet)
+  response.body = table.concat(response.body)
+  return response
 end
 
 -- HAProxy's global Regex class, on a real regex engine (PCRE2, as Debian's
