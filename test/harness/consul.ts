@@ -114,7 +114,7 @@ export async function startConsulDev(options: ConsulAgentOptions = {}): Promise<
 /**
  * For a failure message: each check of `serviceIds` (and their sidecars) as
  * the agent runs it and as the catalog holds it, then the agent's own log
- * lines that name them. A mesh path that never becomes healthy is usually
+ * lines that name them or report a failed sync. A mesh path that never becomes healthy is usually
  * explained here, not in the sidecars' logs.
  */
 export async function describeChecks(consul: ConsulAgent, serviceIds: string[]): Promise<string> {
@@ -132,6 +132,7 @@ export async function describeChecks(consul: ConsulAgent, serviceIds: string[]):
   } catch (err) {
     lines.push(`(the agent did not answer: ${err instanceof Error ? err.message : String(err)})`);
   }
-  const log = consul.process.output().split("\n").filter((line) => names.some((name) => line.includes(name)));
+  // Anti-entropy's failures name no service, yet stop every later check from reaching the catalog.
+  const log = consul.process.output().split("\n").filter((line) => /failed to sync/.test(line) || names.some((name) => line.includes(name)));
   return `--- consul's checks of ${serviceIds.join(", ")}:\n${lines.join("\n")}\n--- consul's log lines naming them (last 40):\n${log.slice(-40).join("\n")}`;
 }

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startConsulDev, type ConsulAgent } from "../harness/consul.js";
+import { describeChecks, startConsulDev, type ConsulAgent } from "../harness/consul.js";
 import { meshTlsHandshake, registerWebApiDb, startConnectHaproxy, tcpRoundTrip, type SidecarProcess } from "../harness/mesh.js";
 import { freePorts } from "../harness/ports.js";
 import { waitFor } from "../harness/processes.js";
@@ -70,8 +70,11 @@ async function waitForLine(what: string, match: (line: AccessLine) => boolean, a
       await act();
       return accessLines().find(match);
     },
-    { timeoutMs: 20_000, intervalMs: 300 },
-  );
+    { timeoutMs: 20_000, intervalMs: 300, process: [web.process, api.process, db.process] },
+  ).catch(async (err: Error) => {
+    // Seen once in CI (3.0.11): no allowed TCP line for 20 s. Whether db was healthy in Consul says which side failed.
+    throw new Error(`${err.message}\n${await describeChecks(consul, ["db", "web", "api"])}`);
+  });
 }
 
 beforeAll(async () => {

@@ -170,7 +170,9 @@ describe("limits and outlier detection from Consul's config entries, with real t
       answeredAtMs.push(Date.now() - t0);
     }
     // What happened, should it ever differ (seen once under a concurrent suite: five 500s; not reproduced alone).
-    const story = `statuses ${JSON.stringify(statuses)} answered at ms ${JSON.stringify(answeredAtMs)}; api-2 now ${JSON.stringify(await apiSlot(p.api2Public))}`;
+    // HAProxy logs each server state change with its reason ("Detected 3 consecutive errors…"): which 500 ejected api-2.
+    const stateChanges = web.process.output().split("\n").filter((line) => /upstream_api\/\S+ is (DOWN|UP)/.test(line)).slice(-4).join("\n");
+    const story = `statuses ${JSON.stringify(statuses)} answered at ms ${JSON.stringify(answeredAtMs)}; api-2 now ${JSON.stringify(await apiSlot(p.api2Public))}; web's last state changes:\n${stateChanges}`;
     // api-2 answered at most 3 times (its 3rd 500 ejected it); api-1 took every request after that.
     expect(statuses.filter((s) => s === 500).length, story).toBe(3);
     expect(statuses.slice(-4), story).toEqual([200, 200, 200, 200]);
