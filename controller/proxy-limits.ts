@@ -219,19 +219,27 @@ export function upstreamAdmissionLines(admission: UpstreamAdmission, http: boole
   return lines;
 }
 
+/** How often an instance in rotation is checked: rarely, because every passing check restarts HAProxy's count of errors in a row. */
+export const IN_ROTATION_CHECK_INTERVAL_MS = 24 * 3600_000;
+
 /**
  * Server options for outlier detection: responses are observed (5xx and
  * connection errors at layer 7, connection errors at layer 4); `max_failures`
- * in a row mark the instance down, and plain TCP connect checks (no TLS: the
- * peer's authorizer never sees them) bring it back: the first at most
- * `interval` later, the second (rise 2) `base_ejection_time` after that, so it
- * is out for between base_ejection_time and that plus interval, as Envoy's
- * interval sweeps give. enforcing_consecutive_5xx 0 counts without ejecting:
- * no observation at all.
+ * in a row mark the instance down, and one plain TCP connect check (no TLS:
+ * the peer's authorizer never sees it) brings it back `base_ejection_time`
+ * later (Envoy: at its first interval sweep after that). A mark-down moves
+ * the next check to then: 2.6.12's `__health_adjust()` to fastinter, 3.0's
+ * check task to downinter. While the instance is in rotation its check runs
+ * once a day: HAProxy clears a server's count of errors in a row on every
+ * passing check, so checks every `interval` would keep an instance that fails
+ * fewer than max_failures requests per interval in rotation for ever, where
+ * Envoy counts only responses. enforcing_consecutive_5xx 0 counts without
+ * ejecting: no observation at all.
  */
 export function outlierServerOptions(check: PassiveHealthCheck | undefined, http: boolean): string {
   if (!check || check.enforcingConsecutive5xx === 0) return "";
-  return ` check no-check-ssl inter ${ms(check.intervalMs)} fastinter ${ms(check.baseEjectionTimeMs)} downinter ${ms(check.baseEjectionTimeMs)} rise 2 fall 3 observe ${http ? "layer7" : "layer4"} error-limit ${check.maxFailures} on-error mark-down`;
+  const base = ms(check.baseEjectionTimeMs);
+  return ` check no-check-ssl inter ${ms(IN_ROTATION_CHECK_INTERVAL_MS)} fastinter ${base} downinter ${base} rise 1 fall 3 observe ${http ? "layer7" : "layer4"} error-limit ${check.maxFailures} on-error mark-down`;
 }
 
 /** What outlier detection cannot do in HAProxy 2.6, for the warning line. */
@@ -242,6 +250,7 @@ export function outlierWarnings(check: PassiveHealthCheck | undefined): string[]
     warnings.push(`passive_health_check.enforcing_consecutive_5xx ${check.enforcingConsecutive5xx}% is applied as 100% (HAProxy ejects on every detection or never)`);
   }
   if (check.enforcingConsecutive5xx > 0) warnings.push(`passive_health_check.max_ejection_percent ${check.maxEjectionPercent}% is not enforced (HAProxy may eject every instance; the upstream then answers 503)`);
+  if (check.enforcingConsecutive5xx > 0) warnings.push(`passive_health_check.interval ${check.intervalMs}ms is not used: an ejected instance returns base_ejection_time after its ejection (Envoy: at its first interval sweep after that)`);
   return warnings;
 }
 

@@ -123,6 +123,7 @@ describe("limits and outlier detection from Consul's config entries, with real t
     // What HAProxy cannot do is named once at start.
     expect(web.process.output().match(/Consul setting not honoured: .*/g)).toEqual([
       expect.stringMatching(/^Consul setting not honoured: upstream api: passive_health_check\.max_ejection_percent 10% is not enforced/),
+      expect.stringMatching(/^Consul setting not honoured: upstream api: passive_health_check\.interval 1000ms is not used/),
     ]);
     const held = [await holdConnection(p.dbUpstream), await holdConnection(p.dbUpstream)];
     expect(held.every((socket) => socket !== undefined)).toBe(true);
@@ -159,6 +160,21 @@ describe("limits and outlier detection from Consul's config entries, with real t
       const slot = await apiSlot(p.api2Public);
       return slot && slot.up && !slot.maint ? true : undefined;
     }, { timeoutMs: 15_000 });
+  });
+
+  it("ejects an instance that fails fewer than max_failures requests per interval (a passing check must not restart the count)", async () => {
+    // One request every 700 ms, round robin: api-2 answers one every 1.4 s, more than the 1 s interval.
+    // Envoy counts only responses, so its third 500 ejects it; HAProxy clears the count on every passing
+    // check, so with a check every interval this instance stayed in rotation for ever.
+    const statuses: number[] = [];
+    for (let i = 0; i < 12 && (await apiSlot(p.api2Public))?.up !== false; i++) {
+      statuses.push((await get()).status);
+      await sleep(700);
+    }
+    const stateChanges = web.process.output().split("\n").filter((line) => /upstream_api\/\S+ is (DOWN|UP)/.test(line)).slice(-2).join("\n");
+    expect(await apiSlot(p.api2Public), `statuses ${JSON.stringify(statuses)}; ${stateChanges}`).toMatchObject({ up: false, maint: false });
+    expect(statuses.filter((s) => s === 500).length).toBe(3);
+    await waitFor("api-2 back in rotation", async () => ((await apiSlot(p.api2Public))?.up ? true : undefined), { timeoutMs: 6000, intervalMs: 100 });
   });
 
   it("ejects an instance answering 5xx after max_failures in a row, and brings it back after base_ejection_time", async () => {

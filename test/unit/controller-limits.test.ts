@@ -11,7 +11,7 @@ import { renderHaproxyConfig } from "../../controller/haproxy-config.js";
 import { joinScrape, parseListenAddress } from "../../controller/metrics-server.js";
 import { planChanges } from "../../controller/plan-changes.js";
 import { documentedKeys } from "../../controller/proxy-config-keys.js";
-import { durationMs, envoyOutlierDefaults } from "../../controller/proxy-limits.js";
+import { durationMs, envoyOutlierDefaults, outlierWarnings } from "../../controller/proxy-limits.js";
 import { MetricFamily } from "../../controller/prometheus-text.js";
 import { reloadReasonKinds, SidecarMetrics } from "../../controller/sidecar-metrics.js";
 import { parseSidecarSpec, SidecarSpecError } from "../../controller/sidecar-spec.js";
@@ -99,6 +99,7 @@ describe("limits and passive health check: parsing", () => {
       "upstream db: Config.envoy_cluster_json is ignored (connect-haproxy has no equivalent; docs/controller.md)",
       "upstream db: passive_health_check.enforcing_consecutive_5xx 50% is applied as 100% (HAProxy ejects on every detection or never)",
       "upstream db: passive_health_check.max_ejection_percent 10% is not enforced (HAProxy may eject every instance; the upstream then answers 503)",
+      "upstream db: passive_health_check.interval 10000ms is not used: an ejected instance returns base_ejection_time after its ejection (Envoy: at its first interval sweep after that)",
     ]);
     expect(parseSidecarSpec(webSidecar({ protocol: "http", max_inbound_connections: 5 })).warnings).toEqual([]);
   });
@@ -149,11 +150,16 @@ describe("limits and passive health check: rendering", () => {
   });
 
   it("observes responses and ejects on max_failures, checks bringing the instance back; free slots stay disabled", () => {
-    const state = buildDesiredState(snapshotWith({}, { protocol: "http", passive_health_check: { interval: "1s", max_failures: 3, base_ejection_time: "4s" } }), paths);
-    const servers = section(renderHaproxyConfig(state), "backend upstream_db").filter((line) => line.startsWith("    server "));
-    const outlier = " check no-check-ssl inter 1000ms fastinter 4000ms downinter 4000ms rise 2 fall 3 observe layer7 error-limit 3 on-error mark-down";
+    const snapshot = snapshotWith({}, { protocol: "http", passive_health_check: { interval: "1s", max_failures: 3, base_ejection_time: "4s" } });
+    const servers = section(renderHaproxyConfig(buildDesiredState(snapshot, paths)), "backend upstream_db").filter((line) => line.startsWith("    server "));
+    // Checked once a day while in rotation (a passing check restarts HAProxy's count of errors in a row);
+    // a mark-down moves the next check to base_ejection_time later, and that one passing check brings the instance back.
+    const outlier = " check no-check-ssl inter 86400000ms fastinter 4000ms downinter 4000ms rise 1 fall 3 observe layer7 error-limit 3 on-error mark-down";
     expect(servers.length).toBe(8);
     for (const server of servers) expect(server).toContain(outlier);
+    expect(outlierWarnings(buildDesiredState(snapshot, paths).upstreams[0]!.passiveHealthCheck)).toContain(
+      "passive_health_check.interval 1000ms is not used: an ejected instance returns base_ejection_time after its ejection (Envoy: at its first interval sweep after that)",
+    );
     expect(servers.filter((server) => server.endsWith(" disabled")).length).toBe(8 - dbInstances().length);
     const tcp = renderHaproxyConfig(buildDesiredState(snapshotWith({}, { passive_health_check: { max_failures: 2 } }), paths));
     expect(tcp).toContain("observe layer4 error-limit 2 on-error mark-down");
