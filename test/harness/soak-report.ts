@@ -136,7 +136,7 @@ export function parseAppliedChange(line: string, sidecar: string): AppliedChange
   if (!match) return undefined;
   const change = match[2]!.startsWith('"') ? (JSON.parse(match[2]!) as string) : match[2]!;
   const path = match[3]!;
-  const kind = /reload|new master/.test(path) ? "reload" : /^runtime API|^stats socket/.test(path) ? "runtime" : undefined;
+  const kind = /reload|new master/.test(path) ? "reload" : /^runtime API|^stats socket|^authorizer control/.test(path) ? "runtime" : undefined;
   return kind ? { at: Date.parse(match[1]!), sidecar, kind, change } : undefined;
 }
 

@@ -57,6 +57,8 @@ describe("soak schedule, logs and growth", () => {
     const runtime = '2026-11-26T22:00:02.000Z INFO  applied change change="instance added" path="runtime API: set server addr + state ready"';
     expect(parseAppliedChange(reload, "web")).toEqual({ at: Date.parse("2026-11-26T22:00:01.000Z"), sidecar: "web", kind: "reload", change: "leaf certificate renewed (serial 1 -> 2); HAProxy 2.6" });
     expect(parseAppliedChange(runtime, "web")?.kind).toBe("runtime");
+    const flush = '2026-11-26T22:00:03.000Z INFO  applied change change="intentions changed" path="authorizer control: connect cache flush"';
+    expect(parseAppliedChange(flush, "db-1")?.kind).toBe("runtime");
     expect(parseAppliedChange("2026-11-26T22:00:02.000Z INFO  HAProxy started pid=1", "web")).toBeUndefined();
     const crash = "2026-11-26T22:38:15.655Z ERROR HAProxy exited unexpectedly; restarting it code=139 restartInMs=500 restarts=1";
     expect(parseHaproxyExit(crash, "db-2")).toEqual({ at: Date.parse("2026-11-26T22:38:15.655Z"), sidecar: "db-2", line: crash });
