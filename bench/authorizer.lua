@@ -35,6 +35,7 @@ local clock_ms = 0
 local core = {
   register_action = function(name, _, fn) _G["bench_" .. name] = fn end,
   register_cli = function() end,
+  register_service = function() end,
   register_task = function() end,
   register_init = function() end,
   get_info = function() return { Version = "2.6.12", Stopping = 0 } end,
