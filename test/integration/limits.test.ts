@@ -91,7 +91,7 @@ describe("limits and outlier detection from Consul's config entries, with real t
     // db's sidecar has no check of its own on its public port: only this test's connections count against its limit.
     await consul.api("PUT", "/v1/agent/service/register", {
       ID: "db-1", Name: "db", Address: "127.0.0.1", Port: p.dbApp,
-      Connect: { SidecarService: { Port: p.dbPublic, Checks: [{ Name: "db-1 sidecar's service", AliasService: "db-1" }], Proxy: { Upstreams: [] } } },
+      Connect: { SidecarService: { Port: p.dbPublic, Checks: [{ Name: "db-1 sidecar's service", AliasService: "db-1", Status: "passing" }], Proxy: { Upstreams: [] } } },
     });
     await consul.api("PUT", "/v1/agent/service/register", serviceWithSidecar({ id: "api-1", name: "api", port: p.api1App, sidecarPort: p.api1Public }));
     // api-2 has a TTL check the test turns critical (Consul takes it out) and passing again.
