@@ -96,9 +96,12 @@ describe("the controller repairs drift, periodically and on SIGHUP", () => {
       timeoutMs: (driftEverySeconds + 3) * 1000, intervalMs: 100,
     });
     expect(repairedAt).toBeGreaterThan(0);
+    // The controller logs a repair once HAProxy has answered its commands, which may be just after the slot reads ready.
+    const applied = new RegExp(`change="drift: upstream_db/${slot} is maint in HAProxy, should be ready at 127\\.0\\.0\\.1:\\d+ \\(instance [^)]+\\)" path="runtime API: set server addr \\+ state ready"`);
+    await waitFor("the repair's log line", async () => (applied.test(web.process.output().slice(offset)) ? true : undefined), { timeoutMs: 2000, intervalMs: 20 });
     const output = web.process.output().slice(offset);
     expect(output).toMatch(/WARN  drift check: HAProxy's server slots differ from the desired state; repairing each trigger=periodic differences=1/);
-    expect(output).toMatch(new RegExp(`change="drift: upstream_db/${slot} is maint in HAProxy, should be ready at 127\\.0\\.0\\.1:\\d+ \\(instance [^)]+\\)" path="runtime API: set server addr \\+ state ready"`));
+    expect(output).toMatch(applied);
     expect(await echo()).toBe("db-1 answered: ping");
   }, 30_000);
 
