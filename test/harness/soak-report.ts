@@ -180,7 +180,7 @@ export interface FlipEnforcement {
   at: number;
   /** From the write to the first attempt after which every attempt (until the next change) met the new verdict; undefined if none did. */
   enforcedAfterMs?: number;
-  /** Attempts opened after the write that still met the old verdict. */
+  /** Attempts opened after the write, and closed before the next one, that still met the old verdict. */
   oldVerdictAttempts: number;
 }
 
@@ -193,7 +193,9 @@ export function flipEnforcement(attempts: readonly Attempt[], changes: readonly 
     flowChanges.forEach((change, index) => {
       if (index === 0) return;
       const until = flowChanges[index + 1]?.at ?? Infinity;
-      const after = attempts.filter((a) => a.flow === flow && a.start >= change.at && a.start < until).sort((a, b) => a.start - b.start);
+      // A connection still open when the next change is written is in that
+      // change's grace window (classifyAttempt): it meets neither verdict.
+      const after = attempts.filter((a) => a.flow === flow && a.start >= change.at && a.end < until).sort((a, b) => a.start - b.start);
       const meetsNew = (a: Attempt) => a.answered === (change.verdict === "allow");
       const lastOld = after.map(meetsNew).lastIndexOf(false);
       const firstSettled = after[lastOld + 1];
