@@ -139,3 +139,30 @@ describe("hosts in network namespaces", () => {
     expect(movedAfterMs).toBeLessThan(15_000);
   });
 });
+
+describe("the test network's partition and heal", () => {
+  it("lets a connection opened just after a heal through, even when an address resolution began during the cut", async () => {
+    // The cluster-faults test joins a Consul server right after healing it.
+    // Without the heal's flush this failed ("no route to host") whenever the
+    // heal fell in the last second of an ARP resolution begun during the cut
+    // (3 probes, 1 s apart): here the resolution begins about 2.8 s before it.
+    const own = await createTestNetwork(["x", "y"]);
+    const { x, y } = own.hosts as Record<string, TestHost>;
+    const port = 7001;
+    const listener = y!.start("listener", process.execPath, ["-e", `require("net").createServer((s)=>s.end()).listen(${port},"${y!.address}",()=>console.log("listening"))`]);
+    try {
+      await waitFor("y's listener", async () => (listener.output().includes("listening") ? true : undefined), { timeoutMs: 10_000 });
+      expect(await tcpReachable(x!, y!.address, port)).toBe(true);
+      await x!.partition();
+      await x!.exec("ip", ["neigh", "flush", "dev", "eth0"]);
+      const duringCut = tcpReachable(x!, y!.address, port);
+      await new Promise((resolve) => setTimeout(resolve, 2800));
+      await x!.heal();
+      expect(await tcpReachable(x!, y!.address, port), "a connection opened just after the heal").toBe(true);
+      expect(await duringCut, "a connection opened during the cut").toBe(false);
+    } finally {
+      await listener.stop("SIGTERM");
+      await own.destroy();
+    }
+  });
+});
