@@ -7,7 +7,7 @@
 // sleeps (`connect sync`) can leave that task to wake its freed applet, a
 // use-after-free fixed upstream in 21601f4a2. An HTTP applet frees its task.
 import { request } from "node:http";
-import { parseRevoked, type RevokedConnection } from "./runtime-api.js";
+import { unbracketed } from "./runtime-api.js";
 
 export interface UnixHttpAnswer {
   status: number;
@@ -78,4 +78,24 @@ export class AuthorizerControl {
   async revoked(): Promise<RevokedConnection[]> {
     return parseRevoked(await this.command("GET", ["connect", "revoked"]));
   }
+}
+
+/** A live connection whose source the intentions now deny, as the authorizer's `connect revoked` names it. */
+export interface RevokedConnection {
+  /** `ip:port` of the client, as `show sess` prints it. */
+  client: string;
+  target: string;
+  source: string;
+  /** Seconds since the authorizer allowed it. */
+  ageSeconds: number;
+  reason: string;
+}
+
+/** Pure: `connect revoked` answers `<ip>:<port> <target> <source SPIFFE ID> <age>s <reason…>`, one per line. */
+export function parseRevoked(answer: string): RevokedConnection[] {
+  return answer
+    .split("\n")
+    .map((line) => /^(\S+:\d+) (\S+) (\S+) (\d+)s (.*)$/.exec(line.trim()))
+    .filter((match): match is RegExpExecArray => match !== null)
+    .map(([, client, target, source, age, reason]) => ({ client: unbracketed(client!), target: target!, source: source!, ageSeconds: Number(age), reason: reason! }));
 }

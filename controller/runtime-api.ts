@@ -1,6 +1,7 @@
 // HAProxy's runtime API (stats socket, level admin, or the master CLI): one
 // command per connection, answers read whole, errors recognised in one place.
 import { createConnection } from "node:net";
+import type { RevokedConnection } from "./authorizer-control.js";
 
 export class RuntimeApiError extends Error {
   constructor(readonly command: string, readonly answer: string) {
@@ -177,26 +178,6 @@ export function parseShowProc(answer: string): MasterProcessList {
   return result;
 }
 
-/** A live connection whose source the intentions now deny, as the authorizer's `connect revoked` names it. */
-export interface RevokedConnection {
-  /** `ip:port` of the client, as `show sess` prints it. */
-  client: string;
-  target: string;
-  source: string;
-  /** Seconds since the authorizer allowed it. */
-  ageSeconds: number;
-  reason: string;
-}
-
-/** Pure: `connect revoked` answers `<ip>:<port> <target> <source SPIFFE ID> <age>s <reason…>`, one per line. */
-export function parseRevoked(answer: string): RevokedConnection[] {
-  return answer
-    .split("\n")
-    .map((line) => /^(\S+:\d+) (\S+) (\S+) (\d+)s (.*)$/.exec(line.trim()))
-    .filter((match): match is RegExpExecArray => match !== null)
-    .map(([, client, target, source, age, reason]) => ({ client: unbracketed(client!), target: target!, source: source!, ageSeconds: Number(age), reason: reason! }));
-}
-
 export interface LiveSession {
   /** What `shutdown session` takes (the stream's address). */
   id: string;
@@ -259,6 +240,6 @@ export function sessionsToClose(revoked: RevokedConnection[], sessions: LiveSess
 }
 
 /** `[::1]:80` and `::1:80` name the same client. */
-function unbracketed(address: string): string {
+export function unbracketed(address: string): string {
   return address.replace(/^\[(.*)\](:\d+)$/, "$1$2");
 }

@@ -1,6 +1,7 @@
 // Pure helpers of the runtime API client and of the upstream identity check.
 import { describe, expect, it } from "vitest";
-import { answerIsError, parseHumanTime, parseRevoked, parseShowProc, parseShowSess, payload, sessionsToClose } from "../../controller/runtime-api.js";
+import { parseRevoked } from "../../controller/authorizer-control.js";
+import { answerIsError, parseHumanTime, parseShowProc, parseShowSess, payload, sessionsToClose } from "../../controller/runtime-api.js";
 import { matchesIdentity, uriSans } from "../../controller/upstream-identity.js";
 
 describe("runtime API helpers", () => {
