@@ -40,6 +40,14 @@ export const SETUPS = {
     optIn: true,
     editConfig: (config) => config.replace(/^ {4}tune\.bufsize \d+$/m, "    tune.bufsize 16384"),
   },
+  // The same for an HTTP upstream: whether the 64 kB buffers cost kept-alive HTTP anything.
+  plainHttpSmallBuffers: {
+    label: "plain HAProxy pair, HTTP upstream, with HAProxy's default buffers (tune.bufsize 16384)",
+    short: "plain HTTP, 16 kB buffers",
+    optIn: true,
+    protocol: "http",
+    editConfig: (config) => config.replace(/^ {4}tune\.bufsize \d+$/m, "    tune.bufsize 16384"),
+  },
   plainSplice: {
     label: "plain HAProxy pair splicing the plaintext legs (option splice-auto)",
     short: "plain, splice",
@@ -241,6 +249,7 @@ export async function startSetup(id, ctx) {
     case "builtinHttp":
       return startBuiltinPair(ctx, pair);
     case "plainSmallBuffers":
+    case "plainHttpSmallBuffers":
     case "plainSplice":
     case "plainHttpH2":
     case "authorizerPair":
