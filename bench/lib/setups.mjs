@@ -19,6 +19,9 @@ import { startProcess, waitFor } from "../../dist/test/harness/processes.js";
 import { sidecarState } from "./mesh.mjs";
 import { httpStatus, timedScrape } from "./probe.mjs";
 
+/** The render's 64 kB buffers put back to HAProxy's default (16 kB). */
+const withDefaultBuffers = (config) => config.replace(/^ {4}tune\.bufsize \d+$/m, "    tune.bufsize 16384");
+
 export const SETUPS = {
   direct: { label: "direct (client → app)", short: "direct" },
   plain: { label: "plain HAProxy pair (mTLS, no authorization)", short: "plain HAProxy" },
@@ -38,7 +41,7 @@ export const SETUPS = {
     label: "plain HAProxy pair with HAProxy's default buffers (tune.bufsize 16384)",
     short: "plain, 16 kB buffers",
     optIn: true,
-    editConfig: (config) => config.replace(/^ {4}tune\.bufsize \d+$/m, "    tune.bufsize 16384"),
+    editConfig: withDefaultBuffers,
   },
   // The same for an HTTP upstream: whether the 64 kB buffers cost kept-alive HTTP anything.
   plainHttpSmallBuffers: {
@@ -46,7 +49,7 @@ export const SETUPS = {
     short: "plain HTTP, 16 kB buffers",
     optIn: true,
     protocol: "http",
-    editConfig: (config) => config.replace(/^ {4}tune\.bufsize \d+$/m, "    tune.bufsize 16384"),
+    editConfig: withDefaultBuffers,
   },
   plainSplice: {
     label: "plain HAProxy pair splicing the plaintext legs (option splice-auto)",

@@ -45,7 +45,7 @@ describe("soak classification", () => {
 
   it("leaves out of a flip's enforcement a connection still open when the next flip is written", () => {
     // CI run ciZ-1: a deny flip reported "never", from one connection opened
-    // 10 ms before the next allow and answered after it (classified grace-answered).
+    // before the next allow was written and answered after it (classified grace-answered).
     const flips: VerdictChange[] = [...changes, { flow: "evil->db", at: 20_000, verdict: "deny" }, { flow: "evil->db", at: 30_000, verdict: "allow" }];
     const attempts = [attempt("evil->db", 20_040, false), attempt("evil->db", 25_000, false), attempt("evil->db", 29_990, true, 30_020), attempt("evil->db", 30_100, true)];
     expect(classifyAttempt(attempts[2]!, flips, [])).toBe("grace-answered");
